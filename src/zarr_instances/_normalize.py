@@ -1,0 +1,77 @@
+"""Vectorised normalisation and casting of whole buffers of crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import ArgumentError
+
+__all__ = ["NORMALIZE_MODES", "check_normalize", "normalize_batch"]
+
+NORMALIZE_MODES = ("minmax01", "unit", "none", None)
+_EPS = np.float32(1e-8)
+
+
+def check_normalize(mode: object) -> str:
+    """Validate a normalisation mode and return its canonical name.
+
+    Raises
+    ------
+    ArgumentError
+        If ``mode`` is not one of ``"minmax01"``, ``"unit"``, ``"none"`` or ``None``.
+    """
+    if mode is None or mode == "none":
+        return "none"
+    if mode in ("minmax01", "unit"):
+        return str(mode)
+    msg = f"normalize must be one of 'minmax01', 'unit', 'none' or None, got {mode!r}"
+    raise ArgumentError(msg)
+
+
+def _unit_scale(dtype: np.dtype) -> float | None:
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    if dtype == np.bool_:
+        return 1.0
+    return None
+
+
+def normalize_batch(x: np.ndarray, mode: str, x_dtype: torch.dtype) -> torch.Tensor:
+    """Normalise a batch of crops ``(n, c, z, y, x)`` and cast it to ``x_dtype``.
+
+    Parameters
+    ----------
+    x
+        Crops as stored.
+    mode
+        Canonical mode from :func:`check_normalize`. ``"minmax01"`` scales each
+        instance and channel to ``(x - min) / (max - min + 1e-8)`` in float32;
+        ``"unit"`` divides integers by the maximum of their dtype (floats unchanged);
+        ``"none"`` casts only.
+    x_dtype
+        Output dtype.
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor that owns its memory.
+    """
+    if mode == "none":
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(x_dtype, copy=True)
+    xf = np.asarray(x, dtype=np.float32)
+    if xf is x:
+        xf = xf.copy()
+    if mode == "minmax01":
+        if xf.size:
+            lo = xf.min(axis=(2, 3, 4), keepdims=True)
+            hi = xf.max(axis=(2, 3, 4), keepdims=True)
+            xf -= lo
+            xf /= (hi - lo) + _EPS
+    elif mode == "unit":
+        scale = _unit_scale(x.dtype)
+        if scale is not None:
+            xf /= np.float32(scale)
+    t = torch.from_numpy(xf)
+    return t if x_dtype == torch.float32 else t.to(x_dtype)

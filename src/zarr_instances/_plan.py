@@ -1,0 +1,397 @@
+"""Pure epoch plans: which rows, in which order, on which rank and worker.
+
+Nothing here reads Zarr or asks ``torch.distributed``; every function is a pure
+function of sizes, seeds, the epoch and the (rank, worker) coordinates, so that
+it can be tested exhaustively and run at any scale in a simulator.
+
+The model
+---------
+1. :func:`select_rows` decides which rows are *kept* (labels, ``allowed_chunk_indexes``)
+   and counts them per logical chunk of ``chunk_i`` rows.
+2. :func:`chunk_order` orders the chunks that keep at least one row for an epoch.
+   Concatenating the kept rows of the ordered chunks gives the *epoch sequence*,
+   positions ``0 .. total - 1``.
+3. The epoch sequence is cut into ``world`` contiguous, equally long rank shares
+   (padding wraps around to the start of the sequence; ``drop_last`` drops the tail)
+   and each rank share into ``num_workers`` contiguous worker shares whose lengths
+   depend only on the total, the world size and the worker count.
+4. A worker walks its share as *pieces* (the part of one chunk it owns), groups
+   ``buffer_chunks`` pieces into a *buffer* (one read), and optionally permutes
+   the rows of each buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ArgumentError
+
+__all__ = [
+    "Buffer",
+    "Piece",
+    "RowSelection",
+    "WorkerPlan",
+    "chunk_order",
+    "compact_ranges",
+    "plan_worker",
+    "rank_share",
+    "rng_for",
+    "select_rows",
+    "split_evenly",
+]
+
+_MASK64 = (1 << 64) - 1
+_TAG_CHUNKS = 0x43484E4B  # "CHNK": chunk order
+_TAG_BUFFER = 0x42554646  # "BUFF": order inside a buffer
+
+
+def rng_for(*keys: int) -> np.random.Generator:
+    """Return a generator seeded by a sequence of integers.
+
+    Unlike ``seed + epoch`` this never maps two different key tuples of the same
+    length to the same stream: the keys are hashed by :class:`numpy.random.SeedSequence`.
+    Negative keys are taken modulo ``2**64``.
+    """
+    return np.random.default_rng(np.random.SeedSequence([int(k) & _MASK64 for k in keys]))
+
+
+def compact_ranges(values: Sequence[int] | np.ndarray) -> str:
+    """Format sorted integers compactly, e.g. ``"0-3, 7, 9-12"``."""
+    vals = np.unique(np.asarray(values, dtype=np.int64))
+    if vals.size == 0:
+        return "(none)"
+    breaks = np.flatnonzero(np.diff(vals) != 1) + 1
+    parts = []
+    for run in np.split(vals, breaks):
+        parts.append(str(run[0]) if run.size == 1 else f"{run[0]}-{run[-1]}")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The rows an epoch draws from, counted per logical chunk.
+
+    Attributes
+    ----------
+    n_rows
+        Rows of the array (axis 0).
+    chunk_i
+        Rows per logical chunk; chunk ``k`` is rows ``[k * chunk_i, (k + 1) * chunk_i)``.
+    counts
+        Kept rows per chunk, ``int64`` of length ``n_chunks`` (0 = chunk skipped).
+    keep
+        Boolean mask of kept rows, or ``None`` when every row of a counted chunk is kept.
+    """
+
+    n_rows: int
+    chunk_i: int
+    counts: np.ndarray
+    keep: np.ndarray | None
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of logical chunks."""
+        return int(self.counts.size)
+
+    @property
+    def total(self) -> int:
+        """Number of kept rows."""
+        return int(self.counts.sum())
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        """Return the ``[start, stop)`` rows of a logical chunk."""
+        start = chunk * self.chunk_i
+        return start, min(start + self.chunk_i, self.n_rows)
+
+    def chunk_rows(self, chunk: int) -> np.ndarray:
+        """Return the kept global rows of a chunk, ascending (``int64``)."""
+        if self.counts[chunk] == 0:
+            return np.empty(0, dtype=np.int64)
+        start, stop = self.chunk_bounds(chunk)
+        if self.keep is None:
+            return np.arange(start, stop, dtype=np.int64)
+        return np.flatnonzero(self.keep[start:stop]).astype(np.int64) + start
+
+
+def select_rows(
+    n_rows: int,
+    chunk_i: int,
+    keep: np.ndarray | None = None,
+    allowed_chunks: Sequence[int] | np.ndarray | None = None,
+) -> RowSelection:
+    """Count kept rows per logical chunk.
+
+    Parameters
+    ----------
+    n_rows
+        Rows of the array.
+    chunk_i
+        Rows per logical chunk, ``> 0``.
+    keep
+        Optional boolean mask of length ``n_rows``; ``None`` keeps every row.
+    allowed_chunks
+        Optional chunk indexes to restrict to; the others count 0.
+
+    Returns
+    -------
+    RowSelection
+        The selection. Its ``total`` may be 0; callers decide whether that is an error.
+
+    Raises
+    ------
+    ArgumentError
+        If ``chunk_i`` is not positive, ``keep`` has the wrong length, or
+        ``allowed_chunks`` names a chunk that does not exist.
+    """
+    if isinstance(chunk_i, bool) or not isinstance(chunk_i, (int, np.integer)) or chunk_i <= 0:
+        msg = f"chunk_i must be a positive integer, got {chunk_i!r}"
+        raise ArgumentError(msg)
+    chunk_i = int(chunk_i)
+    n_chunks = -(-n_rows // chunk_i)
+    starts = np.arange(n_chunks, dtype=np.int64) * chunk_i
+    if keep is None:
+        counts = np.minimum(starts + chunk_i, n_rows) - starts
+    else:
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (n_rows,):
+            msg = f"keep mask must have shape ({n_rows},), got {keep.shape}"
+            raise ArgumentError(msg)
+        counts = (
+            np.add.reduceat(keep.astype(np.int64), starts)
+            if n_chunks
+            else np.zeros(0, dtype=np.int64)
+        )
+        if keep.all():
+            keep = None
+    counts = counts.astype(np.int64)
+    if allowed_chunks is not None:
+        allowed = np.asarray(allowed_chunks)
+        if allowed.ndim != 1 or (allowed.size and not np.issubdtype(allowed.dtype, np.integer)):
+            msg = (
+                "allowed_chunk_indexes must be a 1-D sequence of integers, "
+                f"got {np.asarray(allowed_chunks)!r}"
+            )
+            raise ArgumentError(msg)
+        bad = allowed[(allowed < 0) | (allowed >= n_chunks)]
+        if bad.size:
+            msg = (
+                f"allowed_chunk_indexes contains chunk indexes that do not exist: "
+                f"{compact_ranges(bad)}; valid chunk indexes are {compact_ranges(range(n_chunks))}"
+            )
+            raise ArgumentError(msg)
+        mask = np.zeros(n_chunks, dtype=bool)
+        mask[allowed.astype(np.int64)] = True
+        counts = np.where(mask, counts, 0)
+    return RowSelection(n_rows=int(n_rows), chunk_i=chunk_i, counts=counts, keep=keep)
+
+
+def chunk_order(selection: RowSelection, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+    """Return the chunks that keep a row, in the order of this epoch.
+
+    Ascending without ``shuffle``; else a permutation that is a deterministic
+    function of ``(seed, epoch)`` only.
+    """
+    ids = np.flatnonzero(selection.counts).astype(np.int64)
+    if shuffle:
+        ids = rng_for(_TAG_CHUNKS, seed, epoch).permutation(ids)
+    return ids
+
+
+def split_evenly(n: int, parts: int) -> np.ndarray:
+    """Split ``n`` items into ``parts`` counts that differ by at most one (larger first)."""
+    base, extra = divmod(int(n), int(parts))
+    out = np.full(parts, base, dtype=np.int64)
+    out[:extra] += 1
+    return out
+
+
+def rank_share(total: int, world: int, drop_last: bool) -> int:
+    """Samples every rank yields in an epoch of ``total`` kept rows.
+
+    ``ceil(total / world)`` with padding, ``total // world`` with ``drop_last``.
+    """
+    if total == 0:
+        return 0
+    return total // world if drop_last else -(-total // world)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The part of one chunk that a worker owns, in epoch-sequence terms.
+
+    Attributes
+    ----------
+    chunk
+        Logical chunk index.
+    lo, hi
+        Offsets into the chunk's kept rows (``RowSelection.chunk_rows(chunk)[lo:hi]``).
+    position
+        Virtual epoch position of the first row (``>= total`` for padding).
+    """
+
+    chunk: int
+    lo: int
+    hi: int
+    position: int
+
+    @property
+    def size(self) -> int:
+        """Number of rows in the piece."""
+        return self.hi - self.lo
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One read: a few pieces, and the order in which their rows are yielded.
+
+    Attributes
+    ----------
+    first
+        Position in the worker's stream of the buffer's first sample.
+    skip
+        Samples of this buffer already yielded (non-zero only when resuming).
+    pieces
+        The pieces read, in order.
+    rows
+        Global rows to yield, in yield order, already past ``skip``.
+    source
+        For each entry of ``rows``, its index in the concatenation of the pieces' rows
+        (the row of the buffer as read).
+    """
+
+    first: int
+    skip: int
+    pieces: tuple[Piece, ...]
+    rows: np.ndarray
+    source: np.ndarray
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The epoch plan of one (rank, worker).
+
+    Attributes
+    ----------
+    selection
+        Kept rows and chunking.
+    pieces
+        Pieces in stream order.
+    n_samples
+        Samples this worker yields in the epoch.
+    epoch
+        The epoch.
+    buffer_chunks
+        Pieces per buffer.
+    shuffle_within
+        Whether rows are permuted inside each buffer.
+    buffer_seed
+        Seed of the in-buffer permutation.
+    """
+
+    selection: RowSelection
+    pieces: tuple[Piece, ...]
+    n_samples: int
+    epoch: int
+    buffer_chunks: int
+    shuffle_within: bool
+    buffer_seed: int
+
+    def buffers(self, start: int = 0) -> Iterator[Buffer]:
+        """Yield the buffers of the stream from sample ``start`` on.
+
+        Buffers entirely before ``start`` are skipped without computing their rows;
+        the buffer holding ``start`` is yielded with ``skip`` set.
+        """
+        first = 0
+        for b in range(0, len(self.pieces), self.buffer_chunks):
+            group = self.pieces[b : b + self.buffer_chunks]
+            size = sum(p.size for p in group)
+            if first + size <= start:
+                first += size
+                continue
+            rows = np.concatenate(
+                [self.selection.chunk_rows(p.chunk)[p.lo : p.hi] for p in group]
+            )
+            if self.shuffle_within:
+                rng = rng_for(_TAG_BUFFER, self.buffer_seed, self.epoch, group[0].position)
+                source = rng.permutation(size).astype(np.int64)
+            else:
+                source = np.arange(size, dtype=np.int64)
+            skip = max(0, start - first)
+            source = source[skip:]
+            yield Buffer(first=first, skip=skip, pieces=group, rows=rows[source], source=source)
+            first += size
+
+
+def _pieces(
+    selection: RowSelection, order: np.ndarray, ends: np.ndarray, a: int, b: int
+) -> list[Piece]:
+    """Pieces covering virtual epoch positions ``[a, b)`` (wrapping modulo the total)."""
+    total = int(ends[-1]) if ends.size else 0
+    pieces: list[Piece] = []
+    pos = a
+    while pos < b:
+        real = pos % total
+        k = int(np.searchsorted(ends, real, side="right"))
+        chunk_start = int(ends[k - 1]) if k else 0
+        lo = real - chunk_start
+        hi = min(int(ends[k]) - chunk_start, lo + (b - pos))
+        pieces.append(Piece(chunk=int(order[k]), lo=lo, hi=hi, position=pos))
+        pos += hi - lo
+    return pieces
+
+
+def plan_worker(
+    selection: RowSelection,
+    *,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    worker: int = 0,
+    num_workers: int = 1,
+    shuffle_chunks: bool = False,
+    chunk_seed: int = 0,
+    shuffle_within: bool = False,
+    buffer_seed: int = 0,
+    buffer_chunks: int = 1,
+    drop_last: bool = False,
+) -> WorkerPlan:
+    """Plan the epoch of one (rank, worker).
+
+    Every rank gets :func:`rank_share` samples, split over its workers by
+    :func:`split_evenly`; the per-(rank, worker) counts therefore depend only on
+    the total, ``world`` and ``num_workers``.
+
+    Raises
+    ------
+    ArgumentError
+        If a coordinate is out of range.
+    """
+    if not 0 <= rank < world:
+        msg = f"rank must be in [0, world={world}), got {rank!r}"
+        raise ArgumentError(msg)
+    if not 0 <= worker < num_workers:
+        msg = f"worker must be in [0, num_workers={num_workers}), got {worker!r}"
+        raise ArgumentError(msg)
+    if buffer_chunks < 1:
+        msg = f"buffer_chunks must be >= 1, got {buffer_chunks!r}"
+        raise ArgumentError(msg)
+    order = chunk_order(selection, epoch, shuffle_chunks, chunk_seed)
+    ends = np.cumsum(selection.counts[order])
+    per_rank = rank_share(selection.total, world, drop_last)
+    per_worker = split_evenly(per_rank, num_workers)
+    a = rank * per_rank + int(per_worker[:worker].sum())
+    n = int(per_worker[worker])
+    pieces = _pieces(selection, order, ends, a, a + n) if n else []
+    return WorkerPlan(
+        selection=selection,
+        pieces=tuple(pieces),
+        n_samples=n,
+        epoch=epoch,
+        buffer_chunks=buffer_chunks,
+        shuffle_within=shuffle_within,
+        buffer_seed=buffer_seed,
+    )

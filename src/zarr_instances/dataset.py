@@ -1,0 +1,439 @@
+"""``ZarrIterableInstances`` and ``ZarrDataLoader``: chunk-wise streaming of crops."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ._normalize import check_normalize, normalize_batch
+from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
+from ._reader import read_pieces
+from ._store import OpenedInstances, ZarrPath, open_instances
+from ._world import current_rank_world, current_worker
+from .errors import ArgumentError, ArgumentTypeError
+
+__all__ = ["ZarrDataLoader", "ZarrIterableInstances"]
+
+_STATE_VERSION = 1
+
+
+def _as_int_vector(value: Any, name: str, length: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        msg = f"{name} must be one-dimensional, got shape {arr.shape}"
+        raise ArgumentError(msg)
+    if arr.shape[0] != length:
+        msg = f"{name} must have length i={length} (rows of the Zarr array), got {arr.shape[0]}"
+        raise ArgumentError(msg)
+    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
+        msg = f"{name} must hold integers, got dtype {arr.dtype}"
+        raise ArgumentTypeError(msg)
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        msg = f"{name} must be an integer, got {type(value).__name__}: {value!r}"
+        raise ArgumentTypeError(msg)
+    if minimum is not None and value < minimum:
+        msg = f"{name} must be >= {minimum}, got {value!r}"
+        raise ArgumentError(msg)
+    return int(value)
+
+
+class ZarrIterableInstances(IterableDataset):
+    """Chunk-wise iterable dataset of per-instance crops stored in Zarr.
+
+    A drop-in replacement for ``harpy.tb.ZarrIterableInstances``: same positional
+    parameters, defaults, modes and yielded tuples. It
+
+    * iterates chunk by chunk (or ``buffer_chunks`` chunks per read),
+    * optionally shuffles chunks deterministically per epoch,
+    * partitions rows across DDP ranks and DataLoader workers, giving every rank
+      the same number of samples,
+    * supervised (``labels`` given): yields ``(x, y[, instance_id][, row_idx])``,
+    * inference (no labels): yields ``x`` or ``(x[, instance_id][, row_idx])``.
+
+    Parameters
+    ----------
+    zarr_path
+        Path or URL of a Zarr array ``(i, c, z, y, x)``, of an instance store written by
+        :func:`zarr_instances.extract_instances` (a group holding ``image`` and
+        ``instance_ids``), or an opened ``zarr.Array`` / ``zarr.Group``.
+    instance_ids
+        One-dimensional integers of length ``i``, the instance id of each row. May be
+        ``None`` when ``zarr_path`` is an instance store.
+    labels
+        Optional one-dimensional integers of length ``i``. ``None`` means inference mode.
+    chunk_i
+        Rows per logical chunk. ``None`` uses the array's chunk size along axis 0.
+    shuffle_chunks
+        Shuffle the chunk order, as a deterministic function of ``(chunk_seed, epoch)``.
+    chunk_seed
+        Seed of the chunk order.
+    shuffle_within_chunk
+        Shuffle rows within each loaded buffer.
+    buffer_seed
+        Seed of the within-buffer shuffle. ``None`` draws one at random when the
+        dataset is built (kept in ``state_dict`` so resumes stay exact).
+    normalize
+        ``"minmax01"`` (per instance and channel), ``"unit"`` (divide by the maximum
+        of the stored integer dtype), ``None`` or ``"none"``.
+    x_dtype
+        Dtype of the yielded crops.
+    return_instance_id
+        Append the instance id to each output.
+    return_row_index
+        Append the global row index to each output.
+    drop_unlabeled
+        With ``labels``, drop rows whose label is ``< 0``.
+    allowed_chunk_indexes
+        Restrict to these logical chunk indexes (e.g. a train/validation split).
+    batch_size
+        If given, yield ready batches of this many samples (stacked tensors; ids and
+        rows as ``int64`` tensors). Use with ``DataLoader(batch_size=None)``.
+    buffer_chunks
+        Chunks read in one request and shuffled together (``1`` = chunk-wise, as harpy).
+    drop_last
+        ``False`` (default): every DDP rank yields ``ceil(total / world)`` samples,
+        padding with rows repeated from the start of the epoch. ``True``: every rank
+        yields ``total // world`` samples and, with ``batch_size``, partial batches
+        are dropped.
+    read_ahead
+        Read and normalise the next buffer in a background thread (started inside
+        the worker) while the current one is yielded. Holds at most two buffers.
+    storage_options
+        Passed to the store of a URL (e.g. S3 credentials).
+    """
+
+    def __init__(
+        self,
+        zarr_path: ZarrPath,
+        instance_ids: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        chunk_i: int | None = None,
+        shuffle_chunks: bool = False,
+        chunk_seed: int = 0,
+        shuffle_within_chunk: bool = False,
+        buffer_seed: int | None = None,
+        normalize: str | None = "minmax01",
+        x_dtype: torch.dtype = torch.float32,
+        return_instance_id: bool = True,
+        return_row_index: bool = True,
+        drop_unlabeled: bool = True,
+        allowed_chunk_indexes: np.ndarray | None = None,
+        *,
+        batch_size: int | None = None,
+        buffer_chunks: int = 1,
+        drop_last: bool = False,
+        read_ahead: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        opened = open_instances(zarr_path, storage_options)
+        n_rows = int(opened.array.shape[0])
+        self.zarr_path = zarr_path
+        self.storage_options = storage_options
+        self._where = opened.where
+        self.shape = tuple(int(s) for s in opened.array.shape)
+        self.dtype = opened.array.dtype
+
+        if instance_ids is None:
+            if opened.instance_ids is None:
+                msg = (
+                    f"instance_ids is None but zarr_path={self._where} is a bare array; pass "
+                    "instance_ids, or an instance store group that holds 'instance_ids'"
+                )
+                raise ArgumentError(msg)
+            instance_ids = opened.instance_ids
+        self.instance_ids = _as_int_vector(instance_ids, "instance_ids", n_rows)
+        self.labels = None if labels is None else _as_int_vector(labels, "labels", n_rows)
+
+        if chunk_i is None:
+            chunk_i = int(opened.array.chunks[0])
+        self.chunk_i = _check_int(chunk_i, "chunk_i", minimum=1)
+        self.shuffle_chunks = bool(shuffle_chunks)
+        self.chunk_seed = _check_int(chunk_seed, "chunk_seed")
+        self.shuffle_within_chunk = bool(shuffle_within_chunk)
+        if buffer_seed is None:
+            buffer_seed = secrets.randbits(63)
+        self.buffer_seed = _check_int(buffer_seed, "buffer_seed")
+        self.normalize = normalize
+        self._mode = check_normalize(normalize)
+        if not isinstance(x_dtype, torch.dtype):
+            msg = f"x_dtype must be a torch.dtype, got {type(x_dtype).__name__}: {x_dtype!r}"
+            raise ArgumentTypeError(msg)
+        self.x_dtype = x_dtype
+        self.return_instance_id = bool(return_instance_id)
+        self.return_row_index = bool(return_row_index)
+        self.drop_unlabeled = bool(drop_unlabeled)
+        if batch_size is not None:
+            batch_size = _check_int(batch_size, "batch_size", minimum=1)
+        self.batch_size = batch_size
+        self.buffer_chunks = _check_int(buffer_chunks, "buffer_chunks", minimum=1)
+        self.drop_last = bool(drop_last)
+        self.read_ahead = bool(read_ahead)
+
+        keep = None
+        if self.labels is not None and self.drop_unlabeled:
+            keep = self.labels >= 0
+        self.allowed_chunk_indexes = allowed_chunk_indexes
+        self._selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
+        if self._selection.total == 0:
+            valid = compact_ranges(range(self._selection.n_chunks))
+            msg = (
+                "No rows to iterate: the chunks selected by allowed_chunk_indexes="
+                f"{allowed_chunk_indexes!r} keep no row (labels < 0 are dropped when "
+                f"drop_unlabeled=True); valid chunk indexes are {valid}"
+            )
+            raise ArgumentError(msg)
+
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._rank_world = current_rank_world() or (0, 1)
+        self._array: OpenedInstances | None = None
+        self._resume: dict[str, Any] | None = None
+        self._yielded = 0
+        self._iter_epoch = 0
+        self._iter_coords = (0, 1, 0, 1)
+
+    # ------------------------------------------------------------------ epochs
+    @property
+    def epoch(self) -> int:
+        """The epoch that the next iteration streams."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call this once per epoch; seen by all workers, persistent ones included."""
+        self._epoch.fill_(_check_int(epoch, "epoch", minimum=0))
+        self._refresh_rank_world()
+
+    # ------------------------------------------------------------------ world
+    def _refresh_rank_world(self) -> None:
+        found = current_rank_world()
+        if found is not None:
+            self._rank_world = found
+
+    def _coords(self) -> tuple[int, int, int, int]:
+        # In a forked worker the process group is inherited and readable; under
+        # spawn/forkserver it is not, and the value captured in the parent at
+        # pickling time (__getstate__) is used instead.
+        self._refresh_rank_world()
+        rank, world = self._rank_world
+        worker, num_workers = current_worker()
+        return rank, world, worker, num_workers
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._refresh_rank_world()
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    # ------------------------------------------------------------------ sizes
+    def _plan(self, epoch: int, coords: tuple[int, int, int, int]) -> WorkerPlan:
+        rank, world, worker, num_workers = coords
+        return plan_worker(
+            self._selection,
+            epoch=epoch,
+            rank=rank,
+            world=world,
+            worker=worker,
+            num_workers=num_workers,
+            shuffle_chunks=self.shuffle_chunks,
+            chunk_seed=self.chunk_seed,
+            shuffle_within=self.shuffle_within_chunk,
+            buffer_seed=self.buffer_seed,
+            buffer_chunks=self.buffer_chunks,
+            drop_last=self.drop_last,
+        )
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (batches, with ``batch_size``, summed per worker).
+
+        Without ``batch_size`` this is the number of samples of this rank; with it,
+        the number of batches when iterated in one process.
+        """
+        self._refresh_rank_world()
+        rank, world = self._rank_world
+        n = rank_share(self._selection.total, world, self.drop_last)
+        if self.batch_size is None:
+            return n
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Position of this stream in its epoch (torchdata ``Stateful`` protocol)."""
+        rank, world, worker, num_workers = self._iter_coords
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self._iter_epoch,
+            "yielded": self._yielded,
+            "rank": rank,
+            "world": world,
+            "worker": worker,
+            "num_workers": num_workers,
+            "buffer_seed": self.buffer_seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` at the next iteration."""
+        if state.get("version") != _STATE_VERSION:
+            msg = f"state_dict version {state.get('version')!r} is not supported"
+            raise ArgumentError(msg)
+        self.buffer_seed = int(state["buffer_seed"])
+        self._epoch.fill_(int(state["epoch"]))
+        self._resume = dict(state)
+
+    def _start_for(self, epoch: int, coords: tuple[int, int, int, int]) -> int:
+        state, self._resume = self._resume, None
+        if state is None or int(state["epoch"]) != epoch:
+            return 0
+        if (state["rank"], state["world"], state["worker"], state["num_workers"]) != coords:
+            msg = (
+                "load_state_dict: the state was saved by (rank, world, worker, num_workers)="
+                f"{(state['rank'], state['world'], state['worker'], state['num_workers'])}, "
+                f"but this stream is {coords}"
+            )
+            raise ArgumentError(msg)
+        return int(state["yielded"])
+
+    # ------------------------------------------------------------------ iteration
+    def _opened(self) -> OpenedInstances:
+        if self._array is None:
+            self._array = open_instances(self.zarr_path, self.storage_options)
+        return self._array
+
+    def _load(self, buffer: Buffer) -> torch.Tensor:
+        opened = self._opened()
+        raw = read_pieces(opened.array, self._selection, buffer.pieces, self._where)
+        if buffer.source.size != raw.shape[0] or np.any(np.diff(buffer.source) != 1):
+            raw = raw[buffer.source]
+        return normalize_batch(raw, self._mode, self.x_dtype)
+
+    def _loaded(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Buffer, torch.Tensor]]:
+        buffers = plan.buffers(start)
+        if not self.read_ahead:
+            for buf in buffers:
+                yield buf, self._load(buf)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
+        try:
+            pending: tuple[Buffer, Future[torch.Tensor]] | None = None
+            for buf in buffers:
+                fut = pool.submit(self._load, buf)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = (buf, fut)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pack(self, x: Any, rows: np.ndarray, batched: bool) -> Any:
+        out: list[Any] = [x]
+        if self.labels is not None:
+            y = torch.from_numpy(self.labels[rows])
+            out.append(y if batched else y[0])
+        if self.return_instance_id:
+            ids = self.instance_ids[rows]
+            out.append(torch.from_numpy(ids) if batched else int(ids[0]))
+        if self.return_row_index:
+            out.append(torch.from_numpy(rows.astype(np.int64)) if batched else int(rows[0]))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def __iter__(self) -> Iterator[Any]:
+        coords = self._coords()
+        epoch = self.epoch
+        start = self._start_for(epoch, coords)
+        plan = self._plan(epoch, coords)
+        self._iter_epoch, self._iter_coords, self._yielded = epoch, coords, start
+        if self.batch_size is None:
+            yield from self._samples(plan, start)
+        else:
+            yield from self._batches(plan, start)
+
+    def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
+        labels, ids = self.labels, self.instance_ids
+        with_id, with_row = self.return_instance_id, self.return_row_index
+        for buf, x in self._loaded(plan, start):
+            rows = buf.rows
+            ys = None if labels is None else torch.from_numpy(labels[rows])
+            id_list = ids[rows].tolist()
+            row_list = rows.tolist()
+            for j in range(rows.size):
+                out: list[Any] = [x[j]]
+                if ys is not None:
+                    out.append(ys[j])
+                if with_id:
+                    out.append(id_list[j])
+                if with_row:
+                    out.append(row_list[j])
+                self._yielded += 1
+                yield out[0] if len(out) == 1 else tuple(out)
+
+    def _batches(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
+        bs = self.batch_size
+        assert bs is not None
+        xs: list[torch.Tensor] = []
+        rs: list[np.ndarray] = []
+        held = 0
+        for buf, x in self._loaded(plan, start):
+            xs.append(x)
+            rs.append(buf.rows)
+            held += x.shape[0]
+            if held < bs:
+                continue
+            xcat = xs[0] if len(xs) == 1 else torch.cat(xs)
+            rcat = rs[0] if len(rs) == 1 else np.concatenate(rs)
+            n_full = held // bs * bs
+            for b in range(0, n_full, bs):
+                self._yielded += bs
+                yield self._pack(xcat[b : b + bs], rcat[b : b + bs], batched=True)
+            xs, rs, held = [xcat[n_full:]], [rcat[n_full:]], held - n_full
+        if held and not self.drop_last:
+            xcat = torch.cat(xs) if len(xs) > 1 else xs[0]
+            rcat = np.concatenate(rs) if len(rs) > 1 else rs[0]
+            self._yielded += held
+            yield self._pack(xcat, rcat, batched=True)
+
+    def __repr__(self) -> str:
+        mode = "supervised" if self.labels is not None else "inference"
+        return (
+            f"ZarrIterableInstances({self._where}, shape={self.shape}, dtype={self.dtype}, "
+            f"{mode}, kept={self._selection.total}, chunk_i={self.chunk_i}, "
+            f"chunks={int(np.count_nonzero(self._selection.counts))}, pid={os.getpid()})"
+        )
+
+
+class ZarrDataLoader(DataLoader):
+    """A ``DataLoader`` that calls ``dataset.set_epoch`` at every ``iter()``.
+
+    Parameters
+    ----------
+    dataset
+        The dataset; ``set_epoch`` is called on it if it has one.
+    *args
+        Passed to :class:`torch.utils.data.DataLoader`.
+    start_epoch
+        Epoch of the first iteration.
+    **kwargs
+        Passed to :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch = _check_int(start_epoch, "start_epoch", minimum=0)
+
+    def __iter__(self) -> Any:
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.epoch)
+        self.epoch += 1
+        return super().__iter__()

@@ -1,0 +1,41 @@
+"""Exception classes of zarr-instances.
+
+Every class subclasses both :class:`ZarrInstancesError` and the builtin a caller
+would expect (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``OSError``),
+so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ChunkReadError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "ZarrInstancesError",
+]
+
+
+class ZarrInstancesError(Exception):
+    """Base class of every error raised by zarr-instances."""
+
+
+class ArgumentError(ZarrInstancesError, ValueError):
+    """An argument has the right type but a value that is not allowed."""
+
+
+class ArgumentTypeError(ZarrInstancesError, TypeError):
+    """An argument has a type that is not allowed."""
+
+
+class StoreNotFoundError(ZarrInstancesError, FileNotFoundError):
+    """A path or URL holds no Zarr array or group."""
+
+
+class StoreExistsError(ZarrInstancesError, FileExistsError):
+    """An output store exists already and ``overwrite`` was not given."""
+
+
+class ChunkReadError(ZarrInstancesError, OSError):
+    """A chunk of a Zarr array could not be read or decoded."""

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from zarr_instances.testing import make_instance_array, make_instance_store
+
+
+@pytest.fixture
+def store(tmp_path) -> zarr.Group:
+    """An instance-store group: 1,050 rows, chunks of 100, labels in [-1, 4)."""
+    return make_instance_store(tmp_path / "store.zarr", n=1050, chunk_i=100)
+
+
+@pytest.fixture
+def array_path(tmp_path) -> str:
+    """A bare crop array of 530 rows in chunks of 50."""
+    path = tmp_path / "crops.zarr"
+    make_instance_array(path, n=530, chunk_i=50)
+    return str(path)
+
+
+@pytest.fixture
+def ids530() -> np.ndarray:
+    return np.arange(530, dtype=np.int64) * 3 + 7
