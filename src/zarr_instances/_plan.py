@@ -209,7 +209,7 @@ def split_evenly(n: int, parts: int) -> np.ndarray:
 
 
 def rank_share(total: int, world: int, drop_last: bool) -> int:
-    """Samples every rank yields in an epoch of ``total`` kept rows.
+    """Return the samples every rank yields in an epoch of ``total`` kept rows.
 
     ``ceil(total / world)`` with padding, ``total // world`` with ``drop_last``.
     """

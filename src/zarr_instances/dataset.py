@@ -254,13 +254,12 @@ class ZarrIterableInstances(IterableDataset):
         )
 
     def __len__(self) -> int:
-        """Samples this rank yields per epoch (batches, with ``batch_size``, summed per worker).
+        """Return the samples this rank yields per epoch.
 
-        Without ``batch_size`` this is the number of samples of this rank; with it,
-        the number of batches when iterated in one process.
+        With ``batch_size``, the number of batches when iterated in one process.
         """
         self._refresh_rank_world()
-        rank, world = self._rank_world
+        world = self._rank_world[1]
         n = rank_share(self._selection.total, world, self.drop_last)
         if self.batch_size is None:
             return n
