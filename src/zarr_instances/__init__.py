@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .dataset import ZarrDataLoader, ZarrIterableInstances
+from .dataset import ZarrDataLoader, ZarrIterableInstances, merge_worker_states
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -29,4 +29,5 @@ __all__ = [
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
+    "merge_worker_states",
 ]
