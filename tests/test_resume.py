@@ -156,7 +156,8 @@ def _resume_child(path, labels, state_file, workers, batched, out_file):
         path, None, labels, shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=5,
         buffer_chunks=2, batch_size=32 if batched else None,
     )
-    loader = ZarrDataLoader(ds, batch_size=None if batched else 32, num_workers=workers)
+    loader = ZarrDataLoader(ds, batch_size=None if batched else 32, num_workers=workers,
+                            multiprocessing_context="fork")
     loader.load_state_dict(state)
     rest = _batches_rows(loader)
     nxt = _batches_rows(loader)

@@ -18,6 +18,7 @@ from ._reader import read_pieces
 from ._resume import (
     Resume,
     Step,
+    batches_per_worker,
     consumed_after_batches,
     domain_size,
     per_worker_counts,
@@ -287,17 +288,29 @@ class ZarrIterableInstances(IterableDataset):
         )
 
     def __len__(self) -> int:
-        """Return the samples this rank yields per epoch.
+        """Return the number of samples this rank yields per epoch (also with ``batch_size``).
 
-        With ``batch_size``, the number of batches when iterated in one process.
+        Use :meth:`num_batches` for the number of batches.
         """
         self._refresh_rank_world()
-        world = self._rank_world[1]
-        n = rank_share(self._selection.total, world, self.drop_last)
-        if self.batch_size is None:
-            return n
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return rank_share(self._selection.total, self._rank_world[1], self.drop_last)
+
+    def num_batches(
+        self, num_workers: int = 0, batch_size: int | None = None, drop_last: bool | None = None
+    ) -> int:
+        """Return the batches this rank yields per epoch with ``num_workers`` workers.
+
+        Every worker cuts its own stream into batches, so the count depends on the
+        worker count. ``batch_size`` and ``drop_last`` default to the dataset's (for
+        batched mode); pass the DataLoader's in per-sample mode.
+        """
+        size = batch_size if batch_size is not None else self.batch_size
+        if size is None:
+            msg = "num_batches needs batch_size (the dataset has none)"
+            raise ArgumentError(msg)
+        drop = self.drop_last if drop_last is None else drop_last
+        counts = per_worker_counts(len(self), 1, max(1, num_workers), False)
+        return int(batches_per_worker(counts, size, drop).sum())
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -577,6 +590,15 @@ class ZarrDataLoader(DataLoader):
         it = super().__iter__()  # workers hold their copy of the pending resume now
         ds._resume = None
         return self._counting(it, self._run)
+
+    def __len__(self) -> int:
+        """Return the batches per epoch, counting every worker's partial last batch."""
+        ds = self.dataset
+        if not isinstance(ds, ZarrIterableInstances):
+            return super().__len__()
+        if ds.batch_size is not None:
+            return ds.num_batches(self.num_workers)
+        return ds.num_batches(self.num_workers, int(self.batch_size or 1), bool(self.drop_last))
 
     @staticmethod
     def _counting(it: Iterator[Any], run: dict[str, Any]) -> Iterator[Any]:
