@@ -13,6 +13,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrInstancesError,
 )
+from .quality import ShuffleQuality, shuffle_quality
 
 try:
     __version__ = version("zarr-instances")
@@ -24,10 +25,12 @@ __all__ = [
     "ArgumentTypeError",
     "ChunkReadError",
     "StoreExistsError",
+    "ShuffleQuality",
     "StoreNotFoundError",
     "ZarrDataLoader",
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
     "merge_worker_states",
+    "shuffle_quality",
 ]
