@@ -164,7 +164,7 @@ def select_rows(
             msg = f"keep mask must have shape ({n_rows},), got {keep.shape}"
             raise ArgumentError(msg)
         counts = (
-            np.add.reduceat(keep.astype(np.int64), starts)
+            np.add.reduceat(keep, starts, dtype=np.int64)
             if n_chunks
             else np.zeros(0, dtype=np.int64)
         )

@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,7 @@ class ZarrIterableInstances(IterableDataset):
             keep = self.labels >= 0
         self.allowed_chunk_indexes = allowed_chunk_indexes
         self._selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
+        self._share_per_row_arrays()
         if self._selection.total == 0:
             valid = compact_ranges(range(self._selection.n_chunks))
             msg = (
@@ -241,10 +243,33 @@ class ZarrIterableInstances(IterableDataset):
         worker, num_workers = current_worker()
         return rank, world, worker, num_workers
 
+    def _share_per_row_arrays(self) -> None:
+        # Per-row arrays live in shared memory: DataLoader workers started with spawn
+        # or forkserver map them instead of each receiving a copy of all N rows.
+        shared = {"instance_ids": self.instance_ids, "labels": self.labels,
+                  "keep": self._selection.keep}
+        self._shared = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).share_memory_()
+            for k, v in shared.items() if v is not None
+        }
+        self._attach_shared()
+
+    def _attach_shared(self) -> None:
+        views = {k: t.numpy() for k, t in self._shared.items()}
+        self.instance_ids = views["instance_ids"]
+        self.labels = views.get("labels")
+        self._selection = replace(self._selection, keep=views.get("keep"))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._attach_shared()
+
     def __getstate__(self) -> dict[str, Any]:
         self._refresh_rank_world()
         state = self.__dict__.copy()
         state["_array"] = None
+        state["instance_ids"] = state["labels"] = None
+        state["_selection"] = replace(self._selection, keep=None)
         return state
 
     # ------------------------------------------------------------------ sizes
