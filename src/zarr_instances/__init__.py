@@ -13,6 +13,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrInstancesError,
 )
+from .extract import extract_instances
 
 try:
     __version__ = version("zarr-instances")
@@ -29,4 +30,5 @@ __all__ = [
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
+    "extract_instances",
 ]
