@@ -180,7 +180,7 @@ def default_chunk_rows(crop_bytes: int, n: int, target: int = 2 * 2**20) -> int:
 
 def crop_windows(
     image: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     origin_yx: tuple[int, int],
     starts_yx: np.ndarray,
     labels: np.ndarray,
@@ -221,7 +221,7 @@ def crop_windows(
     win = sliding_window_view(image, (diameter, diameter), axis=(-2, -1))
     crops = np.moveaxis(win, (2, 3), (0, 1))[ys, xs]
     mcrops = None
-    if remove_background or with_mask:
+    if mask is not None and (remove_background or with_mask):
         mwin = sliding_window_view(mask, (diameter, diameter), axis=(-2, -1))
         mcrops = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
         if remove_background:

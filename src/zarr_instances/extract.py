@@ -22,6 +22,7 @@ How it works
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import uuid
@@ -74,11 +75,64 @@ def _library_version() -> str:
 # --------------------------------------------------------------------------- tasks
 
 
+class _Blocks:
+    """The Dask blocks of an array, to hand a task exactly the blocks a region needs.
+
+    Tasks receive whole blocks (each stored chunk is then read and decoded once per
+    pass, and shared by every tile that needs it) instead of slices that Dask would
+    push down into separate reads of the same chunks.
+    """
+
+    def __init__(self, array: da.Array) -> None:
+        self.blocks = array.to_delayed()
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = array.dtype
+        self.edges = [np.concatenate(([0], np.cumsum(c))).astype(np.int64) for c in array.chunks]
+
+    def cover(self, ys: slice, xs: slice) -> list[tuple[tuple[int, ...], Any]]:
+        """Return ``(global start of block, block)`` for every block meeting ``[ys, xs]``."""
+        ey, ex = self.edges[-2], self.edges[-1]
+        by0 = int(np.searchsorted(ey, ys.start, side="right")) - 1
+        by1 = int(np.searchsorted(ey, ys.stop, side="left"))
+        bx0 = int(np.searchsorted(ex, xs.start, side="right")) - 1
+        bx1 = int(np.searchsorted(ex, xs.stop, side="left"))
+        out = []
+        lead = self.blocks.shape[:-2]
+        for idx in np.ndindex(*lead, by1 - by0, bx1 - bx0):
+            full = (*idx[:-2], idx[-2] + by0, idx[-1] + bx0)
+            start = tuple(int(self.edges[d][i]) for d, i in enumerate(full))
+            out.append((start, self.blocks[full]))
+        return out
+
+
+def _fill(
+    out: np.ndarray, box_yx: tuple[int, int], pieces: Sequence[tuple[tuple[int, ...], Any]]
+) -> None:
+    """Copy the parts of ``pieces`` (blocks at global starts) that fall inside ``out``.
+
+    ``out`` covers all leading axes and the y/x box starting at global ``box_yx``.
+    """
+    by, bx = box_yx
+    h, w = out.shape[-2:]
+    for start, block in pieces:
+        block = np.asarray(block)
+        y0, x0 = start[-2], start[-1]
+        ya, yb = max(y0, by), min(y0 + block.shape[-2], by + h)
+        xa, xb = max(x0, bx), min(x0 + block.shape[-1], bx + w)
+        if ya >= yb or xa >= xb:
+            continue
+        lead = tuple(slice(s, s + n) for s, n in zip(start[:-2], block.shape[:-2], strict=True))
+        out[(*lead, slice(ya - by, yb - by), slice(xa - bx, xb - bx))] = block[
+            ..., ya - y0 : yb - y0, xa - x0 : xb - x0
+        ]
+
+
 def _cut_tile(
-    image: np.ndarray,
-    mask: np.ndarray,
+    image_pieces: list,
+    mask_pieces: list,
+    shapes: tuple[tuple[int, ...], Any, tuple[int, ...], Any],
     box: tuple[int, int, int, int],
-    dst: tuple[slice, slice],
+    padded: bool,
     starts: np.ndarray,
     labels: np.ndarray,
     rows: np.ndarray,
@@ -86,14 +140,20 @@ def _cut_tile(
     remove_background: bool,
     with_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Cut the windows of one tile; ``image``/``mask`` hold the box clipped to the image."""
+    """Cut the windows of one tile out of the blocks covering its box.
+
+    The box (zero-padded where it reaches past the image edge) is assembled from
+    the blocks with one copy per block, then all windows are cut in one step.
+    """
     y0, y1, x0, x1 = box
-    if image.shape[-2:] != (y1 - y0, x1 - x0):
-        padded = np.zeros((*image.shape[:2], y1 - y0, x1 - x0), dtype=image.dtype)
-        padded[(..., *dst)] = image
-        mpadded = np.zeros((mask.shape[0], y1 - y0, x1 - x0), dtype=mask.dtype)
-        mpadded[(..., *dst)] = mask
-        image, mask = padded, mpadded
+    lead, dtype, mlead, mdtype = shapes
+    alloc = np.zeros if padded else np.empty
+    image = alloc((*lead, y1 - y0, x1 - x0), dtype=dtype)
+    _fill(image, (y0, x0), image_pieces)
+    mask = None
+    if remove_background or with_mask:
+        mask = alloc((*mlead, y1 - y0, x1 - x0), dtype=mdtype)
+        _fill(mask, (y0, x0), mask_pieces)
     crops, mcrops = crop_windows(
         image, mask, (y0, x0), starts, labels, diameter,
         remove_background=remove_background, with_mask=with_mask,
@@ -192,8 +252,8 @@ class _Plan:
 
 def _tile_tasks(
     plan: _Plan,
-    image: da.Array,
-    mask: da.Array,
+    image: _Blocks,
+    mask: _Blocks,
     r0: int,
     r1: int,
     remove_background: bool,
@@ -202,15 +262,18 @@ def _tile_tasks(
 ) -> list[tuple[np.ndarray, Any]]:
     """One delayed cut per tile holding rows ``[r0, r1)``; returns ``(rows, task)`` pairs."""
     out = []
+    shapes = (image.shape[:-2], image.dtype, mask.shape[:-2], mask.dtype)
+    need_mask = remove_background or with_mask
     for t, rows, inst in plan.tiles(r0, r1):
         box = plan.box(inst)
-        src, dst = pad_box(plan.image_yx, *box)
+        src, _ = pad_box(plan.image_yx, *box)
+        padded = (src[0].stop - src[0].start, src[1].stop - src[1].start) != (
+            box[1] - box[0], box[3] - box[2],
+        )
         task = dask.delayed(_cut_tile, pure=False)(
-            image[(slice(None), slice(None), *src)],
-            mask[(slice(None), *src)],
-            box, dst, plan.starts[inst], plan.ids[inst], rows, plan.diameter,
-            remove_background, with_mask,
-            dask_key_name=f"zi-cut-{token}-{r0}-{t}",
+            image.cover(*src), mask.cover(*src) if need_mask else [], shapes, box, padded,
+            plan.starts[inst], plan.ids[inst], rows, plan.diameter, remove_background,
+            with_mask, dask_key_name=f"zi-cut-{token}-{r0}-{t}",
         )
         out.append((rows, task))
     return out
@@ -437,12 +500,13 @@ def extract_instances(
     row_ids = ids[plan.perm]
     row_cents = cents[plan.perm]
     token = uuid.uuid4().hex[:12]
+    iblocks, mblocks = _Blocks(im), _Blocks(mk)
 
     if out is None:
         pieces = []
         for a in range(0, n, chunk_i):
             b = min(n, a + chunk_i)
-            tasks = _tile_tasks(plan, im, mk, a, b, remove_background, False, token)
+            tasks = _tile_tasks(plan, iblocks, mblocks, a, b, remove_background, False, token)
             delayed = dask.delayed(_assemble_crops, pure=False)(
                 a, b, crop_shape, im.dtype, *_needed(tasks, a, b),
                 dask_key_name=f"zi-crops-{token}-{a}",
@@ -470,17 +534,20 @@ def extract_instances(
         storage_options=storage_options,
     )
     arr, marr, prog = group[IMAGE_KEY], group.get(MASK_KEY), group[PROGRESS_KEY]
+    write = functools.partial(_write_unit, arr, marr, prog)
     unit_bytes = layout.unit * crop_bytes * (2 if extract_mask else 1)
     with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk",
               disable=None if progress is None else not progress) as bar:
         for run in _passes(todo, unit_bytes, memory_limit):
             r0, r1 = int(run[0]) * layout.unit, min(n, (int(run[-1]) + 1) * layout.unit)
-            tasks = _tile_tasks(plan, im, mk, r0, r1, remove_background, extract_mask, token)
+            tasks = _tile_tasks(
+                plan, iblocks, mblocks, r0, r1, remove_background, extract_mask, token
+            )
             writes = []
             for u in run:
                 a, b = int(u) * layout.unit, min(n, (int(u) + 1) * layout.unit)
-                writes.append(dask.delayed(_write_unit, pure=False)(
-                    arr, marr, prog, int(u), a, b, *_needed(tasks, a, b),
+                writes.append(dask.delayed(write, pure=False)(
+                    int(u), a, b, *_needed(tasks, a, b),
                     dask_key_name=f"zi-write-{token}-{int(u)}",
                 ))
             _run(writes, bar, f"zi-write-{token}-")
