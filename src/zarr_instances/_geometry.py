@@ -226,7 +226,10 @@ def crop_windows(
         mcrops = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
         if remove_background:
             keep = mcrops == np.asarray(labels).astype(mcrops.dtype)[:, None, None, None]
-            np.copyto(crops, 0, where=~keep[:, None])
+            if np.issubdtype(crops.dtype, np.integer) or crops.dtype == np.bool_:
+                crops *= keep[:, None]  # much faster than copyto(where=)
+            else:  # keep NaN / inf of other labels out, too
+                np.copyto(crops, 0, where=~keep[:, None])
         mcrops = mcrops[:, None] if with_mask else None
     return crops, mcrops
 

@@ -54,6 +54,8 @@ from .errors import ArgumentError, ArgumentTypeError
 __all__ = ["extract_instances"]
 
 _ORDERS = ("id", "random")
+# Bytes of crops written by one task (whole units; zarr encodes a task's chunks concurrently).
+_TASK_BYTES = 8 * 2**20
 
 
 def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
@@ -179,24 +181,24 @@ def _assemble_crops(r0: int, r1: int, shape: tuple, dtype: Any, *parts: Any) -> 
     return _assemble(r0, r1, shape, dtype, None, None, parts)[0]
 
 
-def _write_unit(
+def _write_units(
     image: zarr.Array,
     mask: zarr.Array | None,
     progress: zarr.Array,
-    unit: int,
+    units: range,
     r0: int,
     r1: int,
     *parts: Any,
-) -> int:
-    """Write one whole unit (chunk or shard) of rows, then flag it done."""
+) -> range:
+    """Write rows ``[r0, r1)`` (whole units: chunks or shards), then flag ``units`` done."""
     mshape = None if mask is None else mask.shape[1:]
     mdtype = None if mask is None else mask.dtype
     buf, mbuf = _assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
     image[r0:r1] = buf
     if mask is not None:
         mask[r0:r1] = mbuf
-    progress[unit] = 1
-    return unit
+    progress[units.start : units.stop] = 1
+    return units
 
 
 # --------------------------------------------------------------------------- planning
@@ -314,7 +316,7 @@ class _CountWrites(Callback):
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if isinstance(key, str) and key.startswith(self.prefix):
-            self.bar.update(1)
+            self.bar.update(len(result))
 
 
 def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
@@ -323,8 +325,7 @@ def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
         from distributed import as_completed
 
         for fut in as_completed(client.compute(tasks)):
-            fut.result()
-            bar.update(1)
+            bar.update(len(fut.result()))
         return
     with _CountWrites(bar, prefix):
         dask.compute(*tasks)
@@ -534,8 +535,9 @@ def extract_instances(
         storage_options=storage_options,
     )
     arr, marr, prog = group[IMAGE_KEY], group.get(MASK_KEY), group[PROGRESS_KEY]
-    write = functools.partial(_write_unit, arr, marr, prog)
+    write = functools.partial(_write_units, arr, marr, prog)
     unit_bytes = layout.unit * crop_bytes * (2 if extract_mask else 1)
+    per_task = max(1, _TASK_BYTES // unit_bytes)
     with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk",
               disable=None if progress is None else not progress) as bar:
         for run in _passes(todo, unit_bytes, memory_limit):
@@ -544,11 +546,12 @@ def extract_instances(
                 plan, iblocks, mblocks, r0, r1, remove_background, extract_mask, token
             )
             writes = []
-            for u in run:
-                a, b = int(u) * layout.unit, min(n, (int(u) + 1) * layout.unit)
+            for u0 in range(0, run.size, per_task):
+                units = range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
+                a, b = units.start * layout.unit, min(n, units.stop * layout.unit)
                 writes.append(dask.delayed(write, pure=False)(
-                    int(u), a, b, *_needed(tasks, a, b),
-                    dask_key_name=f"zi-write-{token}-{int(u)}",
+                    units, a, b, *_needed(tasks, a, b),
+                    dask_key_name=f"zi-write-{token}-{units.start}",
                 ))
             _run(writes, bar, f"zi-write-{token}-")
     finish_store(group)
