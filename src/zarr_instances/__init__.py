@@ -13,6 +13,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrInstancesError,
 )
+from .extract import extract_instances
 from .quality import ShuffleQuality, shuffle_quality
 
 try:
@@ -31,6 +32,7 @@ __all__ = [
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
+    "extract_instances",
     "merge_worker_states",
     "shuffle_quality",
 ]

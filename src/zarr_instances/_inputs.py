@@ -1,0 +1,166 @@
+"""Open the image and mask of an extraction as Dask arrays ``(c, z, y, x)`` / ``(z, y, x)``.
+
+Accepted: NumPy arrays, Dask arrays, ``zarr.Array``, and paths or URLs of a Zarr
+array, of a Zarr group holding one array, or of an OME-Zarr multiscale image
+(level 0 is used).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from .errors import ArgumentError, ArgumentTypeError, StoreNotFoundError
+
+__all__ = ["OpenedInput", "open_image", "open_mask"]
+
+
+@dataclass(frozen=True)
+class OpenedInput:
+    """A Dask view of an input, where it came from and its channel names (if known)."""
+
+    array: da.Array
+    source: str
+    channel_names: list[str] | None
+
+
+def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:
+        return ome["multiscales"]
+    return attrs.get("multiscales")
+
+
+def _channel_names(attrs: dict[str, Any]) -> list[str] | None:
+    ome = attrs.get("ome")
+    omero = ome.get("omero") if isinstance(ome, dict) else None
+    omero = omero or attrs.get("omero")
+    if not isinstance(omero, dict) or "channels" not in omero:
+        return None
+    names = [str(ch.get("label", i)) for i, ch in enumerate(omero["channels"])]
+    return names
+
+
+def _open_path(
+    name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
+) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
+    spath = os.fspath(path)
+    if "://" not in spath and not os.path.exists(spath):
+        msg = f"No Zarr array or group at {name}={spath!r}: the path does not exist"
+        raise StoreNotFoundError(msg)
+    try:
+        node = zarr.open(spath, mode="r", storage_options=storage_options)
+    except FileNotFoundError as exc:
+        msg = f"No Zarr array or group at {name}={spath!r}: {exc}"
+        raise StoreNotFoundError(msg) from exc
+    return _resolve_node(name, spath, node)
+
+
+def _resolve_node(
+    name: str, where: str, node: zarr.Array | zarr.Group
+) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
+    if isinstance(node, zarr.Array):
+        return node, None, None
+    attrs = dict(node.attrs)
+    ms = _multiscales(attrs)
+    if ms:
+        level0 = ms[0]["datasets"][0]["path"]
+        axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms[0].get("axes", [])]
+        arr = node[level0]
+        assert isinstance(arr, zarr.Array)
+        return arr, axes or None, _channel_names(attrs)
+    keys = sorted(node.array_keys())
+    if len(keys) == 1:
+        arr = node[keys[0]]
+        assert isinstance(arr, zarr.Array)
+        return arr, None, None
+    msg = (
+        f"{name}={where!r} is a Zarr group that is neither an OME-Zarr multiscale image nor "
+        f"holds exactly one array (it holds arrays {keys!r}); pass the array's path"
+    )
+    raise ArgumentError(msg)
+
+
+def _to_dask(name: str, value: Any, storage_options: dict[str, Any] | None, chunk: int) -> tuple:
+    """Return ``(dask array, source description, axes, channel names)``."""
+    if isinstance(value, da.Array):
+        return value, f"dask array {value.name}", None, None
+    if isinstance(value, (zarr.Array, zarr.Group)):
+        where = str(value.store_path)
+        arr, axes, names = _resolve_node(name, where, value)
+        return da.from_zarr(arr), where, axes, names
+    if isinstance(value, (str, os.PathLike)):
+        arr, axes, names = _open_path(name, value, storage_options)
+        return da.from_zarr(arr), os.fspath(value), axes, names
+    if isinstance(value, np.ndarray):
+        nd = value.ndim
+        chunks = tuple(min(s, chunk) if i >= nd - 2 else s for i, s in enumerate(value.shape))
+        return da.from_array(value, chunks=chunks), "numpy array", None, None
+    msg = (
+        f"{name} must be a NumPy, Dask or Zarr array or a path/URL of a Zarr or OME-Zarr "
+        f"image, got {type(value).__name__}: {value!r}"
+    )
+    raise ArgumentTypeError(msg)
+
+
+def _drop_leading(arr: da.Array, keep: int) -> da.Array:
+    """Drop leading length-1 axes (e.g. OME-Zarr ``t``) until ``keep`` dims remain."""
+    while arr.ndim > keep and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
+
+
+def open_image(
+    image: Any, storage_options: dict[str, Any] | None = None, chunk: int = 2048
+) -> OpenedInput:
+    """Open ``image`` as a Dask array ``(c, z, y, x)``.
+
+    A 3-D image ``(c, y, x)`` gets ``z = 1``. A 5-D OME-Zarr image ``(t, c, z, y, x)``
+    with one time point drops ``t``; an OME-Zarr image without a ``c`` axis gets one.
+    """
+    arr, where, axes, names = _to_dask("image", image, storage_options, chunk)
+    if axes is not None and "c" not in axes:
+        arr = arr[None]
+    if arr.ndim == 5:
+        arr = _drop_leading(arr, 4)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        msg = (
+            f"image must be (c, y, x) or (c, z, y, x), got shape {tuple(arr.shape)} "
+            f"({arr.ndim}-D) from {where}"
+        )
+        raise ArgumentError(msg)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        msg = f"image must hold numbers, got dtype {arr.dtype} from {where}"
+        raise ArgumentTypeError(msg)
+    return OpenedInput(arr, where, names)
+
+
+def open_mask(
+    mask: Any, storage_options: dict[str, Any] | None = None, chunk: int = 2048
+) -> OpenedInput:
+    """Open ``mask`` as an integer Dask array ``(z, y, x)`` (a 2-D mask gets ``z = 1``)."""
+    arr, where, _, _ = _to_dask("mask", mask, storage_options, chunk)
+    if arr.ndim > 3:
+        arr = _drop_leading(arr, 3)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        msg = (
+            f"mask must be (y, x) or (z, y, x), got shape {tuple(arr.shape)} "
+            f"({arr.ndim}-D) from {where}"
+        )
+        raise ArgumentError(msg)
+    if not np.issubdtype(arr.dtype, np.integer):
+        msg = (
+            f"mask must hold integer labels (0 = background), got dtype {arr.dtype} "
+            f"from {where}; convert it, e.g. mask.astype('int32')"
+        )
+        raise ArgumentTypeError(msg)
+    return OpenedInput(arr, where, None)

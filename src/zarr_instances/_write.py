@@ -1,0 +1,175 @@
+"""Create, resume and finish the instance store written by ``extract_instances``.
+
+Layout (SPEC §2), a Zarr group holding:
+
+* ``image`` ``(i, c, z, d, d)`` crops, chunked along ``i`` (optionally sharded);
+* ``mask`` ``(i, 1, z, d, d)`` mask crops (only with ``extract_mask=True``);
+* ``instance_ids`` ``(i,)`` int64, aligned with the rows;
+* ``centroids`` ``(i, 3)`` int64 ``(z, y, x)`` centre of mass in source pixels;
+* ``progress`` ``(n_units,)`` uint8, one flag per write unit (a chunk, or a shard
+  when sharded), set to 1 only after that unit's rows are written;
+* attributes ``zarr_instances``: version, sources, parameters, channel names and
+  ``complete`` (``False`` until every unit is written).
+
+An interrupted run leaves ``complete = False``; the same call then resumes and
+writes only the units whose flag is 0. Rewriting a unit writes the same bytes, so
+a unit cut short by a crash (data written, flag not yet) is simply written again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import StoreExistsError
+
+__all__ = ["ATTRS_KEY", "CENTROIDS_KEY", "MASK_KEY", "PROGRESS_KEY", "StoreLayout", "prepare_store"]
+
+ATTRS_KEY = "zarr_instances"
+CENTROIDS_KEY = "centroids"
+MASK_KEY = "mask"
+PROGRESS_KEY = "progress"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Everything that fixes the bytes of an instance store."""
+
+    n: int
+    crop_shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    mask_dtype: np.dtype | None
+    chunk_i: int
+    shards: int | None
+    zarr_format: int
+    compressors: Any
+
+    @property
+    def unit(self) -> int:
+        """Rows per write unit (a shard when sharded, else a chunk)."""
+        return self.shards or self.chunk_i
+
+    @property
+    def n_units(self) -> int:
+        """Number of write units."""
+        return -(-self.n // self.unit)
+
+
+def _exists(path: str, storage_options: dict[str, Any] | None) -> bool:
+    if "://" not in path:
+        return os.path.exists(path) and bool(os.listdir(path) if os.path.isdir(path) else True)
+    try:
+        zarr.open(path, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
+    return True
+
+
+def _create(
+    path: str,
+    layout: StoreLayout,
+    ids: np.ndarray,
+    cents: np.ndarray,
+    attrs: dict[str, Any],
+    storage_options: dict[str, Any] | None,
+) -> zarr.Group:
+    group = zarr.open_group(
+        path, mode="w", zarr_format=layout.zarr_format, storage_options=storage_options
+    )
+    shape = layout.crop_shape
+    kw: dict[str, Any] = {"compressors": layout.compressors, "overwrite": True}
+    if layout.shards is not None:
+        kw["shards"] = (layout.shards, *shape)
+    group.create_array(
+        "image", shape=(layout.n, *shape), chunks=(layout.chunk_i, *shape),
+        dtype=layout.dtype, fill_value=0, **kw,
+    )
+    if layout.mask_dtype is not None:
+        mshape = (1, *shape[1:])
+        if layout.shards is not None:
+            kw["shards"] = (layout.shards, *mshape)
+        group.create_array(
+            MASK_KEY, shape=(layout.n, *mshape), chunks=(layout.chunk_i, *mshape),
+            dtype=layout.mask_dtype, fill_value=0, **kw,
+        )
+    n = max(layout.n, 1)
+    a = group.create_array("instance_ids", shape=(layout.n,), chunks=(n,), dtype="int64")
+    a[:] = ids
+    c = group.create_array(CENTROIDS_KEY, shape=(layout.n, 3), chunks=(n, 3), dtype="int64")
+    c[:] = cents
+    group.create_array(
+        PROGRESS_KEY, shape=(layout.n_units,), chunks=(1,), dtype="uint8", fill_value=0,
+        compressors=None,
+    )
+    group.attrs[ATTRS_KEY] = {**attrs, "complete": False}
+    return group
+
+
+def prepare_store(
+    path: str,
+    layout: StoreLayout,
+    ids: np.ndarray,
+    cents: np.ndarray,
+    attrs: dict[str, Any],
+    *,
+    overwrite: bool,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[zarr.Group, np.ndarray]:
+    """Create the store at ``path``, or reopen an interrupted one with the same parameters.
+
+    Returns the group and the indexes of the write units still to write.
+
+    Raises
+    ------
+    StoreExistsError
+        If something exists at ``path`` and ``overwrite`` is false, unless it is an
+        interrupted extraction with identical parameters (then it is resumed).
+    """
+    if overwrite or not _exists(path, storage_options):
+        group = _create(path, layout, ids, cents, attrs, storage_options)
+        return group, np.arange(layout.n_units)
+    try:
+        group = zarr.open_group(path, mode="r+", storage_options=storage_options)
+        recorded = dict(group.attrs.get(ATTRS_KEY, {}))
+    except (FileNotFoundError, KeyError, ValueError, TypeError):
+        group, recorded = None, {}
+    if not recorded:
+        msg = (
+            f"out={path!r} exists and is not an instance store written by extract_instances; "
+            "pass overwrite=True to replace it, or choose another path"
+        )
+        raise StoreExistsError(msg)
+    if recorded.get("complete", False):
+        msg = (
+            f"out={path!r} holds a complete instance store already "
+            f"({recorded.get('parameters', {}).get('n_instances', '?')} instances); "
+            "pass overwrite=True to replace it, or choose another path"
+        )
+        raise StoreExistsError(msg)
+    assert group is not None
+    same = recorded.get("parameters") == attrs["parameters"]
+    if same:
+        same = np.array_equal(group["instance_ids"][...], ids) and np.array_equal(
+            group[CENTROIDS_KEY][...], cents
+        )
+    if not same:
+        msg = (
+            f"out={path!r} holds an interrupted extraction with different parameters or "
+            f"instances (recorded parameters {recorded.get('parameters')!r}, this call "
+            f"{attrs['parameters']!r}); rerun with the recorded parameters to resume, or "
+            "pass overwrite=True to start again"
+        )
+        raise StoreExistsError(msg)
+    done = np.asarray(group[PROGRESS_KEY][...])
+    return group, np.flatnonzero(done == 0)
+
+
+def finish_store(group: zarr.Group) -> None:
+    """Mark the store complete (after every unit is written)."""
+    attrs = dict(group.attrs[ATTRS_KEY])
+    attrs["complete"] = True
+    group.attrs[ATTRS_KEY] = attrs

@@ -1,0 +1,274 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+import zarr_instances
+import zarr_instances.extract as ex
+from zarr_instances import (
+    ArgumentError,
+    ArgumentTypeError,
+    StoreExistsError,
+    StoreNotFoundError,
+    ZarrIterableInstances,
+    extract_instances,
+)
+from zarr_instances.testing import make_image_and_mask
+
+D = 12
+
+
+@pytest.fixture
+def inputs(tmp_path) -> tuple[str, str, np.ndarray, np.ndarray]:
+    image, mask = make_image_and_mask((120, 100), 45, D, seed=11)
+    img = tmp_path / "img.zarr"
+    msk = tmp_path / "mask.zarr"
+    zarr.create_array(img, data=image, chunks=(2, 40, 40))
+    zarr.create_array(msk, data=mask, chunks=(50, 50))
+    return str(img), str(msk), image, mask
+
+
+def _read_all(path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(path, mode="r")
+    return {k: g[k][...] for k in g.array_keys()}
+
+
+def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
+    img, msk, image, mask = inputs
+    out = tmp_path / "out.zarr"
+    ids, inst = extract_instances(img, msk, D, out=out, extract_mask=True, chunk_i=8)
+    _, lazy = extract_instances(image, mask, D)
+    np.testing.assert_array_equal(inst.compute(), lazy.compute())
+    g = zarr.open_group(out, mode="r")
+    assert set(g.array_keys()) == {"image", "mask", "instance_ids", "centroids", "progress"}
+    n = ids.size
+    assert g["image"].shape == (n, 2, 1, D, D)
+    assert g["image"].chunks == (8, 2, 1, D, D)
+    assert g["mask"].shape == (n, 1, 1, D, D)
+    assert g["mask"].dtype == mask.dtype
+    np.testing.assert_array_equal(g["instance_ids"][...], ids)
+    cents = g["centroids"][...]
+    for k in (0, n // 2, n - 1):
+        _, yy, xx = np.nonzero(mask[None] == ids[k])
+        assert cents[k].tolist() == [0, int(np.rint(yy.mean())), int(np.rint(xx.mean()))]
+        y0, x0 = cents[k, 1] - D // 2, cents[k, 2] - D // 2
+        window = np.zeros((D, D), dtype=mask.dtype)
+        ys, xs = slice(max(y0, 0), y0 + D), slice(max(x0, 0), x0 + D)
+        piece = mask[ys, xs]
+        window[ys.start - y0 : ys.start - y0 + piece.shape[0],
+               xs.start - x0 : xs.start - x0 + piece.shape[1]] = piece
+        np.testing.assert_array_equal(g["mask"][k, 0, 0], window)
+    attrs = g.attrs["zarr_instances"]
+    assert attrs["complete"] is True
+    assert attrs["parameters"]["diameter"] == D
+    assert attrs["parameters"]["n_instances"] == n
+    assert attrs["source"] == {"image": img, "mask": msk}
+    assert attrs["version"] == zarr_instances.__version__
+    assert g["progress"][...].all()
+    ds = ZarrIterableInstances(out, None, None, normalize=None)
+    rows = list(ds)
+    assert len(rows) == n
+    x, iid, row = rows[5]
+    assert iid == ids[5]
+    assert row == 5
+    np.testing.assert_array_equal(x.numpy(), g["image"][5].astype(np.float32))
+
+
+def test_default_chunking_is_about_2_mib(tmp_path):
+    image, mask = make_image_and_mask((300, 300), 300, 64, seed=2)
+    extract_instances(image, mask, 64, out=tmp_path / "big.zarr")
+    arr = zarr.open_array(tmp_path / "big.zarr/image", mode="r")
+    assert arr.chunks[0] == 128  # 128 crops of 2 x 64 x 64 uint16 = 2 MiB
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"zarr_format": 2, "compressors": None},
+        {"chunk_i": 4, "shards": 12},
+        {"order": "random", "seed": 3, "chunk_i": 5},
+    ],
+)
+def test_formats_shards_order(inputs, tmp_path, kwargs):
+    img, msk, image, mask = inputs
+    ids_ref, ref = extract_instances(image, mask, D)
+    ref = ref.compute()
+    ids, inst = extract_instances(img, msk, D, out=tmp_path / "o.zarr", **kwargs)
+    got = inst.compute()
+    g = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    assert g.metadata.zarr_format == kwargs.get("zarr_format", 3)
+    if "shards" in kwargs:
+        assert g["image"].shards == (12, 2, 1, D, D)
+        assert g["image"].chunks == (4, 2, 1, D, D)
+    if kwargs.get("order") == "random":
+        perm = np.random.default_rng(3).permutation(ids_ref.size)
+        np.testing.assert_array_equal(ids, ids_ref[perm])
+        np.testing.assert_array_equal(got, ref[perm])
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_overwrite_and_existing(inputs, tmp_path):
+    img, msk, _, _ = inputs
+    out = tmp_path / "out.zarr"
+    extract_instances(img, msk, D, out=out)
+    with pytest.raises(StoreExistsError, match=r"complete instance store.*overwrite=True"):
+        extract_instances(img, msk, D, out=out)
+    _, inst = extract_instances(img, msk, D + 2, out=out, overwrite=True)
+    assert inst.shape[-1] == D + 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("hello")
+    with pytest.raises(StoreExistsError, match="not an instance store"):
+        extract_instances(img, msk, D, out=other)
+    assert (other / "notes.txt").exists()
+
+
+def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
+    img, msk, image, mask = inputs
+    calls = []
+    real = ex._run
+    monkeypatch.setattr(ex, "_run", lambda tasks, *a: (calls.append(len(tasks)), real(tasks, *a)))
+    _, inst = extract_instances(
+        img, msk, D, out=tmp_path / "o.zarr", chunk_i=4, memory_limit=4 * 2 * D * D * 2 * 3
+    )
+    n_units = zarr.open_array(tmp_path / "o.zarr/progress", mode="r").shape[0]
+    assert len(calls) == -(-n_units // 3) > 1  # 3 units of 4 crops per pass
+    np.testing.assert_array_equal(inst.compute(), extract_instances(image, mask, D)[1].compute())
+
+
+_KILLED = """
+import sys, time
+import dask
+import zarr_instances.extract as ex
+
+real = ex._write_units
+mode = sys.argv[4]
+
+def slow(image, mask, progress, units, r0, r1, *parts):
+    if mode == "torn" and 4 in units:
+        image[r0:r1] = 7  # the process dies half way: garbage data, no progress flag
+        import os
+        os._exit(3)
+    time.sleep(0.15)
+    return real(image, mask, progress, units, r0, r1, *parts)
+
+ex._write_units = slow
+ex._TASK_BYTES = 1  # one unit per write task, so the kill lands between units
+dask.config.set(scheduler="synchronous")
+ex.extract_instances(sys.argv[1], sys.argv[2], 12, out=sys.argv[3], chunk_i=5,
+                     extract_mask=True, order="random", seed=1)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sigkill", "torn"])
+def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode):
+    img, msk, _, _ = inputs
+    kwargs = {"chunk_i": 5, "extract_mask": True, "order": "random", "seed": 1}
+    clean = tmp_path / "clean.zarr"
+    extract_instances(img, msk, D, out=clean, **kwargs)
+    expected = _read_all(clean)
+    n_units = expected["progress"].size
+
+    out = tmp_path / "out.zarr"
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(_KILLED))
+    env = {**os.environ, "PYTHONPATH": str(Path(zarr_instances.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), img, msk, str(out), mode], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    if mode == "sigkill":
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if zarr.open_array(out / "progress", mode="r")[...].sum() >= 3:
+                    break
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        proc.kill()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err.decode()
+    done = zarr.open_array(out / "progress", mode="r")[...]
+    assert 0 < done.sum() < n_units
+    g = zarr.open_group(out, mode="r")
+    assert g.attrs["zarr_instances"]["complete"] is False
+
+    # A different call does not resume it.
+    with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
+        extract_instances(img, msk, D, out=out, **{**kwargs, "seed": 2})
+
+    written = []
+    real = ex._write_units
+    monkeypatch.setattr(
+        ex, "_write_units", lambda *a: (written.extend(a[3]), real(*a))[1]
+    )
+    extract_instances(img, msk, D, out=out, **kwargs)
+    assert sorted(written) == np.flatnonzero(done == 0).tolist()
+    got = _read_all(out)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    a = dict(zarr.open_group(out, mode="r").attrs)
+    b = dict(zarr.open_group(clean, mode="r").attrs)
+    a["zarr_instances"]["source"] = b["zarr_instances"]["source"] = None
+    assert a == b
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors(inputs, tmp_path):
+    _, _, image, mask = inputs
+    cases = [
+        ((image, mask[:-1], D), {}, ArgumentError,
+         r"same pixels.*\(1, 120, 100\).*got mask shape \(1, 119, 100\)"),
+        ((image, mask.astype(np.float32), D), {}, ArgumentTypeError, "integer labels.*float32"),
+        ((image, mask > 0, D), {}, ArgumentTypeError, "integer labels.*bool"),
+        ((image, mask, 0), {}, ArgumentError, "diameter must be >= 1, got 0"),
+        ((image, mask, -3), {}, ArgumentError, "diameter must be >= 1, got -3"),
+        ((image, mask, 2.5), {}, ArgumentTypeError, "diameter must be an integer.*2.5"),
+        ((image, np.zeros_like(mask), D), {}, ArgumentError, "mask has no labels"),
+        ((image, mask, D), {"order": "shuffled"}, ArgumentError, "order must be one of.*shuffled"),
+        ((image, mask, D), {"chunk_i": 0}, ArgumentError, "chunk_i must be >= 1, got 0"),
+        ((image, mask, D), {"depth": 2}, ArgumentError, "depth must be >= diameter // 2"),
+        ((image, mask, D), {"zarr_format": 4}, ArgumentError, "zarr_format must be 2 or 3"),
+        ((image, mask, D), {"shards": 10, "zarr_format": 2}, ArgumentError, "shards needs"),
+        ((image, mask, D), {"shards": 10, "chunk_i": 3, "out": tmp_path / "s"},
+         ArgumentError, "shards must be a multiple of chunk_i=3"),
+        ((image, mask, D), {"extract_mask": True}, ArgumentError, "extract_mask=True.*out"),
+        ((image[0], mask, D), {}, ArgumentError, r"image must be .*got shape \(120, 100\)"),
+        ((image[0, 0], mask, D), {}, ArgumentError, r"image must be \(c, y, x\) or"),
+        ((image, np.stack([mask[None]] * 2), D), {}, ArgumentError, r"mask must be \(y, x\)"),
+        ((image, mask, D), {"channel_names": ["a"]}, ArgumentError, "channel_names must name 2"),
+        ((str(tmp_path / "nope.zarr"), mask, D), {}, StoreNotFoundError, "image=.*nope.zarr"),
+        (([1, 2], mask, D), {}, ArgumentTypeError, "image must be a NumPy, Dask or Zarr"),
+    ]
+    for args, kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            extract_instances(*args, **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_progress_bar_and_group_input(inputs, tmp_path, capsys):
+    img, msk, image, mask = inputs
+    extract_instances(img, msk, D, out=tmp_path / "o.zarr", progress=True, chunk_i=10)
+    assert "extract_instances" in capsys.readouterr().err
+    g = zarr.open_group(tmp_path / "two.zarr", mode="w")
+    g.create_array("a", data=image)
+    g.create_array("b", data=image)
+    with pytest.raises(ArgumentError, match="neither an OME-Zarr multiscale"):
+        extract_instances(tmp_path / "two.zarr", mask, D)
+    with dask.config.set(scheduler="threads"):
+        _, inst = extract_instances(zarr.open_array(img, mode="r"), msk, D)
+        assert inst.shape[0] > 0
