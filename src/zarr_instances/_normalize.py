@@ -60,18 +60,21 @@ def normalize_batch(x: np.ndarray, mode: str, x_dtype: torch.dtype) -> torch.Ten
     if mode == "none":
         t = torch.from_numpy(np.ascontiguousarray(x))
         return t.to(x_dtype, copy=True)
-    xf = np.asarray(x, dtype=np.float32)
-    if xf is x:
-        xf = xf.copy()
+    xf = np.empty(x.shape, dtype=np.float32)
     if mode == "minmax01":
-        if xf.size:
-            lo = xf.min(axis=(2, 3, 4), keepdims=True)
-            hi = xf.max(axis=(2, 3, 4), keepdims=True)
-            xf -= lo
-            xf /= (hi - lo) + _EPS
+        if x.size:
+            # min/max on the stored dtype (fewer bytes; float32 rounding is monotonic,
+            # so the result equals min/max of the float32 values), then one fused
+            # cast-and-subtract pass and one divide pass.
+            lo = x.min(axis=(2, 3, 4), keepdims=True).astype(np.float32)
+            hi = x.max(axis=(2, 3, 4), keepdims=True).astype(np.float32)
+            np.subtract(x, lo, out=xf, dtype=np.float32)
+            np.divide(xf, (hi - lo) + _EPS, out=xf)
     elif mode == "unit":
         scale = _unit_scale(x.dtype)
-        if scale is not None:
-            xf /= np.float32(scale)
+        if scale is None:
+            xf[...] = x
+        else:
+            np.divide(x, np.float32(scale), out=xf, dtype=np.float32)
     t = torch.from_numpy(xf)
     return t if x_dtype == torch.float32 else t.to(x_dtype)

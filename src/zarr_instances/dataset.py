@@ -32,6 +32,7 @@ from .errors import ArgumentError, ArgumentTypeError
 __all__ = ["ZarrDataLoader", "ZarrIterableInstances", "merge_worker_states"]
 
 _STATE_KEY = "zarr_instances_state"
+_SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
 _STATE_VERSION = 1
 
 
@@ -395,24 +396,43 @@ class ZarrIterableInstances(IterableDataset):
             self._array = open_instances(self.zarr_path, self.storage_options)
         return self._array
 
-    def _load(self, buffer: Buffer) -> torch.Tensor:
+    def _load(self, buffer: Buffer, slot: np.ndarray) -> np.ndarray:
         opened = self._opened()
-        raw = read_pieces(opened.array, self._selection, buffer.pieces, self._where)
-        if buffer.source.size != raw.shape[0] or np.any(np.diff(buffer.source) != 1):
-            raw = raw[buffer.source]
-        return normalize_batch(raw, self._mode, self.x_dtype)
+        out = slot[: buffer.source.size]
+        read_pieces(
+            opened.array, self._selection, buffer.pieces, self._where,
+            order=buffer.source, out=out,
+        )
+        return out
 
-    def _loaded(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Buffer, torch.Tensor]]:
+    def _loaded(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Buffer, np.ndarray]]:
+        """Yield each buffer with its rows as stored, in yield order.
+
+        The raw rows live in reusable slots (two with read-ahead: one being read while
+        the other is consumed), so steady-state iteration allocates no raw memory.
+        A yielded array is only valid until the next one is requested.
+        """
         buffers = plan.buffers(start)
+        capacity = min(self.buffer_chunks * self.chunk_i, max(1, plan.n_samples))
+        n_slots = 2 if self.read_ahead else 1
+        slots: list[np.ndarray | None] = [None] * n_slots
+
+        def slot(k: int) -> np.ndarray:
+            if slots[k % n_slots] is None:
+                slots[k % n_slots] = np.empty((capacity, *self.shape[1:]), dtype=self.dtype)
+            arr = slots[k % n_slots]
+            assert arr is not None
+            return arr
+
         if not self.read_ahead:
             for buf in buffers:
-                yield buf, self._load(buf)
+                yield buf, self._load(buf, slot(0))
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
         try:
-            pending: tuple[Buffer, Future[torch.Tensor]] | None = None
-            for buf in buffers:
-                fut = pool.submit(self._load, buf)
+            pending: tuple[Buffer, Future[np.ndarray]] | None = None
+            for k, buf in enumerate(buffers):
+                fut = pool.submit(self._load, buf, slot(k))
                 if pending is not None:
                     yield pending[0], pending[1].result()
                 pending = (buf, fut)
@@ -420,6 +440,9 @@ class ZarrIterableInstances(IterableDataset):
                 yield pending[0], pending[1].result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _normalized(self, raw: np.ndarray) -> torch.Tensor:
+        return normalize_batch(raw, self._mode, self.x_dtype)
 
     def _pack(self, x: Any, rows: np.ndarray, batched: bool) -> Any:
         out: list[Any] = [x]
@@ -452,46 +475,55 @@ class ZarrIterableInstances(IterableDataset):
     def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
         labels, ids = self.labels, self.instance_ids
         with_id, with_row = self.return_instance_id, self.return_row_index
-        for buf, x in self._loaded(plan, start):
+        for buf, raw in self._loaded(plan, start):
             rows = buf.rows
             ys = None if labels is None else torch.from_numpy(labels[rows])
             id_list = ids[rows].tolist()
             row_list = rows.tolist()
-            for j in range(rows.size):
-                out: list[Any] = [x[j]]
-                if ys is not None:
-                    out.append(ys[j])
-                if with_id:
-                    out.append(id_list[j])
-                if with_row:
-                    out.append(row_list[j])
-                self._yielded += 1
-                yield out[0] if len(out) == 1 else tuple(out)
+            for a in range(0, rows.size, _SAMPLE_BLOCK):
+                x = self._normalized(raw[a : a + _SAMPLE_BLOCK])
+                for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
+                    out: list[Any] = [x[j - a]]
+                    if ys is not None:
+                        out.append(ys[j])
+                    if with_id:
+                        out.append(id_list[j])
+                    if with_row:
+                        out.append(row_list[j])
+                    self._yielded += 1
+                    yield out[0] if len(out) == 1 else tuple(out)
 
     def _batches(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
+        # Each batch is normalised from the raw buffer into its own tensor; only a
+        # batch that straddles two buffers copies its raw rows together first.
         bs = self.batch_size
         assert bs is not None
-        xs: list[torch.Tensor] = []
-        rs: list[np.ndarray] = []
-        held = 0
-        for buf, x in self._loaded(plan, start):
-            xs.append(x)
-            rs.append(buf.rows)
-            held += x.shape[0]
-            if held < bs:
-                continue
-            xcat = xs[0] if len(xs) == 1 else torch.cat(xs)
-            rcat = rs[0] if len(rs) == 1 else np.concatenate(rs)
-            n_full = held // bs * bs
-            for b in range(0, n_full, bs):
+        carry_x: np.ndarray | None = None
+        carry_r: np.ndarray | None = None
+        for buf, raw in self._loaded(plan, start):
+            rows = buf.rows
+            n = raw.shape[0]
+            pos = 0
+            if carry_x is not None and carry_r is not None:
+                need = bs - carry_x.shape[0]
+                carry_x = np.concatenate([carry_x, raw[:need]])
+                carry_r = np.concatenate([carry_r, rows[:need]])
+                pos = min(need, n)
+                if carry_x.shape[0] < bs:
+                    continue
                 self._yielded += bs
-                yield self._pack(xcat[b : b + bs], rcat[b : b + bs], batched=True)
-            xs, rs, held = [xcat[n_full:]], [rcat[n_full:]], held - n_full
-        if held and not self.drop_last:
-            xcat = torch.cat(xs) if len(xs) > 1 else xs[0]
-            rcat = np.concatenate(rs) if len(rs) > 1 else rs[0]
-            self._yielded += held
-            yield self._pack(xcat, rcat, batched=True)
+                yield self._pack(self._normalized(carry_x), carry_r, batched=True)
+                carry_x = carry_r = None
+            while pos + bs <= n:
+                self._yielded += bs
+                x = self._normalized(raw[pos : pos + bs])
+                yield self._pack(x, rows[pos : pos + bs], batched=True)
+                pos += bs
+            if pos < n:  # the raw slot is reused: keep a copy of the tail
+                carry_x, carry_r = raw[pos:].copy(), rows[pos:]
+        if carry_x is not None and carry_r is not None and not self.drop_last:
+            self._yielded += carry_x.shape[0]
+            yield self._pack(self._normalized(carry_x), carry_r, batched=True)
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"
