@@ -54,3 +54,31 @@ def test_sharded_store_reads_partial_shards(tmp_path):
     assert sorted(out) == list(range(1000))
     for r in (0, 199, 200, 777, 999):
         assert np.array_equal(out[r].numpy(), raw[r].astype(np.int32))
+
+
+def test_zarrs_pipeline_same_values(array_path, ids530):
+    pytest.importorskip("zarrs")
+    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 2,
+          "batch_size": 64, "buffer_chunks": 3}
+    ours = list(ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", **kw))
+    ref = list(ZarrIterableInstances(array_path, ids530, **kw))
+    assert torch.equal(torch.cat([b[0] for b in ours]), torch.cat([b[0] for b in ref]))
+    # spawned workers bind the zarrs pipeline themselves
+    loader = DataLoader(ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", **kw),
+                        batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    assert sorted(r for b in loader for r in b[2].tolist()) == list(range(530))
+
+
+def test_unknown_codec_pipeline_type(array_path, ids530):
+    with pytest.raises(TypeError, match="codec_pipeline must be None"):
+        ZarrIterableInstances(array_path, ids530, codec_pipeline=3)
+
+
+@pytest.mark.timeout(60)
+def test_zarrs_after_fork_fails_clearly_instead_of_hanging(array_path, ids530):
+    pytest.importorskip("zarrs")
+    ds = ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", batch_size=32)
+    next(iter(ds))  # the parent's zarrs thread pool now exists
+    loader = DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(ValueError, match="does not survive fork"):
+        next(iter(loader))
