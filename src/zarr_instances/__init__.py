@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .dataset import ZarrDataLoader, ZarrIterableInstances, merge_worker_states
+from .dataset import ZarrIterableInstances
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -14,6 +14,7 @@ from .errors import (
     ZarrInstancesError,
 )
 from .extract import extract_instances
+from .loader import ZarrDataLoader, merge_worker_states
 from .quality import ShuffleQuality, shuffle_quality
 
 try:

@@ -19,8 +19,9 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .dataset import ZarrDataLoader, ZarrIterableInstances
+    from .dataset import ZarrIterableInstances
     from .extract import extract_instances
+    from .loader import ZarrDataLoader
     from .testing import make_image_and_mask
 
     with tempfile.TemporaryDirectory(prefix="zarr-instances-demo-") as tmp:

@@ -1,4 +1,4 @@
-"""``ZarrIterableInstances`` and ``ZarrDataLoader``: chunk-wise streaming of crops."""
+"""``ZarrIterableInstances``: chunk-wise streaming of crops from Zarr into PyTorch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from ._normalize import check_normalize, normalize_batch
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
@@ -20,44 +20,19 @@ from ._resume import (
     Resume,
     Step,
     batches_per_worker,
-    consumed_after_batches,
-    domain_size,
     per_worker_counts,
     resolve,
 )
 from ._store import OpenedInstances, ZarrPath, codec_pipeline_config, open_instances
+from ._validate import as_int_vector, check_int
 from ._world import current_rank_world, current_worker
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["ZarrDataLoader", "ZarrIterableInstances", "merge_worker_states"]
+__all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
 
-_STATE_KEY = "zarr_instances_state"
+STATE_KEY = "zarr_instances_state"
 _SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
-_STATE_VERSION = 1
-
-
-def _as_int_vector(value: Any, name: str, length: int) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim != 1:
-        msg = f"{name} must be one-dimensional, got shape {arr.shape}"
-        raise ArgumentError(msg)
-    if arr.shape[0] != length:
-        msg = f"{name} must have length i={length} (rows of the Zarr array), got {arr.shape[0]}"
-        raise ArgumentError(msg)
-    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
-        msg = f"{name} must hold integers, got dtype {arr.dtype}"
-        raise ArgumentTypeError(msg)
-    return arr.astype(np.int64, copy=False)
-
-
-def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        msg = f"{name} must be an integer, got {type(value).__name__}: {value!r}"
-        raise ArgumentTypeError(msg)
-    if minimum is not None and value < minimum:
-        msg = f"{name} must be >= {minimum}, got {value!r}"
-        raise ArgumentError(msg)
-    return int(value)
+STATE_VERSION = 1
 
 
 class ZarrIterableInstances(IterableDataset):
@@ -171,18 +146,18 @@ class ZarrIterableInstances(IterableDataset):
                 )
                 raise ArgumentError(msg)
             instance_ids = opened.instance_ids
-        self.instance_ids = _as_int_vector(instance_ids, "instance_ids", n_rows)
-        self.labels = None if labels is None else _as_int_vector(labels, "labels", n_rows)
+        self.instance_ids = as_int_vector(instance_ids, "instance_ids", n_rows)
+        self.labels = None if labels is None else as_int_vector(labels, "labels", n_rows)
 
         if chunk_i is None:
             chunk_i = int(opened.array.chunks[0])
-        self.chunk_i = _check_int(chunk_i, "chunk_i", minimum=1)
+        self.chunk_i = check_int(chunk_i, "chunk_i", minimum=1)
         self.shuffle_chunks = bool(shuffle_chunks)
-        self.chunk_seed = _check_int(chunk_seed, "chunk_seed")
+        self.chunk_seed = check_int(chunk_seed, "chunk_seed")
         self.shuffle_within_chunk = bool(shuffle_within_chunk)
         if buffer_seed is None:
             buffer_seed = secrets.randbits(63)
-        self.buffer_seed = _check_int(buffer_seed, "buffer_seed")
+        self.buffer_seed = check_int(buffer_seed, "buffer_seed")
         self.normalize = normalize
         self._mode = check_normalize(normalize)
         if not isinstance(x_dtype, torch.dtype):
@@ -193,9 +168,9 @@ class ZarrIterableInstances(IterableDataset):
         self.return_row_index = bool(return_row_index)
         self.drop_unlabeled = bool(drop_unlabeled)
         if batch_size is not None:
-            batch_size = _check_int(batch_size, "batch_size", minimum=1)
+            batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.batch_size = batch_size
-        self.buffer_chunks = _check_int(buffer_chunks, "buffer_chunks", minimum=1)
+        self.buffer_chunks = check_int(buffer_chunks, "buffer_chunks", minimum=1)
         self.drop_last = bool(drop_last)
         self.read_ahead = bool(read_ahead)
         codec_pipeline_config(codec_pipeline, record=False)  # validate early
@@ -235,7 +210,7 @@ class ZarrIterableInstances(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Call this once per epoch; seen by all workers, persistent ones included."""
-        self._epoch.fill_(_check_int(epoch, "epoch", minimum=0))
+        self._epoch.fill_(check_int(epoch, "epoch", minimum=0))
         self._refresh_rank_world()
 
     # ------------------------------------------------------------------ world
@@ -361,7 +336,7 @@ class ZarrIterableInstances(IterableDataset):
         consumed[role] = self._yielded
         steps = [*self._iter_resume.history, Step(world, num_workers, tuple(consumed))]
         return {
-            _STATE_KEY: _STATE_VERSION,
+            STATE_KEY: STATE_VERSION,
             "epoch": self._iter_epoch,
             "steps": [st.as_dict() for st in steps],
             "role": role,
@@ -385,8 +360,8 @@ class ZarrIterableInstances(IterableDataset):
             If the state is not a zarr-instances state, or was saved with other data or
             sampling settings.
         """
-        if not isinstance(state, dict) or state.get(_STATE_KEY) != _STATE_VERSION:
-            msg = f"Not a zarr-instances state (version {_STATE_VERSION}): {state!r:.200}"
+        if not isinstance(state, dict) or state.get(STATE_KEY) != STATE_VERSION:
+            msg = f"Not a zarr-instances state (version {STATE_VERSION}): {state!r:.200}"
             raise ArgumentError(msg)
         mine = self._fingerprint()
         theirs = state.get("fingerprint", {})
@@ -545,172 +520,3 @@ class ZarrIterableInstances(IterableDataset):
             f"{mode}, kept={self._selection.total}, chunk_i={self.chunk_i}, "
             f"chunks={int(np.count_nonzero(self._selection.counts))}, pid={os.getpid()})"
         )
-
-
-def _find_states(obj: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(obj, dict):
-        if obj.get(_STATE_KEY) is not None:
-            yield obj
-            return
-        for value in obj.values():
-            yield from _find_states(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _find_states(value)
-
-
-def merge_worker_states(states: Any) -> dict[str, Any]:
-    """Merge the stream states of one rank's workers into one resumable state.
-
-    Parameters
-    ----------
-    states
-        The workers' :meth:`ZarrIterableInstances.state_dict` values, in any nesting
-        of dicts and lists — e.g. a whole ``StatefulDataLoader.state_dict()``.
-
-    Returns
-    -------
-    dict
-        A state that :meth:`ZarrIterableInstances.load_state_dict` resumes exactly on
-        the same world size and worker count and elastically on others. Under DDP all
-        ranks advance in lockstep, so the state of any one rank serves every rank.
-
-    Raises
-    ------
-    ArgumentError
-        If no started stream state is found, or the states disagree.
-    """
-    found = [st for st in _find_states(states) if st.get("started")]
-    if not found:
-        msg = "merge_worker_states: no started zarr-instances stream state found"
-        raise ArgumentError(msg)
-    ref = found[0]
-    history, last = ref["steps"][:-1], ref["steps"][-1]
-    consumed = [0] * int(last["num_workers"])
-    for st in found:
-        same = (st["epoch"], st["steps"][:-1]) == (ref["epoch"], history)
-        if not same or st["steps"][-1]["num_workers"] != last["num_workers"]:
-            msg = "merge_worker_states: the states belong to different epochs or runs"
-            raise ArgumentError(msg)
-        consumed[int(st["role"])] = int(st["steps"][-1]["consumed"][int(st["role"])])
-    step = Step(int(last["world"]), int(last["num_workers"]), tuple(consumed))
-    return {
-        _STATE_KEY: _STATE_VERSION,
-        "epoch": ref["epoch"],
-        "steps": [*history, step.as_dict()],
-        "buffer_seed": ref["buffer_seed"],
-        "fingerprint": ref["fingerprint"],
-    }
-
-
-class ZarrDataLoader(DataLoader):
-    """A ``DataLoader`` that calls ``dataset.set_epoch`` at every ``iter()``.
-
-    With a :class:`ZarrIterableInstances` it also counts the batches it yields, so
-    that :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch exactly (same
-    world size and workers: batch for batch) or elastically (other world size or
-    worker count: every unseen row once), without replaying the epoch.
-
-    Parameters
-    ----------
-    dataset
-        The dataset; ``set_epoch`` is called on it if it has one.
-    *args
-        Passed to :class:`torch.utils.data.DataLoader`.
-    start_epoch
-        Epoch of the first iteration.
-    **kwargs
-        Passed to :class:`torch.utils.data.DataLoader`.
-    """
-
-    def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
-        super().__init__(dataset, *args, **kwargs)
-        self.epoch = _check_int(start_epoch, "start_epoch", minimum=0)
-        self._run: dict[str, Any] | None = None
-
-    def __iter__(self) -> Any:
-        ds = self.dataset
-        set_epoch = getattr(ds, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(self.epoch)
-        epoch = self.epoch
-        self.epoch += 1
-        if not isinstance(ds, ZarrIterableInstances):
-            return super().__iter__()
-        k = max(1, self.num_workers)
-        world = ds._rank_world[1]
-        pending = ds._resume
-        resumes = [ds._resolve(epoch, world, k, w) for w in range(k)]
-        first = resumes[0]
-        starts = np.zeros(k, dtype=np.int64)
-        for w, res in enumerate(resumes):
-            starts[w if res.role is None else res.role] = res.start
-        self._run = {
-            "epoch": epoch,
-            "world": world,
-            "k": k,
-            "history": first.history,
-            "starts": starts,
-            "per_worker": per_worker_counts(
-                domain_size(ds._selection, first.domain), world, k, ds.drop_last
-            ),
-            "shift": int(pending.get("shift", 0)) if pending else 0,
-            "batches": 0,
-        }
-        it = super().__iter__()  # workers hold their copy of the pending resume now
-        ds._resume = None
-        return self._counting(it, self._run)
-
-    def __len__(self) -> int:
-        """Return the batches per epoch, counting every worker's partial last batch."""
-        ds = self.dataset
-        if not isinstance(ds, ZarrIterableInstances):
-            return super().__len__()
-        if ds.batch_size is not None:
-            return ds.num_batches(self.num_workers)
-        return ds.num_batches(self.num_workers, int(self.batch_size or 1), bool(self.drop_last))
-
-    @staticmethod
-    def _counting(it: Iterator[Any], run: dict[str, Any]) -> Iterator[Any]:
-        for batch in it:
-            run["batches"] += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the position in the current epoch (the same on every DDP rank)."""
-        ds = self.dataset
-        if not isinstance(ds, ZarrIterableInstances):
-            msg = "ZarrDataLoader.state_dict needs a ZarrIterableInstances dataset"
-            raise ArgumentTypeError(msg)
-        base = {
-            _STATE_KEY: _STATE_VERSION,
-            "buffer_seed": ds.buffer_seed,
-            "fingerprint": ds._fingerprint(),
-        }
-        run = self._run
-        if run is None:
-            return {**base, "epoch": self.epoch, "steps": []}
-        if ds.batch_size is not None:
-            size, drop = ds.batch_size, ds.drop_last
-        else:
-            size, drop = int(self.batch_size or 1), bool(self.drop_last)
-        consumed, nxt = consumed_after_batches(
-            run["per_worker"], run["starts"], run["batches"], size, drop, run["shift"]
-        )
-        remaining = run["per_worker"] - consumed
-        if size > 1 and drop:
-            remaining = remaining // size * size
-        if not remaining.any():
-            return {**base, "epoch": run["epoch"] + 1, "steps": []}
-        step = Step(run["world"], run["k"], tuple(int(c) for c in consumed))
-        return {
-            **base,
-            "epoch": run["epoch"],
-            "steps": [st.as_dict() for st in (*run["history"], step)],
-            "shift": nxt,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` (or a merged worker state) at the next ``iter()``."""
-        self.dataset.load_state_dict(state)
-        self.epoch = int(state["epoch"])
