@@ -350,8 +350,8 @@ def extract_instances(
     shards: int | None = None,
     compressors: Any = "auto",
     zarr_format: int = 3,
-    tile_size: int = 2048,
-    memory_limit: int = 512 * 2**20,
+    tile_size: int = 1024,
+    memory_limit: int = 256 * 2**20,
     channel_names: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
@@ -397,9 +397,12 @@ def extract_instances(
     zarr_format
         2 or 3.
     tile_size
-        Approximate tile edge in pixels; tiles are made of whole Dask blocks.
+        Approximate tile edge in pixels; tiles are made of whole Dask blocks (NumPy
+        inputs are split into blocks of this size).
     memory_limit
-        Bytes of crops held at once; larger outputs are written in several passes.
+        Bytes of crops held at once (default 256 MiB); larger outputs are written in
+        several passes over the tiles they need. Peak memory is about this plus the
+        decoded input blocks of three block rows across the image width.
     channel_names
         Recorded in the attributes; default: OME-Zarr channel labels, if any.
     storage_options
