@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .dataset import ZarrDataLoader, ZarrIterableInstances
+from .dataset import ZarrDataLoader, ZarrIterableInstances, merge_worker_states
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -14,6 +14,7 @@ from .errors import (
     ZarrInstancesError,
 )
 from .extract import extract_instances
+from .quality import ShuffleQuality, shuffle_quality
 
 try:
     __version__ = version("zarr-instances")
@@ -25,10 +26,13 @@ __all__ = [
     "ArgumentTypeError",
     "ChunkReadError",
     "StoreExistsError",
+    "ShuffleQuality",
     "StoreNotFoundError",
     "ZarrDataLoader",
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
     "extract_instances",
+    "merge_worker_states",
+    "shuffle_quality",
 ]

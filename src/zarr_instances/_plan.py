@@ -31,16 +31,20 @@ from .errors import ArgumentError
 
 __all__ = [
     "Buffer",
+    "Intervals",
     "Piece",
     "RowSelection",
     "WorkerPlan",
     "chunk_order",
     "compact_ranges",
+    "merge_intervals",
+    "piece_rows",
     "plan_worker",
     "rank_share",
     "rng_for",
     "select_rows",
     "split_evenly",
+    "subtract_intervals",
 ]
 
 _MASK64 = (1 << 64) - 1
@@ -160,7 +164,7 @@ def select_rows(
             msg = f"keep mask must have shape ({n_rows},), got {keep.shape}"
             raise ArgumentError(msg)
         counts = (
-            np.add.reduceat(keep.astype(np.int64), starts)
+            np.add.reduceat(keep, starts, dtype=np.int64)
             if n_chunks
             else np.zeros(0, dtype=np.int64)
         )
@@ -218,7 +222,7 @@ def rank_share(total: int, world: int, drop_last: bool) -> int:
     return total // world if drop_last else -(-total // world)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Piece:
     """The part of one chunk that a worker owns, in epoch-sequence terms.
 
@@ -229,21 +233,36 @@ class Piece:
     lo, hi
         Offsets into the chunk's kept rows (``RowSelection.chunk_rows(chunk)[lo:hi]``).
     position
-        Virtual epoch position of the first row (``>= total`` for padding).
+        Virtual position of the first row in the stream's domain (``>=`` the domain
+        size for padding); seeds the in-buffer shuffle.
+    orig
+        Epoch-sequence position of the chunk's first kept row, so that row ``j`` of the
+        piece sits at epoch position ``orig + offsets()[j]``.
+    take
+        Explicit sorted offsets into the chunk's kept rows, replacing ``lo:hi`` (only
+        after an elastic resume left a chunk fragmented).
     """
 
     chunk: int
     lo: int
     hi: int
     position: int
+    orig: int = 0
+    take: np.ndarray | None = None
 
     @property
     def size(self) -> int:
         """Number of rows in the piece."""
-        return self.hi - self.lo
+        return self.hi - self.lo if self.take is None else int(self.take.size)
+
+    def offsets(self) -> np.ndarray:
+        """Offsets of the piece's rows into the chunk's kept rows."""
+        if self.take is not None:
+            return self.take
+        return np.arange(self.lo, self.hi, dtype=np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Buffer:
     """One read: a few pieces, and the order in which their rows are yielded.
 
@@ -269,7 +288,13 @@ class Buffer:
     source: np.ndarray
 
 
-@dataclass(frozen=True)
+def piece_rows(selection: RowSelection, piece: Piece) -> np.ndarray:
+    """Return the global rows of a piece, in read order."""
+    rows = selection.chunk_rows(piece.chunk)
+    return rows[piece.lo : piece.hi] if piece.take is None else rows[piece.take]
+
+
+@dataclass(frozen=True, eq=False)
 class WorkerPlan:
     """The epoch plan of one (rank, worker).
 
@@ -289,6 +314,8 @@ class WorkerPlan:
         Whether rows are permuted inside each buffer.
     buffer_seed
         Seed of the in-buffer permutation.
+    generation
+        Number of elastic re-partitions of this epoch before this plan (seeds shuffles).
     """
 
     selection: RowSelection
@@ -298,6 +325,20 @@ class WorkerPlan:
     buffer_chunks: int
     shuffle_within: bool
     buffer_seed: int
+    generation: int = 0
+
+    def _groups(self) -> Iterator[tuple[int, tuple[Piece, ...]]]:
+        first = 0
+        for b in range(0, len(self.pieces), self.buffer_chunks):
+            group = self.pieces[b : b + self.buffer_chunks]
+            yield first, group
+            first += sum(p.size for p in group)
+
+    def _order(self, group: tuple[Piece, ...], size: int) -> np.ndarray:
+        if not self.shuffle_within:
+            return np.arange(size, dtype=np.int64)
+        keys = (_TAG_BUFFER, self.buffer_seed, self.epoch, self.generation, group[0].position)
+        return rng_for(*keys).permutation(size).astype(np.int64)
 
     def buffers(self, start: int = 0) -> Iterator[Buffer]:
         """Yield the buffers of the stream from sample ``start`` on.
@@ -305,41 +346,102 @@ class WorkerPlan:
         Buffers entirely before ``start`` are skipped without computing their rows;
         the buffer holding ``start`` is yielded with ``skip`` set.
         """
-        first = 0
-        for b in range(0, len(self.pieces), self.buffer_chunks):
-            group = self.pieces[b : b + self.buffer_chunks]
+        for first, group in self._groups():
             size = sum(p.size for p in group)
             if first + size <= start:
-                first += size
                 continue
-            rows = np.concatenate(
-                [self.selection.chunk_rows(p.chunk)[p.lo : p.hi] for p in group]
-            )
-            if self.shuffle_within:
-                rng = rng_for(_TAG_BUFFER, self.buffer_seed, self.epoch, group[0].position)
-                source = rng.permutation(size).astype(np.int64)
-            else:
-                source = np.arange(size, dtype=np.int64)
+            rows = np.concatenate([piece_rows(self.selection, p) for p in group])
             skip = max(0, start - first)
-            source = source[skip:]
+            source = self._order(group, size)[skip:]
             yield Buffer(first=first, skip=skip, pieces=group, rows=rows[source], source=source)
-            first += size
+
+    def consumed_positions(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch positions of the first ``count`` samples of the stream, as intervals.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(starts, ends)`` of half-open intervals (unsorted, may overlap).
+        """
+        starts: list[np.ndarray] = []
+        ends: list[np.ndarray] = []
+        for first, group in self._groups():
+            if first >= count:
+                break
+            size = sum(p.size for p in group)
+            offs = np.concatenate([p.orig + p.offsets() for p in group])
+            if first + size > count:
+                offs = offs[self._order(group, size)[: count - first]]
+            starts.append(offs)
+            ends.append(offs + 1)
+        if not starts:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(starts), np.concatenate(ends)
+
+
+Intervals = tuple[np.ndarray, np.ndarray]
+
+
+def merge_intervals(starts: np.ndarray, ends: np.ndarray) -> Intervals:
+    """Sort and merge half-open intervals into disjoint, non-adjacent ones."""
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if starts.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    new = np.ones(starts.size, dtype=bool)
+    new[1:] = starts[1:] > ends[:-1]
+    idx = np.flatnonzero(new)
+    return starts[idx].astype(np.int64), np.append(ends[idx[1:] - 1], ends[-1]).astype(np.int64)
+
+
+def subtract_intervals(a: Intervals, b: Intervals) -> Intervals:
+    """Return the positions of ``a`` not in ``b`` (both disjoint and sorted)."""
+    bounds = np.concatenate([a[0], a[1], b[0], b[1]])
+    if bounds.size == 0:
+        return a
+    cuts = np.unique(bounds)
+    lo, hi = cuts[:-1], cuts[1:]
+    in_a = np.searchsorted(a[0], lo, side="right") > np.searchsorted(a[1], lo, side="right")
+    in_b = np.searchsorted(b[0], lo, side="right") > np.searchsorted(b[1], lo, side="right")
+    keep = in_a & ~in_b
+    return merge_intervals(lo[keep], hi[keep])
 
 
 def _pieces(
-    selection: RowSelection, order: np.ndarray, ends: np.ndarray, a: int, b: int
+    selection: RowSelection,
+    order: np.ndarray,
+    ends: np.ndarray,
+    domain: Intervals,
+    a: int,
+    b: int,
 ) -> list[Piece]:
-    """Pieces covering virtual epoch positions ``[a, b)`` (wrapping modulo the total)."""
-    total = int(ends[-1]) if ends.size else 0
+    """Pieces covering virtual positions ``[a, b)`` of ``domain`` (wrapping at its size)."""
+    dstarts, dends = domain
+    dcum = np.concatenate([[0], np.cumsum(dends - dstarts)])
+    size = int(dcum[-1])
     pieces: list[Piece] = []
     pos = a
     while pos < b:
-        real = pos % total
+        q = pos % size
+        d = int(np.searchsorted(dcum, q, side="right")) - 1
+        real = int(dstarts[d]) + (q - int(dcum[d]))
+        run = min(int(dends[d]) - real, b - pos)
         k = int(np.searchsorted(ends, real, side="right"))
         chunk_start = int(ends[k - 1]) if k else 0
         lo = real - chunk_start
-        hi = min(int(ends[k]) - chunk_start, lo + (b - pos))
-        pieces.append(Piece(chunk=int(order[k]), lo=lo, hi=hi, position=pos))
+        hi = min(int(ends[k]) - chunk_start, lo + run)
+        piece = Piece(chunk=int(order[k]), lo=lo, hi=hi, position=pos, orig=chunk_start)
+        prev = pieces[-1] if pieces else None
+        if prev is not None and prev.chunk == piece.chunk and prev.offsets()[-1] < lo:
+            # a chunk fragmented by an elastic resume: keep it as one piece
+            take = np.concatenate([prev.offsets(), piece.offsets()])
+            piece = Piece(prev.chunk, int(take[0]), int(take[-1]) + 1, prev.position,
+                          prev.orig, take)
+            pieces[-1] = piece
+        else:
+            pieces.append(piece)
         pos += hi - lo
     return pieces
 
@@ -358,12 +460,28 @@ def plan_worker(
     buffer_seed: int = 0,
     buffer_chunks: int = 1,
     drop_last: bool = False,
+    domain: Intervals | None = None,
+    generation: int = 0,
 ) -> WorkerPlan:
     """Plan the epoch of one (rank, worker).
 
-    Every rank gets :func:`rank_share` samples, split over its workers by
-    :func:`split_evenly`; the per-(rank, worker) counts therefore depend only on
-    the total, ``world`` and ``num_workers``.
+    Every rank gets :func:`rank_share` samples of the domain, split over its workers by
+    :func:`split_evenly`; the per-(rank, worker) counts therefore depend only on the
+    domain size, ``world`` and ``num_workers``.
+
+    Parameters
+    ----------
+    selection
+        Kept rows.
+    epoch, rank, world, worker, num_workers
+        Coordinates of the stream.
+    shuffle_chunks, chunk_seed, shuffle_within, buffer_seed, buffer_chunks, drop_last
+        Sampling settings (see ``ZarrIterableInstances``).
+    domain
+        Epoch positions still to be yielded, as sorted disjoint intervals; ``None``
+        is the whole epoch ``[0, total)``. Used by elastic resume.
+    generation
+        Elastic re-partitions before this plan; part of the in-buffer shuffle seed.
 
     Raises
     ------
@@ -381,11 +499,14 @@ def plan_worker(
         raise ArgumentError(msg)
     order = chunk_order(selection, epoch, shuffle_chunks, chunk_seed)
     ends = np.cumsum(selection.counts[order])
-    per_rank = rank_share(selection.total, world, drop_last)
+    if domain is None:
+        domain = (np.array([0], np.int64), np.array([selection.total], np.int64))
+    size = int((domain[1] - domain[0]).sum())
+    per_rank = rank_share(size, world, drop_last)
     per_worker = split_evenly(per_rank, num_workers)
     a = rank * per_rank + int(per_worker[:worker].sum())
     n = int(per_worker[worker])
-    pieces = _pieces(selection, order, ends, a, a + n) if n else []
+    pieces = _pieces(selection, order, ends, domain, a, a + n) if n else []
     return WorkerPlan(
         selection=selection,
         pieces=tuple(pieces),
@@ -394,4 +515,5 @@ def plan_worker(
         buffer_chunks=buffer_chunks,
         shuffle_within=shuffle_within,
         buffer_seed=buffer_seed,
+        generation=generation,
     )

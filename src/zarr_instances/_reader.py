@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from ._plan import Piece, RowSelection
+from ._plan import Piece, RowSelection, piece_rows
 from .errors import ChunkReadError
 
 __all__ = ["read_pieces"]
@@ -33,7 +33,7 @@ def read_pieces(
     ChunkReadError
         If a chunk cannot be read or decoded; the message names the array and chunk.
     """
-    rows = [selection.chunk_rows(p.chunk)[p.lo : p.hi] for p in pieces]
+    rows = [piece_rows(selection, p) for p in pieces]
     n = sum(r.size for r in rows)
     out = np.empty((n, *array.shape[1:]), dtype=array.dtype)
     if n == 0:

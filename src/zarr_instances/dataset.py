@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,22 @@ from torch.utils.data import DataLoader, IterableDataset
 from ._normalize import check_normalize, normalize_batch
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
 from ._reader import read_pieces
+from ._resume import (
+    Resume,
+    Step,
+    batches_per_worker,
+    consumed_after_batches,
+    domain_size,
+    per_worker_counts,
+    resolve,
+)
 from ._store import OpenedInstances, ZarrPath, open_instances
 from ._world import current_rank_world, current_worker
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["ZarrDataLoader", "ZarrIterableInstances"]
+__all__ = ["ZarrDataLoader", "ZarrIterableInstances", "merge_worker_states"]
 
+_STATE_KEY = "zarr_instances_state"
 _STATE_VERSION = 1
 
 
@@ -186,6 +197,7 @@ class ZarrIterableInstances(IterableDataset):
             keep = self.labels >= 0
         self.allowed_chunk_indexes = allowed_chunk_indexes
         self._selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
+        self._share_per_row_arrays()
         if self._selection.total == 0:
             valid = compact_ranges(range(self._selection.n_chunks))
             msg = (
@@ -202,6 +214,8 @@ class ZarrIterableInstances(IterableDataset):
         self._yielded = 0
         self._iter_epoch = 0
         self._iter_coords = (0, 1, 0, 1)
+        self._iter_resume = Resume()
+        self._started = False
 
     # ------------------------------------------------------------------ epochs
     @property
@@ -229,79 +243,151 @@ class ZarrIterableInstances(IterableDataset):
         worker, num_workers = current_worker()
         return rank, world, worker, num_workers
 
+    def _share_per_row_arrays(self) -> None:
+        # Per-row arrays live in shared memory: DataLoader workers started with spawn
+        # or forkserver map them instead of each receiving a copy of all N rows.
+        shared = {"instance_ids": self.instance_ids, "labels": self.labels,
+                  "keep": self._selection.keep}
+        self._shared = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).share_memory_()
+            for k, v in shared.items() if v is not None
+        }
+        self._attach_shared()
+
+    def _attach_shared(self) -> None:
+        views = {k: t.numpy() for k, t in self._shared.items()}
+        self.instance_ids = views["instance_ids"]
+        self.labels = views.get("labels")
+        self._selection = replace(self._selection, keep=views.get("keep"))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._attach_shared()
+
     def __getstate__(self) -> dict[str, Any]:
         self._refresh_rank_world()
         state = self.__dict__.copy()
         state["_array"] = None
+        state["instance_ids"] = state["labels"] = None
+        state["_selection"] = replace(self._selection, keep=None)
         return state
 
     # ------------------------------------------------------------------ sizes
-    def _plan(self, epoch: int, coords: tuple[int, int, int, int]) -> WorkerPlan:
+    @property
+    def _sampling(self) -> dict[str, Any]:
+        return {
+            "shuffle_chunks": self.shuffle_chunks,
+            "chunk_seed": self.chunk_seed,
+            "shuffle_within": self.shuffle_within_chunk,
+            "buffer_seed": self.buffer_seed,
+            "buffer_chunks": self.buffer_chunks,
+            "drop_last": self.drop_last,
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "n_rows": self.shape[0],
+            "chunk_i": self.chunk_i,
+            "kept": self._selection.total,
+            "batch_size": self.batch_size,
+            **{k: v for k, v in self._sampling.items() if k != "buffer_seed"},
+        }
+
+    def _plan(self, epoch: int, coords: tuple[int, int, int, int], resume: Resume) -> WorkerPlan:
         rank, world, worker, num_workers = coords
         return plan_worker(
             self._selection,
             epoch=epoch,
             rank=rank,
             world=world,
-            worker=worker,
+            worker=worker if resume.role is None else resume.role,
             num_workers=num_workers,
-            shuffle_chunks=self.shuffle_chunks,
-            chunk_seed=self.chunk_seed,
-            shuffle_within=self.shuffle_within_chunk,
-            buffer_seed=self.buffer_seed,
-            buffer_chunks=self.buffer_chunks,
-            drop_last=self.drop_last,
+            domain=resume.domain,
+            generation=resume.generation,
+            **self._sampling,
+        )
+
+    def _resolve(self, epoch: int, world: int, num_workers: int, worker: int) -> Resume:
+        return resolve(
+            self._selection, self._sampling, epoch, self._resume, world, num_workers, worker
         )
 
     def __len__(self) -> int:
-        """Return the samples this rank yields per epoch.
+        """Return the number of samples this rank yields per epoch (also with ``batch_size``).
 
-        With ``batch_size``, the number of batches when iterated in one process.
+        Use :meth:`num_batches` for the number of batches.
         """
         self._refresh_rank_world()
-        world = self._rank_world[1]
-        n = rank_share(self._selection.total, world, self.drop_last)
-        if self.batch_size is None:
-            return n
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return rank_share(self._selection.total, self._rank_world[1], self.drop_last)
+
+    def num_batches(
+        self, num_workers: int = 0, batch_size: int | None = None, drop_last: bool | None = None
+    ) -> int:
+        """Return the batches this rank yields per epoch with ``num_workers`` workers.
+
+        Every worker cuts its own stream into batches, so the count depends on the
+        worker count. ``batch_size`` and ``drop_last`` default to the dataset's (for
+        batched mode); pass the DataLoader's in per-sample mode.
+        """
+        size = batch_size if batch_size is not None else self.batch_size
+        if size is None:
+            msg = "num_batches needs batch_size (the dataset has none)"
+            raise ArgumentError(msg)
+        drop = self.drop_last if drop_last is None else drop_last
+        counts = per_worker_counts(len(self), 1, max(1, num_workers), False)
+        return int(batches_per_worker(counts, size, drop).sum())
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
-        """Position of this stream in its epoch (torchdata ``Stateful`` protocol)."""
+        """Return the position of this stream in its epoch (torchdata ``Stateful``).
+
+        Called inside a DataLoader worker (as ``StatefulDataLoader`` does) it
+        describes that worker's stream; use :func:`merge_worker_states` to combine the
+        workers of one rank into a state that also resumes on another world size.
+        """
         rank, world, worker, num_workers = self._iter_coords
+        role = worker if self._iter_resume.role is None else self._iter_resume.role
+        consumed = [-1] * num_workers
+        consumed[role] = self._yielded
+        steps = [*self._iter_resume.history, Step(world, num_workers, tuple(consumed))]
         return {
-            "version": _STATE_VERSION,
+            _STATE_KEY: _STATE_VERSION,
             "epoch": self._iter_epoch,
-            "yielded": self._yielded,
+            "steps": [st.as_dict() for st in steps],
+            "role": role,
             "rank": rank,
-            "world": world,
-            "worker": worker,
-            "num_workers": num_workers,
+            "started": self._started,
             "buffer_seed": self.buffer_seed,
+            "fingerprint": self._fingerprint(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` at the next iteration."""
-        if state.get("version") != _STATE_VERSION:
-            msg = f"state_dict version {state.get('version')!r} is not supported"
+        """Resume from a saved state at the next iteration.
+
+        Accepts a stream state from :meth:`state_dict` (exact resume of that stream),
+        or a merged state from :func:`merge_worker_states` or
+        :meth:`ZarrDataLoader.state_dict` (exact resume on the same world size and
+        worker count; elastic resume on another).
+
+        Raises
+        ------
+        ArgumentError
+            If the state is not a zarr-instances state, or was saved with other data or
+            sampling settings.
+        """
+        if not isinstance(state, dict) or state.get(_STATE_KEY) != _STATE_VERSION:
+            msg = f"Not a zarr-instances state (version {_STATE_VERSION}): {state!r:.200}"
+            raise ArgumentError(msg)
+        mine = self._fingerprint()
+        theirs = state.get("fingerprint", {})
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            msg = f"load_state_dict: the state was saved with other settings ({details})"
             raise ArgumentError(msg)
         self.buffer_seed = int(state["buffer_seed"])
         self._epoch.fill_(int(state["epoch"]))
         self._resume = dict(state)
-
-    def _start_for(self, epoch: int, coords: tuple[int, int, int, int]) -> int:
-        state, self._resume = self._resume, None
-        if state is None or int(state["epoch"]) != epoch:
-            return 0
-        if (state["rank"], state["world"], state["worker"], state["num_workers"]) != coords:
-            msg = (
-                "load_state_dict: the state was saved by (rank, world, worker, num_workers)="
-                f"{(state['rank'], state['world'], state['worker'], state['num_workers'])}, "
-                f"but this stream is {coords}"
-            )
-            raise ArgumentError(msg)
-        return int(state["yielded"])
 
     # ------------------------------------------------------------------ iteration
     def _opened(self) -> OpenedInstances:
@@ -348,15 +434,20 @@ class ZarrIterableInstances(IterableDataset):
         return out[0] if len(out) == 1 else tuple(out)
 
     def __iter__(self) -> Iterator[Any]:
+        # Not a generator: the plan (and a pending resume) is fixed when iter() is
+        # called, so a DataLoader can drop the pending resume right after.
         coords = self._coords()
         epoch = self.epoch
-        start = self._start_for(epoch, coords)
-        plan = self._plan(epoch, coords)
+        resume = self._resolve(epoch, coords[1], coords[3], coords[2])
+        self._resume = None
+        plan = self._plan(epoch, coords, resume)
+        start = resume.start
         self._iter_epoch, self._iter_coords, self._yielded = epoch, coords, start
+        self._iter_resume = resume
+        self._started = True
         if self.batch_size is None:
-            yield from self._samples(plan, start)
-        else:
-            yield from self._batches(plan, start)
+            return self._samples(plan, start)
+        return self._batches(plan, start)
 
     def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
         labels, ids = self.labels, self.instance_ids
@@ -411,8 +502,69 @@ class ZarrIterableInstances(IterableDataset):
         )
 
 
+def _find_states(obj: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(obj, dict):
+        if obj.get(_STATE_KEY) is not None:
+            yield obj
+            return
+        for value in obj.values():
+            yield from _find_states(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _find_states(value)
+
+
+def merge_worker_states(states: Any) -> dict[str, Any]:
+    """Merge the stream states of one rank's workers into one resumable state.
+
+    Parameters
+    ----------
+    states
+        The workers' :meth:`ZarrIterableInstances.state_dict` values, in any nesting
+        of dicts and lists — e.g. a whole ``StatefulDataLoader.state_dict()``.
+
+    Returns
+    -------
+    dict
+        A state that :meth:`ZarrIterableInstances.load_state_dict` resumes exactly on
+        the same world size and worker count and elastically on others. Under DDP all
+        ranks advance in lockstep, so the state of any one rank serves every rank.
+
+    Raises
+    ------
+    ArgumentError
+        If no started stream state is found, or the states disagree.
+    """
+    found = [st for st in _find_states(states) if st.get("started")]
+    if not found:
+        msg = "merge_worker_states: no started zarr-instances stream state found"
+        raise ArgumentError(msg)
+    ref = found[0]
+    history, last = ref["steps"][:-1], ref["steps"][-1]
+    consumed = [0] * int(last["num_workers"])
+    for st in found:
+        same = (st["epoch"], st["steps"][:-1]) == (ref["epoch"], history)
+        if not same or st["steps"][-1]["num_workers"] != last["num_workers"]:
+            msg = "merge_worker_states: the states belong to different epochs or runs"
+            raise ArgumentError(msg)
+        consumed[int(st["role"])] = int(st["steps"][-1]["consumed"][int(st["role"])])
+    step = Step(int(last["world"]), int(last["num_workers"]), tuple(consumed))
+    return {
+        _STATE_KEY: _STATE_VERSION,
+        "epoch": ref["epoch"],
+        "steps": [*history, step.as_dict()],
+        "buffer_seed": ref["buffer_seed"],
+        "fingerprint": ref["fingerprint"],
+    }
+
+
 class ZarrDataLoader(DataLoader):
     """A ``DataLoader`` that calls ``dataset.set_epoch`` at every ``iter()``.
+
+    With a :class:`ZarrIterableInstances` it also counts the batches it yields, so
+    that :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch exactly (same
+    world size and workers: batch for batch) or elastically (other world size or
+    worker count: every unseen row once), without replaying the epoch.
 
     Parameters
     ----------
@@ -429,10 +581,91 @@ class ZarrDataLoader(DataLoader):
     def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.epoch = _check_int(start_epoch, "start_epoch", minimum=0)
+        self._run: dict[str, Any] | None = None
 
     def __iter__(self) -> Any:
-        set_epoch = getattr(self.dataset, "set_epoch", None)
+        ds = self.dataset
+        set_epoch = getattr(ds, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(self.epoch)
+        epoch = self.epoch
         self.epoch += 1
-        return super().__iter__()
+        if not isinstance(ds, ZarrIterableInstances):
+            return super().__iter__()
+        k = max(1, self.num_workers)
+        world = ds._rank_world[1]
+        pending = ds._resume
+        resumes = [ds._resolve(epoch, world, k, w) for w in range(k)]
+        first = resumes[0]
+        starts = np.zeros(k, dtype=np.int64)
+        for w, res in enumerate(resumes):
+            starts[w if res.role is None else res.role] = res.start
+        self._run = {
+            "epoch": epoch,
+            "world": world,
+            "k": k,
+            "history": first.history,
+            "starts": starts,
+            "per_worker": per_worker_counts(
+                domain_size(ds._selection, first.domain), world, k, ds.drop_last
+            ),
+            "shift": int(pending.get("shift", 0)) if pending else 0,
+            "batches": 0,
+        }
+        it = super().__iter__()  # workers hold their copy of the pending resume now
+        ds._resume = None
+        return self._counting(it, self._run)
+
+    def __len__(self) -> int:
+        """Return the batches per epoch, counting every worker's partial last batch."""
+        ds = self.dataset
+        if not isinstance(ds, ZarrIterableInstances):
+            return super().__len__()
+        if ds.batch_size is not None:
+            return ds.num_batches(self.num_workers)
+        return ds.num_batches(self.num_workers, int(self.batch_size or 1), bool(self.drop_last))
+
+    @staticmethod
+    def _counting(it: Iterator[Any], run: dict[str, Any]) -> Iterator[Any]:
+        for batch in it:
+            run["batches"] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the position in the current epoch (the same on every DDP rank)."""
+        ds = self.dataset
+        if not isinstance(ds, ZarrIterableInstances):
+            msg = "ZarrDataLoader.state_dict needs a ZarrIterableInstances dataset"
+            raise ArgumentTypeError(msg)
+        base = {
+            _STATE_KEY: _STATE_VERSION,
+            "buffer_seed": ds.buffer_seed,
+            "fingerprint": ds._fingerprint(),
+        }
+        run = self._run
+        if run is None:
+            return {**base, "epoch": self.epoch, "steps": []}
+        if ds.batch_size is not None:
+            size, drop = ds.batch_size, ds.drop_last
+        else:
+            size, drop = int(self.batch_size or 1), bool(self.drop_last)
+        consumed, nxt = consumed_after_batches(
+            run["per_worker"], run["starts"], run["batches"], size, drop, run["shift"]
+        )
+        remaining = run["per_worker"] - consumed
+        if size > 1 and drop:
+            remaining = remaining // size * size
+        if not remaining.any():
+            return {**base, "epoch": run["epoch"] + 1, "steps": []}
+        step = Step(run["world"], run["k"], tuple(int(c) for c in consumed))
+        return {
+            **base,
+            "epoch": run["epoch"],
+            "steps": [st.as_dict() for st in (*run["history"], step)],
+            "shift": nxt,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (or a merged worker state) at the next ``iter()``."""
+        self.dataset.load_state_dict(state)
+        self.epoch = int(state["epoch"])

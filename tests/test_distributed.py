@@ -1,0 +1,90 @@
+"""Equal batches on every DDP rank, on real gloo ranks, with a DDP model that must not hang."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from _ddp import run_ranks
+from zarr_instances import ZarrDataLoader, ZarrIterableInstances
+from zarr_instances.testing import make_instance_array
+
+# (rows, chunk) — the reference gave 18/24/24/8 and 20/19/19/0 batches of 64 on 4 ranks
+CASES = {"4637x500": (4637, 500), "4500x500": (4500, 500), "130x50": (130, 50)}
+
+
+def _rank_counts(rank, world, paths, out_dir):
+    import torch.distributed as dist
+
+    counts = {}
+    for name, path in paths.items():
+        n = int(name.split("x")[0])
+        ids = np.arange(n)
+        for workers in (0, 2):
+            for batched in (False, True):
+                ds = ZarrIterableInstances(
+                    path, ids, shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=1,
+                    normalize="none", return_instance_id=False,
+                    batch_size=64 if batched else None,
+                )
+                # ranks are spawned, so their DataLoaders would spawn too; fork is what a
+                # torchrun rank gets by default on Linux
+                loader = DataLoader(ds, batch_size=None if batched else 64, num_workers=workers,
+                                    multiprocessing_context="fork" if workers else None)
+                batches, rows = 0, []
+                for _x, row in loader:
+                    batches += 1
+                    rows.extend(row.tolist())
+                counts[f"{name}/w{workers}/b{int(batched)}"] = [batches, len(rows), len(ds)]
+                assert batches == ds.num_batches(workers, 64)
+                np.save(f"{out_dir}/{name}-w{workers}-b{int(batched)}-r{rank}.npy", rows)
+    # a DDP model trains one epoch; a rank with fewer batches would hang the all-reduce
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2 * 16 * 16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ds = ZarrIterableInstances(paths["4637x500"], np.arange(4637), shuffle_chunks=True,
+                               return_instance_id=False, return_row_index=False)
+    loader = ZarrDataLoader(ds, batch_size=64, num_workers=2, multiprocessing_context="fork")
+    steps = 0
+    for x in loader:
+        loss = model(x.flatten(1)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    counts["ddp_steps"] = steps
+    dist.barrier()
+    with open(f"{out_dir}/counts{rank}.json", "w") as fh:
+        json.dump(counts, fh)
+
+
+@pytest.mark.slow
+def test_equal_batches_on_every_rank(tmp_path):
+    paths = {}
+    for name, (n, chunk) in CASES.items():
+        paths[name] = str(tmp_path / f"{name}.zarr")
+        make_instance_array(paths[name], n=n, chunk_i=chunk, compressors=None)
+    world = 4
+    run_ranks(_rank_counts, world, paths, str(tmp_path), tmp_path=tmp_path, timeout=180)
+    per_rank = [json.loads((tmp_path / f"counts{r}.json").read_text()) for r in range(world)]
+    for key in per_rank[0]:
+        values = [c[key] for c in per_rank]
+        assert all(v == values[0] for v in values), (key, values)
+    for name, (n, _) in CASES.items():
+        share = -(-n // world)
+        for w in (0, 2):
+            for b in (0, 1):
+                key = f"{name}/w{w}/b{b}"
+                assert per_rank[0][key][1:] == [share, share], key
+                rows = np.concatenate(
+                    [np.load(tmp_path / f"{name}-w{w}-b{b}-r{r}.npy") for r in range(world)]
+                )
+                assert set(rows.tolist()) == set(range(n))
+                assert rows.size - n == share * world - n  # repeats are the padding only
+    assert per_rank[0]["ddp_steps"] > 0
+    # batches of 64 on 4 ranks, as in the reference's failing cases
+    assert per_rank[0]["4637x500/w0/b0"][0] == 19
+    assert per_rank[0]["4500x500/w2/b0"][0] == 18
