@@ -131,8 +131,8 @@ def _add_extract(sub: Any) -> None:
     p.add_argument("--compressor", default="auto",
                    choices=("auto", "none", "zstd", "blosc-zstd", "blosc-lz4"))
     p.add_argument("--clevel", type=int, default=3, help="compression level")
-    p.add_argument("--tile-size", type=int, default=2048, help="tile edge in pixels")
-    p.add_argument("--memory-limit", type=float, default=512, help="MiB of crops per pass")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile edge in pixels")
+    p.add_argument("--memory-limit", type=float, default=256, help="MiB of crops per pass")
     p.add_argument("--scheduler", default="threads",
                    choices=("threads", "processes", "synchronous", "distributed"),
                    help="Dask scheduler; distributed starts a LocalCluster")
