@@ -39,8 +39,9 @@ from ._geometry import centroids, combine_sums, default_chunk_rows, label_sums, 
 from ._inputs import open_image, open_mask
 from ._store import IMAGE_KEY
 from ._tiles import Blocks, Plan, assemble_crops, needed, passes, tile_tasks, write_units
+from ._validate import check_int
 from ._write import MASK_KEY, PROGRESS_KEY, StoreLayout, finish_store, prepare_store
-from .errors import ArgumentError, ArgumentTypeError
+from .errors import ArgumentError
 
 __all__ = ["extract_instances"]
 
@@ -49,16 +50,6 @@ _ORDERS = ("id", "random")
 _TASK_BYTES = 8 * 2**20
 # Looked up at call time, so tests can wrap it (e.g. to kill a process mid-write).
 _write_units = write_units
-
-
-def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        msg = f"{name} must be an integer, got {type(value).__name__}: {value!r}"
-        raise ArgumentTypeError(msg)
-    if minimum is not None and value < minimum:
-        msg = f"{name} must be >= {minimum}, got {value!r}"
-        raise ArgumentError(msg)
-    return int(value)
 
 
 def _library_version() -> str:
@@ -202,23 +193,23 @@ def extract_instances(
     StoreNotFoundError
         If an input path holds nothing.
     """
-    diameter = _check_int(diameter, "diameter", minimum=1)
-    if depth is not None and _check_int(depth, "depth") < diameter // 2:
+    diameter = check_int(diameter, "diameter", minimum=1)
+    if depth is not None and check_int(depth, "depth") < diameter // 2:
         msg = f"depth must be >= diameter // 2 = {diameter // 2}, got {depth!r}"
         raise ArgumentError(msg)
     if order not in _ORDERS:
         msg = f"order must be one of {_ORDERS!r}, got {order!r}"
         raise ArgumentError(msg)
-    seed = _check_int(seed, "seed")
-    tile_size = _check_int(tile_size, "tile_size", minimum=1)
-    memory_limit = _check_int(memory_limit, "memory_limit", minimum=1)
+    seed = check_int(seed, "seed")
+    tile_size = check_int(tile_size, "tile_size", minimum=1)
+    memory_limit = check_int(memory_limit, "memory_limit", minimum=1)
     if zarr_format not in (2, 3):
         msg = f"zarr_format must be 2 or 3, got {zarr_format!r}"
         raise ArgumentError(msg)
     if chunk_i is not None:
-        chunk_i = _check_int(chunk_i, "chunk_i", minimum=1)
+        chunk_i = check_int(chunk_i, "chunk_i", minimum=1)
     if shards is not None:
-        shards = _check_int(shards, "shards", minimum=1)
+        shards = check_int(shards, "shards", minimum=1)
         if zarr_format != 3:
             msg = f"shards needs zarr_format=3, got shards={shards!r}, zarr_format={zarr_format!r}"
             raise ArgumentError(msg)
