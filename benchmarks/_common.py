@@ -106,11 +106,7 @@ def codec_kwargs(name: str) -> dict[str, Any]:
         _, spec, shuffle = name.split("-")
         cname = spec.rstrip("0123456789") if not spec.startswith("lz4") else "lz4"
         level = int(spec[len(cname) :])
-        return {
-            "compressors": BloscCodec(
-                cname=cname, clevel=level, shuffle=shuffle, typesize=2
-            )
-        }
+        return {"compressors": BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=2)}
     msg = f"unknown codec name {name!r}"
     raise ValueError(msg)
 
@@ -159,8 +155,13 @@ def write_store(
         arr[a:b] = block
     raw = n * int(np.prod(ROW_SHAPE)) * 2
     stored = dir_bytes(path)
-    return {"path": path, "codec": codec, "raw_bytes": raw, "stored_bytes": stored,
-            "ratio": raw / stored if stored else float("nan")}
+    return {
+        "path": path,
+        "codec": codec,
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "ratio": raw / stored if stored else float("nan"),
+    }
 
 
 def dir_bytes(path: str) -> int:
@@ -204,7 +205,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     for r in rows:
         for i, cell in enumerate(r):
             widths[i] = max(widths[i], len(cell))
+
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(cells)) + " |"
+
     sep = "| " + " | ".join("-" * w for w in widths) + " |"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])

@@ -87,7 +87,8 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
     }
     if cfg["impl"] == "harpy":
         spec = importlib.util.spec_from_file_location("_harpy_zii", cfg["harpy_module"])
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         sys.modules["_harpy_zii"] = mod
         spec.loader.exec_module(mod)

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     crop_like,
     drop_page_cache_hint,
     fmt_num,
@@ -139,24 +139,34 @@ def _rss(res: dict[str, Any]) -> str:
 
 
 def build_table(rows: list[dict[str, Any]]) -> str:
-    limit = max((r["rate"] for r in rows if r["kind"] == "raw" and r["rate"] == r["rate"]),
-                default=float("nan"))
+    limit = max(
+        (r["rate"] for r in rows if r["kind"] == "raw" and r["rate"] == r["rate"]),
+        default=float("nan"),
+    )
     harpy_by_w = {r["workers"]: r["rate"] for r in rows if r["kind"] == "harpy"}
     out = []
     for r in rows:
         hr = harpy_by_w.get(r.get("workers"))
         vs_h = "-" if (hr is None or r["kind"] in ("raw", "harpy")) else f"{r['rate'] / hr:.2f}x"
         first = r.get("first")
-        out.append([
-            r["label"],
-            fmt_num(r["rate"]),
-            f"{r['rate'] / limit:.0%}" if limit == limit else "-",
-            vs_h,
-            "-" if first is None else f"{first * 1000:,.0f} ms",
-            r.get("rss", "-"),
-        ])
-    headers = ["row", "samples/s (median)", "vs decode limit", "vs harpy same workers",
-               "first batch (cold)", "peak RSS MiB main + [workers]"]
+        out.append(
+            [
+                r["label"],
+                fmt_num(r["rate"]),
+                f"{r['rate'] / limit:.0%}" if limit == limit else "-",
+                vs_h,
+                "-" if first is None else f"{first * 1000:,.0f} ms",
+                r.get("rss", "-"),
+            ]
+        )
+    headers = [
+        "row",
+        "samples/s (median)",
+        "vs decode limit",
+        "vs harpy same workers",
+        "first batch (cold)",
+        "peak RSS MiB main + [workers]",
+    ]
     return markdown_table(headers, out)
 
 
@@ -182,15 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="epochs/passes per row (median)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--codec", default="default", help="codec of the main store (_common names)")
-    p.add_argument("--target-codec", default="blosc-lz45-shuffle",
-                   help="codec of the extra 'target' store (our recommended default)")
+    p.add_argument(
+        "--target-codec",
+        default="blosc-lz45-shuffle",
+        help="codec of the extra 'target' store (our recommended default)",
+    )
     p.add_argument("--dir", default=None, help="where to write stores (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the stores")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--skip-harpy", action="store_true")
     p.add_argument("--harpy-python", default=DEFAULT_HARPY_PY)
-    p.add_argument("--sweep", action="store_true",
-                   help="also sweep batched mode: buffer_chunks x batch_size x read_ahead x workers")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also sweep batched mode: buffer_chunks x batch_size x read_ahead x workers",
+    )
     p.add_argument("--no-target", action="store_true", help="skip the target-codec store rows")
     args = p.parse_args(argv)
 
@@ -202,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         store = make_store(root, args.n, args.chunk, args.codec, "crops.zarr")
         results["store"] = store
-        print(f"store: {args.n} x (2,1,64,64) uint16, chunks {args.chunk}, codec {args.codec}, "
-              f"ratio {store['ratio']:.2f}, written in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"store: {args.n} x (2,1,64,64) uint16, chunks {args.chunk}, codec {args.codec}, "
+            f"ratio {store['ratio']:.2f}, written in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         path = store["path"]
         rows: list[dict[str, Any]] = results["rows"]
 
@@ -215,8 +234,14 @@ def main(argv: list[str] | None = None) -> int:
             res = raw_decode(path, args.chunk, slab, zarrs, args.repeats)
             pipe = "zarrs" if zarrs else "zarr-python"
             what = "1 chunk at a time" if slab == 1 else f"slabs of {slab} chunks"
-            rows.append({"kind": "raw", "label": f"1. raw {pipe}, {what}", "rate": res["rate_median"],
-                         "raw": res})
+            rows.append(
+                {
+                    "kind": "raw",
+                    "label": f"1. raw {pipe}, {what}",
+                    "rate": res["rate_median"],
+                    "raw": res,
+                }
+            )
             print(f"  {rows[-1]['label']}: {res['rate_median']:,.0f}/s", flush=True)
 
         base = {"path": path, "repeats": args.repeats}
@@ -226,25 +251,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  harpy not found in {args.harpy_python}; skipping", file=sys.stderr)
         for w in args.workers if hmod else []:
             cfg = {**base, "impl": "harpy", "workers": w, "loader_batch": 256, "harpy_module": hmod}
-            rows.append(loader_row("harpy", f"2. harpy, DataLoader(bs=256), {w} workers", w,
-                                   run_loader(cfg, args.harpy_python, env)))
+            rows.append(
+                loader_row(
+                    "harpy",
+                    f"2. harpy, DataLoader(bs=256), {w} workers",
+                    w,
+                    run_loader(cfg, args.harpy_python, env),
+                )
+            )
             print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
         # 3. ours per-sample
         for w in args.workers:
             cfg = {**base, "impl": "ours", "workers": w, "loader_batch": 256}
-            rows.append(loader_row("ours-sample", f"3. ours per-sample, DataLoader(bs=256), {w} workers",
-                                   w, run_loader(cfg, sys.executable, env)))
+            rows.append(
+                loader_row(
+                    "ours-sample",
+                    f"3. ours per-sample, DataLoader(bs=256), {w} workers",
+                    w,
+                    run_loader(cfg, sys.executable, env),
+                )
+            )
             print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
         # 4. ours batched, recommended settings (+ zarrs)
         rec = RECOMMENDED
-        desc = f"bs={rec['batch_size']}, buffer_chunks={rec['buffer_chunks']}, read_ahead={rec['read_ahead']}"
+        desc = (
+            f"bs={rec['batch_size']}, buffer_chunks={rec['buffer_chunks']}, "
+            f"read_ahead={rec['read_ahead']}"
+        )
         pipes = [False, True] if zarrs_available() else [False]
         for zarrs in pipes:
             for w in args.workers:
                 cfg = {**base, "impl": "ours", "workers": w, **rec, "zarrs": zarrs}
                 tag = ", zarrs" if zarrs else ""
-                rows.append(loader_row("ours-batch", f"4. ours batched ({desc}{tag}), {w} workers",
-                                       w, run_loader(cfg, sys.executable, env)))
+                rows.append(
+                    loader_row(
+                        "ours-batch",
+                        f"4. ours batched ({desc}{tag}), {w} workers",
+                        w,
+                        run_loader(cfg, sys.executable, env),
+                    )
+                )
                 print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
         # 4b. target store: our default codec
         if not args.no_target:
@@ -252,13 +298,22 @@ def main(argv: list[str] | None = None) -> int:
             results["target_store"] = tstore
             for w in args.workers:
                 for zarrs in pipes:
-                    cfg = {**base, "path": tstore["path"], "impl": "ours", "workers": w, **rec,
-                           "zarrs": zarrs}
+                    cfg = {
+                        **base,
+                        "path": tstore["path"],
+                        "impl": "ours",
+                        "workers": w,
+                        **rec,
+                        "zarrs": zarrs,
+                    }
                     tag = ", zarrs" if zarrs else ""
-                    label = (f"5. ours batched, {args.target_codec} store (ratio "
-                             f"{tstore['ratio']:.2f}){tag}, {w} workers")
-                    rows.append(loader_row("ours-target", label, w,
-                                           run_loader(cfg, sys.executable, env)))
+                    label = (
+                        f"5. ours batched, {args.target_codec} store (ratio "
+                        f"{tstore['ratio']:.2f}){tag}, {w} workers"
+                    )
+                    rows.append(
+                        loader_row("ours-target", label, w, run_loader(cfg, sys.executable, env))
+                    )
                     print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
             raw = raw_decode(tstore["path"], args.chunk, 16, zarrs_available(), args.repeats)
             results["target_raw_decode"] = raw
@@ -271,12 +326,21 @@ def main(argv: list[str] | None = None) -> int:
             sweep = results["sweep"]
             grid = itertools.product(args.workers, [1, 4, 16], [256, 1024], [False, True])
             for w, bc, bs, ra in grid:
-                cfg = {**base, "impl": "ours", "workers": w, "batch_size": bs, "buffer_chunks": bc,
-                       "read_ahead": ra}
+                cfg = {
+                    **base,
+                    "impl": "ours",
+                    "workers": w,
+                    "batch_size": bs,
+                    "buffer_chunks": bc,
+                    "read_ahead": ra,
+                }
                 res = run_loader(cfg, sys.executable, env)
                 sweep.append(res)
-                print(f"  sweep w={w} buffer_chunks={bc} bs={bs} read_ahead={ra}: "
-                      f"{res.get('rate_median', float('nan')):,.0f}/s", flush=True)
+                print(
+                    f"  sweep w={w} buffer_chunks={bc} bs={bs} read_ahead={ra}: "
+                    f"{res.get('rate_median', float('nan')):,.0f}/s",
+                    flush=True,
+                )
             print()
             print(sweep_table(sweep))
     finally:
@@ -292,16 +356,31 @@ def sweep_table(sweep: list[dict[str, Any]]) -> str:
     out = []
     for res in sweep:
         cfg = res["cfg"]
-        out.append([
-            str(cfg["workers"]), str(cfg["buffer_chunks"]), str(cfg["batch_size"]),
-            "on" if cfg["read_ahead"] else "off",
-            fmt_num(res.get("rate_median", float("nan"))),
-            "-" if res.get("first_batch_cold_s") is None else f"{res['first_batch_cold_s'] * 1000:,.0f} ms",
-            _rss(res),
-        ])
+        out.append(
+            [
+                str(cfg["workers"]),
+                str(cfg["buffer_chunks"]),
+                str(cfg["batch_size"]),
+                "on" if cfg["read_ahead"] else "off",
+                fmt_num(res.get("rate_median", float("nan"))),
+                "-"
+                if res.get("first_batch_cold_s") is None
+                else f"{res['first_batch_cold_s'] * 1000:,.0f} ms",
+                _rss(res),
+            ]
+        )
     return markdown_table(
-        ["workers", "buffer_chunks", "batch_size", "read_ahead", "samples/s (median)",
-         "first batch (cold)", "peak RSS MiB main + [workers]"], out)
+        [
+            "workers",
+            "buffer_chunks",
+            "batch_size",
+            "read_ahead",
+            "samples/s (median)",
+            "first batch (cold)",
+            "peak RSS MiB main + [workers]",
+        ],
+        out,
+    )
 
 
 if __name__ == "__main__":
