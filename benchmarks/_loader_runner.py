@@ -40,6 +40,7 @@ class RssMonitor:
         self._interval = interval
         self.main_peak = 0
         self.child_peak: dict[int, int] = {}
+        self.child_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,9 +52,11 @@ class RssMonitor:
             for ch in self._proc.children(recursive=True):
                 try:
                     rss = ch.memory_info().rss
+                    cpu = ch.cpu_times()
                 except psutil.Error:
                     continue
                 self.child_peak[ch.pid] = max(self.child_peak.get(ch.pid, 0), rss)
+                self.child_cpu[ch.pid] = cpu.user + cpu.system
         except psutil.Error:
             pass
 
@@ -105,7 +108,73 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
     return ZarrIterableInstances(cfg["path"], ids, labels, **common, **extra)
 
 
+def _minmax01_numpy(x: np.ndarray, channels: int) -> np.ndarray:
+    xf = x.reshape(x.shape[0], channels, -1).astype(np.float32)
+    lo = xf.min(axis=2, keepdims=True)
+    hi = xf.max(axis=2, keepdims=True)
+    xf -= lo
+    xf /= (hi - lo) + np.float32(1e-8)
+    return xf
+
+
+def run_annbatch(cfg: dict[str, Any]) -> dict[str, Any]:
+    """annbatch ``Loader`` over a 2-D ``(n, c*z*y*x)`` copy of the store, in-process.
+
+    annbatch needs Python >= 3.12, where no torch wheel is on this machine, so it
+    yields NumPy batches; the same minmax01 normalisation is applied per batch in
+    NumPy (float32) to do the same work as the torch loaders.
+    """
+    import annbatch
+    import zarr
+
+    arr = zarr.open_array(cfg["path"], mode="r")
+    n = int(arr.shape[0])
+    channels = int(cfg.get("channels", 2))
+    with RssMonitor() as mon:
+        cpu0 = time.process_time()
+        t_build = time.perf_counter()
+        loader = annbatch.Loader(
+            chunk_size=int(cfg.get("chunk_size", 1024)),
+            preload_nchunks=int(cfg.get("preload_nchunks", 4)),
+            batch_size=int(cfg.get("loader_batch", 256)),
+            shuffle=True,
+            rng=np.random.default_rng(0),
+        )
+        loader.add_dataset(arr)
+        t_build = time.perf_counter() - t_build
+        rates, firsts, counts = [], [], []
+        for _ in range(int(cfg.get("repeats", 3))):
+            count, first = 0, None
+            t0 = time.perf_counter()
+            for out in loader:
+                x = _minmax01_numpy(out["X"], channels)
+                if first is None:
+                    first = time.perf_counter() - t0
+                count += int(x.shape[0])
+            rates.append(count / (time.perf_counter() - t0))
+            firsts.append(first)
+            counts.append(count)
+    cpu = time.process_time() - cpu0
+    return {
+        "cpu_main_s": cpu,
+        "samples_per_cpu_s": sum(counts) / cpu,
+        "cfg": cfg,
+        "n": n,
+        "samples": counts,
+        "rates": rates,
+        "rate_median": float(np.median(rates)),
+        "first_batch_cold_s": firsts[0],
+        "build_s": t_build,
+        "rss_main_peak_mb": mon.main_peak / 2**20,
+        "rss_worker_peak_mb": [],
+        "annbatch": annbatch.__version__ if hasattr(annbatch, "__version__") else "?",
+        "zarr": zarr.__version__,
+    }
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    if cfg["impl"] == "annbatch":
+        return run_annbatch(cfg)
     import torch
     import zarr
     from torch.utils.data import DataLoader
@@ -114,6 +183,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
     n = int(zarr.open_array(cfg["path"], mode="r").shape[0])
     workers = int(cfg["workers"])
+    cpu0 = time.process_time()
     with RssMonitor() as mon:
         t_build = time.perf_counter()
         ds = _dataset(cfg, n)
@@ -145,8 +215,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             counts.append(count)
             secs.append(dt)
         del it, dl
+    cpu_main = time.process_time() - cpu0
+    cpu_workers = sum(mon.child_cpu.values())
     worker_peaks = sorted(mon.child_peak.values())
     return {
+        "cpu_main_s": cpu_main,
+        "cpu_workers_s": cpu_workers,
+        "samples_per_cpu_s": sum(counts) / (cpu_main + cpu_workers),
         "cfg": cfg,
         "n": n,
         "samples": counts,

@@ -51,6 +51,7 @@ from _common import (
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_loader_runner.py"
 DEFAULT_HARPY_PY = "/work/bench-venv/bin/python"
+DEFAULT_ANNBATCH_PY = "/work/annbatch-venv/bin/python"
 HARPY_MODULE_REL = "harpy/table/featurization/_zarr_iterable_instances.py"
 
 # Recommended batched settings (from the sweep, see BENCHMARKS.md).
@@ -68,6 +69,28 @@ def make_store(root: str, n: int, chunk: int, codec: str, name: str) -> dict[str
     return info
 
 
+def write_flat_copy(src: str, dst: str, chunk: int) -> None:
+    """2-D ``(n, c*z*y*x)`` copy of the store with the same codecs (annbatch's layout)."""
+    import zarr
+
+    a = zarr.open_array(src, mode="r")
+    n = a.shape[0]
+    width = int(np.prod(a.shape[1:]))
+    b = zarr.create_array(
+        dst,
+        shape=(n, width),
+        chunks=(chunk, width),
+        dtype=a.dtype,
+        compressors=a.compressors,
+        filters=a.filters,
+        overwrite=True,
+    )
+    for i in range(0, n, 16 * chunk):
+        j = min(i + 16 * chunk, n)
+        b[i:j] = a[i:j].reshape(j - i, width)
+    drop_page_cache_hint(dst)
+
+
 # --------------------------------------------------------------------------- raw
 def raw_decode(path: str, chunk: int, slab: int, zarrs: bool, repeats: int) -> dict[str, Any]:
     import zarr
@@ -81,13 +104,14 @@ def raw_decode(path: str, chunk: int, slab: int, zarrs: bool, repeats: int) -> d
         arr = zarr.open_array(path, mode="r")
         n = arr.shape[0]
         step = chunk * slab
-        rates = []
+        rates, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for a in range(0, n, step):
                 arr[a : min(a + step, n)]
             rates.append(n / (time.perf_counter() - t0))
-    return {"rates": rates, "rate_median": median(rates)}
+            cpu.append(n / (time.process_time() - c0))
+    return {"rates": rates, "rate_median": median(rates), "samples_per_cpu_s": median(cpu)}
 
 
 def zarrs_available() -> bool:
@@ -155,6 +179,7 @@ def build_table(rows: list[dict[str, Any]]) -> str:
                 fmt_num(r["rate"]),
                 f"{r['rate'] / limit:.0%}" if limit == limit else "-",
                 vs_h,
+                fmt_num(r.get("cpu_rate")),
                 "-" if first is None else f"{first * 1000:,.0f} ms",
                 r.get("rss", "-"),
             ]
@@ -164,6 +189,7 @@ def build_table(rows: list[dict[str, Any]]) -> str:
         "samples/s (median)",
         "vs decode limit",
         "vs harpy same workers",
+        "samples per CPU-s",
         "first batch (cold)",
         "peak RSS MiB main + [workers]",
     ]
@@ -178,6 +204,7 @@ def loader_row(kind: str, label: str, workers: int, res: dict[str, Any]) -> dict
         "label": label,
         "workers": workers,
         "rate": res.get("rate_median", float("nan")),
+        "cpu_rate": res.get("samples_per_cpu_s", float("nan")),
         "first": res.get("first_batch_cold_s"),
         "rss": _rss(res),
         "raw": res,
@@ -203,11 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-harpy", action="store_true")
     p.add_argument("--harpy-python", default=DEFAULT_HARPY_PY)
     p.add_argument(
+        "--annbatch-python",
+        default=DEFAULT_ANNBATCH_PY,
+        help="a Python >= 3.12 with annbatch installed (row skipped if missing)",
+    )
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="also sweep batched mode: buffer_chunks x batch_size x read_ahead x workers",
     )
     p.add_argument("--no-target", action="store_true", help="skip the target-codec store rows")
+    p.add_argument("--only-sweep", action="store_true", help="run the sweep only (implies --sweep)")
     args = p.parse_args(argv)
 
     root = args.dir or tempfile.mkdtemp(prefix="zi-stream-bench-")
@@ -226,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         path = store["path"]
         rows: list[dict[str, Any]] = results["rows"]
 
+        results["loadavg_start"] = os.getloadavg()
+        if args.only_sweep:
+            args.sweep, args.skip_harpy, args.no_target = True, True, True
         # 1. raw decode limit
-        variants = [(False, 1), (False, 16)]
-        if zarrs_available():
+        variants = [] if args.only_sweep else [(False, 1), (False, 16)]
+        if zarrs_available() and not args.only_sweep:
             variants += [(True, 1), (True, 16)]
         for zarrs, slab in variants:
             res = raw_decode(path, args.chunk, slab, zarrs, args.repeats)
@@ -239,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kind": "raw",
                     "label": f"1. raw {pipe}, {what}",
                     "rate": res["rate_median"],
+                    "cpu_rate": res["samples_per_cpu_s"],
                     "raw": res,
                 }
             )
@@ -261,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
         # 3. ours per-sample
-        for w in args.workers:
+        for w in [] if args.only_sweep else args.workers:
             cfg = {**base, "impl": "ours", "workers": w, "loader_batch": 256}
             rows.append(
                 loader_row(
@@ -279,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             f"read_ahead={rec['read_ahead']}"
         )
         pipes = [False, True] if zarrs_available() else [False]
-        for zarrs in pipes:
+        for zarrs in [] if args.only_sweep else pipes:
             for w in args.workers:
                 cfg = {**base, "impl": "ours", "workers": w, **rec, "zarrs": zarrs}
                 tag = ", zarrs" if zarrs else ""
@@ -292,6 +329,29 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+        # annbatch (Python >= 3.12 venv, no torch: NumPy batches, 0 workers)
+        if not args.only_sweep and os.path.exists(args.annbatch_python):
+            flat = os.path.join(root, "crops-2d.zarr")
+            write_flat_copy(path, flat, args.chunk)
+            cfg = {
+                "impl": "annbatch",
+                "path": flat,
+                "repeats": args.repeats,
+                "loader_batch": 256,
+                "chunk_size": args.chunk,
+                "preload_nchunks": 4,
+                "workers": 0,
+            }
+            label = (
+                f"annbatch Loader(chunk_size={args.chunk}, preload_nchunks=4, bs=256), "
+                "NumPy minmax, 0 workers"
+            )
+            rows.append(
+                loader_row("annbatch", label, 0, run_loader(cfg, args.annbatch_python, env))
+            )
+            print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+        elif not args.only_sweep:
+            print(f"  annbatch: no Python at {args.annbatch_python}; row skipped", file=sys.stderr)
         # 4b. target store: our default codec
         if not args.no_target:
             tstore = make_store(root, args.n, args.chunk, args.target_codec, "crops-target.zarr")
@@ -319,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
             results["target_raw_decode"] = raw
             print(f"  (target store raw decode, 16-chunk slabs: {raw['rate_median']:,.0f}/s)")
 
+        results["loadavg_end"] = os.getloadavg()
         print()
-        print(build_table(rows))
+        print(f"load average: start {results['loadavg_start']}, end {results['loadavg_end']}")
+        if rows:
+            print(build_table(rows))
 
         if args.sweep:
             sweep = results["sweep"]
@@ -341,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{res.get('rate_median', float('nan')):,.0f}/s",
                     flush=True,
                 )
+            results["loadavg_sweep_end"] = os.getloadavg()
             print()
+            print(f"load average after sweep: {results['loadavg_sweep_end']}")
             print(sweep_table(sweep))
     finally:
         if args.json:
@@ -376,6 +441,7 @@ def sweep_table(sweep: list[dict[str, Any]]) -> str:
             "batch_size",
             "read_ahead",
             "samples/s (median)",
+            "samples per CPU-s",
             "first batch (cold)",
             "peak RSS MiB main + [workers]",
         ],
