@@ -428,6 +428,7 @@ def sweep_table(sweep: list[dict[str, Any]]) -> str:
                 str(cfg["batch_size"]),
                 "on" if cfg["read_ahead"] else "off",
                 fmt_num(res.get("rate_median", float("nan"))),
+                fmt_num(res.get("samples_per_cpu_s")),
                 "-"
                 if res.get("first_batch_cold_s") is None
                 else f"{res['first_batch_cold_s'] * 1000:,.0f} ms",
