@@ -171,13 +171,14 @@ def build_table(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         hr = harpy_by_w.get(r.get("workers"))
-        vs_h = "-" if (hr is None or r["kind"] in ("raw", "harpy")) else f"{r['rate'] / hr:.2f}x"
+        no_h = hr is None or hr != hr or r["kind"] in ("raw", "harpy")
+        vs_h = "-" if no_h else f"{r['rate'] / hr:.2f}x"
         first = r.get("first")
         out.append(
             [
                 r["label"],
                 fmt_num(r["rate"]),
-                f"{r['rate'] / limit:.0%}" if limit == limit else "-",
+                f"{r['rate'] / limit:.0%}" if limit == limit and r["rate"] == r["rate"] else "-",
                 vs_h,
                 fmt_num(r.get("cpu_rate")),
                 "-" if first is None else f"{first * 1000:,.0f} ms",
