@@ -81,7 +81,7 @@ def _extract(args: argparse.Namespace) -> int:
         from zarr.codecs import BloscCodec, ZstdCodec
 
         compressors = ZstdCodec(level=args.clevel) if args.compressor == "zstd" else BloscCodec(
-            cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="bitshuffle"
+            cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="shuffle"
         )
     kwargs = {
         "out": args.out, "remove_background": not args.keep_background,
