@@ -25,7 +25,7 @@ from ._resume import (
 )
 from ._store import OpenedInstances, ZarrPath, codec_pipeline_config, open_instances
 from ._validate import as_int_vector, check_int
-from ._world import current_rank_world, current_worker
+from ._world import current_rank_world, current_worker, in_worker
 from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
@@ -201,6 +201,7 @@ class ZarrIterableInstances(IterableDataset):
         self._iter_coords = (0, 1, 0, 1)
         self._iter_resume = Resume()
         self._started = False
+        self._in_worker = False
 
     # ------------------------------------------------------------------ epochs
     @property
@@ -430,7 +431,9 @@ class ZarrIterableInstances(IterableDataset):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _normalized(self, raw: np.ndarray) -> torch.Tensor:
-        return normalize_batch(raw, self._mode, self.x_dtype)
+        # batches leave a worker through shared memory: allocate them there
+        shared = self.batch_size is not None and self._in_worker
+        return normalize_batch(raw, self._mode, self.x_dtype, shared)
 
     def _pack(self, x: Any, rows: np.ndarray, batched: bool) -> Any:
         out: list[Any] = [x]
@@ -456,6 +459,7 @@ class ZarrIterableInstances(IterableDataset):
         self._iter_epoch, self._iter_coords, self._yielded = epoch, coords, start
         self._iter_resume = resume
         self._started = True
+        self._in_worker = in_worker()
         if self.batch_size is None:
             return self._samples(plan, start)
         return self._batches(plan, start)
