@@ -55,7 +55,7 @@ DEFAULT_ANNBATCH_PY = "/work/annbatch-venv/bin/python"
 HARPY_MODULE_REL = "harpy/table/featurization/_zarr_iterable_instances.py"
 
 # Recommended batched settings (from the sweep, see BENCHMARKS.md).
-RECOMMENDED = {"batch_size": 1024, "buffer_chunks": 4, "read_ahead": True}
+RECOMMENDED = {"batch_size": 256, "buffer_chunks": 4, "read_ahead": True}
 
 
 # --------------------------------------------------------------------------- store
