@@ -15,7 +15,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import ArgumentError, ArgumentTypeError, StoreNotFoundError
+from ._store import open_zarr
+from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["OpenedInput", "open_image", "open_mask"]
 
@@ -50,14 +51,7 @@ def _open_path(
     name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
     spath = os.fspath(path)
-    if "://" not in spath and not os.path.exists(spath):
-        msg = f"No Zarr array or group at {name}={spath!r}: the path does not exist"
-        raise StoreNotFoundError(msg)
-    try:
-        node = zarr.open(spath, mode="r", storage_options=storage_options)
-    except FileNotFoundError as exc:
-        msg = f"No Zarr array or group at {name}={spath!r}: {exc}"
-        raise StoreNotFoundError(msg) from exc
+    node = open_zarr(spath, storage_options, name=name)
     return _resolve_node(name, spath, node)
 
 
