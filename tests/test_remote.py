@@ -83,6 +83,17 @@ def test_stream_bare_array_url_sharded(s3_server):
     x, ids, _ = _rows(ds)
     np.testing.assert_array_equal(x, data.astype(np.float64))
     np.testing.assert_array_equal(ids, np.arange(90) + 5)
+    # forked workers after the parent has read: the inherited remote client is bound to
+    # the parent's event loop, so workers reopen (also an opened zarr.Array)
+    opened = ZarrIterableInstances(zarr.open_array(url, mode="r", storage_options=opts),
+                                   np.arange(90) + 5, batch_size=20, normalize=None,
+                                   x_dtype=torch.float64)
+    for d in (ds, opened):
+        next(iter(d))
+        loader = ZarrDataLoader(d, batch_size=None, num_workers=2,
+                                multiprocessing_context="fork", timeout=60)
+        x, ids, _ = _rows(loader)
+        np.testing.assert_array_equal(x, data.astype(np.float64))
 
 
 def test_missing_bucket_names_the_url(s3_server):

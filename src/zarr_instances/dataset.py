@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import DataLoader, IterableDataset
 
 from ._normalize import check_normalize, normalize_batch
@@ -207,6 +209,7 @@ class ZarrIterableInstances(IterableDataset):
             )
             raise ArgumentError(msg)
 
+        self._pid = self._array_pid = os.getpid()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
         self._array: OpenedInstances | None = None
@@ -391,8 +394,16 @@ class ZarrIterableInstances(IterableDataset):
 
     # ------------------------------------------------------------------ iteration
     def _opened(self) -> OpenedInstances:
-        if self._array is None:
-            self._array = open_instances(self.zarr_path, self.storage_options)
+        pid = os.getpid()
+        if self._array is None or self._array_pid != pid:
+            path = self.zarr_path
+            if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
+                # A forked worker inherits the parent's store objects, whose remote
+                # clients (e.g. an aiohttp session) are bound to the parent's event loop:
+                # rebuild the store from its pickled form, as a spawned worker does.
+                path = pickle.loads(pickle.dumps(path))
+            self._array = open_instances(path, self.storage_options)
+            self._array_pid = pid
         return self._array
 
     def _load(self, buffer: Buffer) -> torch.Tensor:
