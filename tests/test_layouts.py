@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCode
 from zarr_instances import ZarrDataLoader, ZarrIterableInstances
 from zarr_instances.testing import make_instance_array, make_instance_store
 
-N, CHUNK, SHARD = 60, 10, 20
+N, CHUNK, SHARD = 40, 5, 10
 SHAPE = (2, 1, 6, 6)
 
 CODECS = {

@@ -90,7 +90,7 @@ def test_stream_bare_array_url_sharded(s3_server):
                                    x_dtype=torch.float64)
     for d in (ds, opened):
         next(iter(d))
-        loader = ZarrDataLoader(d, batch_size=None, num_workers=2,
+        loader = ZarrDataLoader(d, batch_size=None, num_workers=1,
                                 multiprocessing_context="fork", timeout=60)
         x, ids, _ = _rows(loader)
         np.testing.assert_array_equal(x, data.astype(np.float64))
