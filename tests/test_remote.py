@@ -159,3 +159,38 @@ def test_buffer_chunks_are_read_concurrently(tmp_path):
     assert batch[0].shape[0] == 80
     assert Counting.peak >= 8
     assert dt < 8 * 0.05 * 0.75, dt
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve ``tmp_path`` read-only over HTTP on 127.0.0.1 (a free port)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_stream_store_over_http(http_dir, tmp_path):
+    pytest.importorskip("aiohttp", reason="fsspec's HTTP filesystem needs aiohttp")
+    from zarr_instances.testing import make_instance_store
+
+    group = make_instance_store(tmp_path / "s.zarr", 100, (1, 1, 4, 4), chunk_i=10)
+    ds = ZarrIterableInstances(f"{http_dir}/s.zarr", batch_size=30, buffer_chunks=2,
+                               normalize=None, x_dtype=torch.float64)
+    x, ids, rows = _rows(ds)
+    np.testing.assert_array_equal(x, np.asarray(group["image"][...], dtype=np.float64))
+    np.testing.assert_array_equal(ids, 1000 + rows)
+    with pytest.raises(StoreNotFoundError, match=r"zarr_path='http://127\.0\.0\.1:\d+/nope"):
+        ZarrIterableInstances(f"{http_dir}/nope.zarr")
