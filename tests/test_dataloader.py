@@ -91,3 +91,24 @@ def test_ddp_ranks_partition_rows(store, tmp_path, world, ctx):
     # every kept row is seen; the only repeats are the padding to equal shares
     assert set(allrows.tolist()) == set(kept.tolist())
     assert allrows.size - np.unique(allrows).size == share * world - total
+
+
+@pytest.mark.parametrize(("normalize", "x_dtype"), [("minmax01", torch.float32),
+                                                    ("unit", torch.float16),
+                                                    (None, torch.int32)])
+def test_batches_from_workers_equal_in_process(store, normalize, x_dtype):
+    path = str(store.store_path.store.root)
+    kw = {"batch_size": 48, "buffer_chunks": 2, "normalize": normalize, "x_dtype": x_dtype,
+          "shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 3}
+    ref = {}
+    for x, _iid, rows in ZarrIterableInstances(path, **kw):
+        ref.update(zip(rows.tolist(), x, strict=True))
+    loader = DataLoader(ZarrIterableInstances(path, **kw), batch_size=None, num_workers=2,
+                        multiprocessing_context="fork")
+    seen = 0
+    for x, _iid, rows in loader:
+        assert x.dtype == x_dtype
+        for r, xi in zip(rows.tolist(), x, strict=True):
+            assert torch.equal(xi, ref[r])
+            seen += 1
+    assert seen == len(ref) == 1050

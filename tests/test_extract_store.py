@@ -272,3 +272,15 @@ def test_progress_bar_and_group_input(inputs, tmp_path, capsys):
     with dask.config.set(scheduler="threads"):
         _, inst = extract_instances(zarr.open_array(img, mode="r"), msk, D)
         assert inst.shape[0] > 0
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_default_codec_is_blosc_lz4_byte_shuffle(inputs, tmp_path, zarr_format):
+    img, msk, _, _ = inputs
+    out = tmp_path / f"v{zarr_format}.zarr"
+    extract_instances(img, msk, D, out=str(out), zarr_format=zarr_format, progress=False)
+    arr = zarr.open_group(str(out), mode="r")["image"]
+    text = repr(arr.compressors[0])
+    assert "lz4" in text and "clevel=5" in text
+    # byte shuffle: SHUFFLE / BloscShuffle.shuffle, never bit shuffle
+    assert "SHUFFLE" in text.upper() and "BIT" not in text.upper()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from .dataset import ZarrDataLoader, ZarrIterableInstances, merge_worker_states
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -16,7 +17,34 @@ from .errors import (
     ZarrInstancesError,
 )
 from .extract import extract_instances
-from .quality import ShuffleQuality, shuffle_quality
+
+if TYPE_CHECKING:
+    from .dataset import ZarrIterableInstances
+    from .loader import ZarrDataLoader, merge_worker_states
+    from .quality import ShuffleQuality, shuffle_quality
+
+# The streaming side imports torch (~250 MB, seconds); extraction and the CLI's
+# `extract`/`inspect` do not need it, so it is imported on first use.
+_LAZY = {
+    "ZarrIterableInstances": ".dataset",
+    "ZarrDataLoader": ".loader",
+    "merge_worker_states": ".loader",
+    "ShuffleQuality": ".quality",
+    "shuffle_quality": ".quality",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 try:
     __version__ = version("zarr-instances")
@@ -27,10 +55,10 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "ChunkReadError",
+    "ShuffleQuality",
     "StoreAccessError",
     "StoreConnectionError",
     "StoreExistsError",
-    "ShuffleQuality",
     "StoreNotFoundError",
     "ZarrDataLoader",
     "ZarrInstancesError",

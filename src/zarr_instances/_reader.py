@@ -20,7 +20,12 @@ def _row_span(rows: np.ndarray) -> tuple[int, int]:
 
 
 def read_pieces(
-    array: zarr.Array, selection: RowSelection, pieces: Sequence[Piece], where: str = ""
+    array: zarr.Array,
+    selection: RowSelection,
+    pieces: Sequence[Piece],
+    where: str = "",
+    order: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Read the rows of ``pieces`` into one array ``(n, c, z, y, x)``.
 
@@ -28,16 +33,44 @@ def read_pieces(
     buffer are requested concurrently through zarr's async API, so remote
     stores see many requests in flight.
 
+    Parameters
+    ----------
+    array
+        The crop array.
+    selection
+        Kept rows.
+    pieces
+        What to read.
+    where
+        Name of the array for error messages.
+    order
+        Optional: return row ``order[j]`` of the concatenated pieces as row ``j``
+        (a permutation, possibly with a prefix cut off). Applied while copying the
+        decoded blocks, so the buffer is copied once.
+    out
+        Optional destination of the right shape and dtype (a reusable buffer).
+
     Raises
     ------
     ChunkReadError
         If a chunk cannot be read or decoded; the message names the array and chunk.
     """
     rows = [piece_rows(selection, p) for p in pieces]
-    n = sum(r.size for r in rows)
-    out = np.empty((n, *array.shape[1:]), dtype=array.dtype)
+    n_read = sum(r.size for r in rows)
+    identity = order is None or (
+        order.size == n_read and bool(np.all(order == np.arange(n_read)))
+    )
+    n = n_read if order is None else int(order.size)
+    if out is None:
+        out = np.empty((n, *array.shape[1:]), dtype=array.dtype)
     if n == 0:
         return out
+    # where each read row goes in `out` (-1: not wanted, e.g. already yielded)
+    dest = None
+    if not identity:
+        assert order is not None
+        dest = np.full(n_read, -1, dtype=np.int64)
+        dest[order] = np.arange(n, dtype=np.int64)
     aarr = array.async_array
 
     async def _one(r: np.ndarray) -> np.ndarray:
@@ -63,9 +96,13 @@ def read_pieces(
             raise ChunkReadError(msg) from res
         block = np.asarray(res)
         a, b = _row_span(r)
-        if r.size == b - a:
-            out[pos : pos + r.size] = block
+        local = None if r.size == b - a else r - a
+        if dest is None:
+            out[pos : pos + r.size] = block if local is None else block[local]
         else:
-            out[pos : pos + r.size] = block[r - a]
+            d = dest[pos : pos + r.size]
+            keep = d >= 0
+            src = np.arange(r.size) if local is None else local
+            out[d[keep]] = block[src[keep]]
         pos += r.size
     return out

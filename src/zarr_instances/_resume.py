@@ -20,15 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ._plan import (
-    Intervals,
-    RowSelection,
-    merge_intervals,
-    plan_worker,
-    rank_share,
-    split_evenly,
-    subtract_intervals,
-)
+from ._intervals import Intervals, merge_intervals, subtract_intervals
+from ._plan import RowSelection, plan_worker, rank_share, split_evenly
 
 __all__ = [
     "Resume",

@@ -172,25 +172,79 @@ def describe(path: ZarrPath) -> str:
     return repr(os.fspath(path))
 
 
-def _open(path: ZarrPath, storage_options: dict[str, Any] | None) -> zarr.Array | zarr.Group:
+_ZARRS = "zarrs.ZarrsCodecPipeline"
+_zarrs_pid: list[int] = []  # processes that built a zarrs pipeline (inherited by fork)
+
+
+def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> dict[str, Any]:
+    """Return the zarr config that selects ``codec_pipeline`` (``{}`` for the default).
+
+    ``"zarrs"`` selects the Rust codec pipeline of the ``zarrs`` package; any other
+    string is taken as the dotted path of a codec pipeline class. With ``record``, this
+    process is remembered as a user of zarrs (its forked children must not use it).
+
+    Raises
+    ------
+    ArgumentError
+        If ``"zarrs"`` is asked for and not installed, or if a forked process would
+        reuse the parent's zarrs thread pool (which deadlocks).
+    """
+    if codec_pipeline is None:
+        return {}
+    if not isinstance(codec_pipeline, str):
+        msg = f"codec_pipeline must be None, 'zarrs' or a dotted class path, got {codec_pipeline!r}"
+        raise ArgumentTypeError(msg)
+    path = _ZARRS if codec_pipeline == "zarrs" else codec_pipeline
+    if path == _ZARRS:
+        try:
+            import zarrs  # noqa: F401
+        except ImportError as exc:
+            msg = (
+                "codec_pipeline='zarrs' needs the zarrs package: "
+                "pip install 'zarr-instances[zarrs]'"
+            )
+            raise ArgumentError(msg) from exc
+        if record and _zarrs_pid and _zarrs_pid[-1] != os.getpid():
+            msg = (
+                "codec_pipeline='zarrs' was used in a parent process before this process "
+                "was forked; its thread pool does not survive fork. Start DataLoader "
+                "workers with multiprocessing_context='spawn' or 'forkserver', or do not "
+                "iterate the dataset in the parent first"
+            )
+            raise ArgumentError(msg)
+        if record:
+            _zarrs_pid.append(os.getpid())
+    return {"codec_pipeline.path": path}
+
+
+def _open(
+    path: ZarrPath, storage_options: dict[str, Any] | None, codec_pipeline: str | None = None
+) -> zarr.Array | zarr.Group:
     if isinstance(path, (zarr.Array, zarr.Group)):
-        return path
+        if codec_pipeline is None:
+            return path
+        with zarr.config.set(codec_pipeline_config(codec_pipeline)):
+            return zarr.open(store=path.store_path, mode="r")
     if not isinstance(path, (str, os.PathLike)):
         msg = (
             "zarr_path must be a path, a URL, a zarr.Array or a zarr.Group, "
             f"got {type(path).__name__}: {path!r}"
         )
         raise ArgumentTypeError(msg)
-    return open_zarr(path, storage_options)
+    with zarr.config.set(codec_pipeline_config(codec_pipeline)):
+        return open_zarr(path, storage_options)
 
 
 def open_instances(
-    path: ZarrPath, storage_options: dict[str, Any] | None = None
+    path: ZarrPath,
+    storage_options: dict[str, Any] | None = None,
+    codec_pipeline: str | None = None,
 ) -> OpenedInstances:
     """Open a crop array ``(i, c, z, y, x)`` or an instance-store group.
 
     A group must hold an ``image`` array; its ``instance_ids`` (and ``labels``, if
-    present) are read too.
+    present) are read too. ``codec_pipeline`` (see :func:`codec_pipeline_config`)
+    is bound to the opened array.
 
     Raises
     ------
@@ -199,7 +253,7 @@ def open_instances(
     ArgumentError
         If the group holds no ``image`` array or the array is not 5-D.
     """
-    node = _open(path, storage_options)
+    node = _open(path, storage_options, codec_pipeline)
     where = describe(path)
     ids = labels = None
     if isinstance(node, zarr.Group):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
-__all__ = ["World", "current_rank_world", "current_worker"]
+__all__ = ["World", "current_rank_world", "current_worker", "in_worker"]
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,8 @@ def current_worker() -> tuple[int, int]:
     if info is None:
         return 0, 1
     return info.id, info.num_workers
+
+
+def in_worker() -> bool:
+    """Return whether this process is a DataLoader worker."""
+    return get_worker_info() is not None

@@ -19,8 +19,9 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .dataset import ZarrDataLoader, ZarrIterableInstances
+    from .dataset import ZarrIterableInstances
     from .extract import extract_instances
+    from .loader import ZarrDataLoader
     from .testing import make_image_and_mask
 
     with tempfile.TemporaryDirectory(prefix="zarr-instances-demo-") as tmp:
@@ -80,7 +81,7 @@ def _extract(args: argparse.Namespace) -> int:
         from zarr.codecs import BloscCodec, ZstdCodec
 
         compressors = ZstdCodec(level=args.clevel) if args.compressor == "zstd" else BloscCodec(
-            cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="bitshuffle"
+            cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="shuffle"
         )
     kwargs = {
         "out": args.out, "remove_background": not args.keep_background,
@@ -130,8 +131,8 @@ def _add_extract(sub: Any) -> None:
     p.add_argument("--compressor", default="auto",
                    choices=("auto", "none", "zstd", "blosc-zstd", "blosc-lz4"))
     p.add_argument("--clevel", type=int, default=3, help="compression level")
-    p.add_argument("--tile-size", type=int, default=2048, help="tile edge in pixels")
-    p.add_argument("--memory-limit", type=float, default=512, help="MiB of crops per pass")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile edge in pixels")
+    p.add_argument("--memory-limit", type=float, default=256, help="MiB of crops per pass")
     p.add_argument("--scheduler", default="threads",
                    choices=("threads", "processes", "synchronous", "distributed"),
                    help="Dask scheduler; distributed starts a LocalCluster")

@@ -32,266 +32,37 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
-from ._geometry import (
-    centroids,
-    combine_sums,
-    crop_windows,
-    default_chunk_rows,
-    label_sums,
-    pad_box,
-    tile_edges,
-    window_starts,
-)
+from ._geometry import centroids, combine_sums, default_chunk_rows, label_sums, tile_edges
 from ._inputs import open_image, open_mask
 from ._store import IMAGE_KEY
-from ._write import MASK_KEY, PROGRESS_KEY, StoreLayout, finish_store, prepare_store
-from .errors import ArgumentError, ArgumentTypeError
+from ._tiles import Blocks, Plan, assemble_crops, needed, passes, tile_tasks, write_units
+from ._validate import check_int
+from ._write import (
+    MASK_KEY,
+    PROGRESS_KEY,
+    StoreLayout,
+    default_compressors,
+    finish_store,
+    prepare_store,
+)
+from .errors import ArgumentError
 
 __all__ = ["extract_instances"]
 
 _ORDERS = ("id", "random")
 # Bytes of crops written by one task (whole units; zarr encodes a task's chunks concurrently).
 _TASK_BYTES = 8 * 2**20
-
-
-def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        msg = f"{name} must be an integer, got {type(value).__name__}: {value!r}"
-        raise ArgumentTypeError(msg)
-    if minimum is not None and value < minimum:
-        msg = f"{name} must be >= {minimum}, got {value!r}"
-        raise ArgumentError(msg)
-    return int(value)
+# Looked up at call time, so tests can wrap it (e.g. to kill a process mid-write).
+_write_units = write_units
 
 
 def _library_version() -> str:
     from . import __version__
 
     return __version__
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-class _Blocks:
-    """The Dask blocks of an array, to hand a task exactly the blocks a region needs.
-
-    Tasks receive whole blocks (each stored chunk is then read and decoded once per
-    pass, and shared by every tile that needs it) instead of slices that Dask would
-    push down into separate reads of the same chunks.
-    """
-
-    def __init__(self, array: da.Array) -> None:
-        self.blocks = array.to_delayed()
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = array.dtype
-        self.edges = [np.concatenate(([0], np.cumsum(c))).astype(np.int64) for c in array.chunks]
-
-    def cover(self, ys: slice, xs: slice) -> list[tuple[tuple[int, ...], Any]]:
-        """Return ``(global start of block, block)`` for every block meeting ``[ys, xs]``."""
-        ey, ex = self.edges[-2], self.edges[-1]
-        by0 = int(np.searchsorted(ey, ys.start, side="right")) - 1
-        by1 = int(np.searchsorted(ey, ys.stop, side="left"))
-        bx0 = int(np.searchsorted(ex, xs.start, side="right")) - 1
-        bx1 = int(np.searchsorted(ex, xs.stop, side="left"))
-        out = []
-        lead = self.blocks.shape[:-2]
-        for idx in np.ndindex(*lead, by1 - by0, bx1 - bx0):
-            full = (*idx[:-2], idx[-2] + by0, idx[-1] + bx0)
-            start = tuple(int(self.edges[d][i]) for d, i in enumerate(full))
-            out.append((start, self.blocks[full]))
-        return out
-
-
-def _fill(
-    out: np.ndarray, box_yx: tuple[int, int], pieces: Sequence[tuple[tuple[int, ...], Any]]
-) -> None:
-    """Copy the parts of ``pieces`` (blocks at global starts) that fall inside ``out``.
-
-    ``out`` covers all leading axes and the y/x box starting at global ``box_yx``.
-    """
-    by, bx = box_yx
-    h, w = out.shape[-2:]
-    for start, block in pieces:
-        block = np.asarray(block)
-        y0, x0 = start[-2], start[-1]
-        ya, yb = max(y0, by), min(y0 + block.shape[-2], by + h)
-        xa, xb = max(x0, bx), min(x0 + block.shape[-1], bx + w)
-        if ya >= yb or xa >= xb:
-            continue
-        lead = tuple(slice(s, s + n) for s, n in zip(start[:-2], block.shape[:-2], strict=True))
-        out[(*lead, slice(ya - by, yb - by), slice(xa - bx, xb - bx))] = block[
-            ..., ya - y0 : yb - y0, xa - x0 : xb - x0
-        ]
-
-
-def _cut_tile(
-    image_pieces: list,
-    mask_pieces: list,
-    shapes: tuple[tuple[int, ...], Any, tuple[int, ...], Any],
-    box: tuple[int, int, int, int],
-    padded: bool,
-    starts: np.ndarray,
-    labels: np.ndarray,
-    rows: np.ndarray,
-    diameter: int,
-    remove_background: bool,
-    with_mask: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Cut the windows of one tile out of the blocks covering its box.
-
-    The box (zero-padded where it reaches past the image edge) is assembled from
-    the blocks with one copy per block, then all windows are cut in one step.
-    """
-    y0, y1, x0, x1 = box
-    lead, dtype, mlead, mdtype = shapes
-    alloc = np.zeros if padded else np.empty
-    image = alloc((*lead, y1 - y0, x1 - x0), dtype=dtype)
-    _fill(image, (y0, x0), image_pieces)
-    mask = None
-    if remove_background or with_mask:
-        mask = alloc((*mlead, y1 - y0, x1 - x0), dtype=mdtype)
-        _fill(mask, (y0, x0), mask_pieces)
-    crops, mcrops = crop_windows(
-        image, mask, (y0, x0), starts, labels, diameter,
-        remove_background=remove_background, with_mask=with_mask,
-    )
-    return rows, crops, mcrops
-
-
-def _assemble(
-    r0: int, r1: int, shape: tuple, dtype: Any, mshape: tuple | None, mdtype: Any, parts: Sequence
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Gather rows ``[r0, r1)`` from tile results ``(rows, crops, mask crops)``."""
-    buf = np.empty((r1 - r0, *shape), dtype=dtype)
-    mbuf = None if mshape is None else np.empty((r1 - r0, *mshape), dtype=mdtype)
-    for rows, crops, mcrops in parts:
-        lo, hi = np.searchsorted(rows, [r0, r1])
-        buf[rows[lo:hi] - r0] = crops[lo:hi]
-        if mbuf is not None:
-            mbuf[rows[lo:hi] - r0] = mcrops[lo:hi]
-    return buf, mbuf
-
-
-def _assemble_crops(r0: int, r1: int, shape: tuple, dtype: Any, *parts: Any) -> np.ndarray:
-    return _assemble(r0, r1, shape, dtype, None, None, parts)[0]
-
-
-def _write_units(
-    image: zarr.Array,
-    mask: zarr.Array | None,
-    progress: zarr.Array,
-    units: range,
-    r0: int,
-    r1: int,
-    *parts: Any,
-) -> range:
-    """Write rows ``[r0, r1)`` (whole units: chunks or shards), then flag ``units`` done."""
-    mshape = None if mask is None else mask.shape[1:]
-    mdtype = None if mask is None else mask.dtype
-    buf, mbuf = _assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
-    image[r0:r1] = buf
-    if mask is not None:
-        mask[r0:r1] = mbuf
-    progress[units.start : units.stop] = 1
-    return units
-
-
-# --------------------------------------------------------------------------- planning
-
-
-class _Plan:
-    """Rows, windows and tile membership of every instance (pure NumPy)."""
-
-    def __init__(
-        self,
-        ids: np.ndarray,
-        cents: np.ndarray,
-        order: str,
-        seed: int,
-        diameter: int,
-        edges_y: np.ndarray,
-        edges_x: np.ndarray,
-        image_yx: tuple[int, int],
-    ) -> None:
-        n = ids.size
-        self.perm = np.arange(n) if order == "id" else np.random.default_rng(seed).permutation(n)
-        self.ids = ids
-        self.cents = cents
-        self.diameter = diameter
-        self.image_yx = image_yx
-        self.starts = window_starts(cents[:, 1:], diameter)
-        ty = np.searchsorted(edges_y, cents[:, 1], side="right") - 1
-        tx = np.searchsorted(edges_x, cents[:, 2], side="right") - 1
-        self.tile = ty * (len(edges_x) - 1) + tx
-
-    def tiles(self, r0: int, r1: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Tiles of rows ``[r0, r1)``: ``(tile, rows ascending, instance indexes)``."""
-        rows = np.arange(r0, r1)
-        inst = self.perm[r0:r1]
-        tiles = self.tile[inst]
-        order = np.argsort(tiles, kind="stable")
-        tiles, rows, inst = tiles[order], rows[order], inst[order]
-        cut = np.flatnonzero(np.diff(tiles)) + 1
-        return [
-            (int(t[0]), r, i)
-            for t, r, i in zip(
-                np.split(tiles, cut), np.split(rows, cut), np.split(inst, cut), strict=True
-            )
-            if t.size
-        ]
-
-    def box(self, inst: np.ndarray) -> tuple[int, int, int, int]:
-        """Return the box ``(y0, y1, x0, x1)`` covering the windows of ``inst``."""
-        s = self.starts[inst]
-        lo, hi = s.min(axis=0), s.max(axis=0) + self.diameter
-        return int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])
-
-
-def _tile_tasks(
-    plan: _Plan,
-    image: _Blocks,
-    mask: _Blocks,
-    r0: int,
-    r1: int,
-    remove_background: bool,
-    with_mask: bool,
-    token: str,
-) -> list[tuple[np.ndarray, Any]]:
-    """One delayed cut per tile holding rows ``[r0, r1)``; returns ``(rows, task)`` pairs."""
-    out = []
-    shapes = (image.shape[:-2], image.dtype, mask.shape[:-2], mask.dtype)
-    need_mask = remove_background or with_mask
-    for t, rows, inst in plan.tiles(r0, r1):
-        box = plan.box(inst)
-        src, _ = pad_box(plan.image_yx, *box)
-        padded = (src[0].stop - src[0].start, src[1].stop - src[1].start) != (
-            box[1] - box[0], box[3] - box[2],
-        )
-        task = dask.delayed(_cut_tile, pure=False)(
-            image.cover(*src), mask.cover(*src) if need_mask else [], shapes, box, padded,
-            plan.starts[inst], plan.ids[inst], rows, plan.diameter, remove_background,
-            with_mask, dask_key_name=f"zi-cut-{token}-{r0}-{t}",
-        )
-        out.append((rows, task))
-    return out
-
-
-def _needed(tile_tasks: list[tuple[np.ndarray, Any]], a: int, b: int) -> list[Any]:
-    return [task for rows, task in tile_tasks if np.any((rows >= a) & (rows < b))]
-
-
-def _passes(todo: np.ndarray, unit_bytes: int, memory_limit: int) -> list[np.ndarray]:
-    """Split the units to write into runs of consecutive units within ``memory_limit``."""
-    per = max(1, memory_limit // max(1, unit_bytes))
-    out: list[np.ndarray] = []
-    for run in np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1):
-        out.extend(run[i : i + per] for i in range(0, run.size, per) if run.size)
-    return out
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -350,8 +121,8 @@ def extract_instances(
     shards: int | None = None,
     compressors: Any = "auto",
     zarr_format: int = 3,
-    tile_size: int = 2048,
-    memory_limit: int = 512 * 2**20,
+    tile_size: int = 1024,
+    memory_limit: int = 256 * 2**20,
     channel_names: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
@@ -393,13 +164,17 @@ def extract_instances(
     shards
         Rows per shard (Zarr format 3); a multiple of ``chunk_i``.
     compressors
-        Passed to :func:`zarr.create_array` (``"auto"``: zarr's default).
+        Passed to :func:`zarr.create_array`. ``"auto"``: Blosc-lz4 level 5 with byte
+        shuffle, chosen by measured decode speed and size on crop data (BENCHMARKS.md).
     zarr_format
         2 or 3.
     tile_size
-        Approximate tile edge in pixels; tiles are made of whole Dask blocks.
+        Approximate tile edge in pixels; tiles are made of whole Dask blocks (NumPy
+        inputs are split into blocks of this size).
     memory_limit
-        Bytes of crops held at once; larger outputs are written in several passes.
+        Bytes of crops held at once (default 256 MiB); larger outputs are written in
+        several passes over the tiles they need. Peak memory is about this plus the
+        decoded input blocks of three block rows across the image width.
     channel_names
         Recorded in the attributes; default: OME-Zarr channel labels, if any.
     storage_options
@@ -426,23 +201,23 @@ def extract_instances(
     StoreNotFoundError
         If an input path holds nothing.
     """
-    diameter = _check_int(diameter, "diameter", minimum=1)
-    if depth is not None and _check_int(depth, "depth") < diameter // 2:
+    diameter = check_int(diameter, "diameter", minimum=1)
+    if depth is not None and check_int(depth, "depth") < diameter // 2:
         msg = f"depth must be >= diameter // 2 = {diameter // 2}, got {depth!r}"
         raise ArgumentError(msg)
     if order not in _ORDERS:
         msg = f"order must be one of {_ORDERS!r}, got {order!r}"
         raise ArgumentError(msg)
-    seed = _check_int(seed, "seed")
-    tile_size = _check_int(tile_size, "tile_size", minimum=1)
-    memory_limit = _check_int(memory_limit, "memory_limit", minimum=1)
+    seed = check_int(seed, "seed")
+    tile_size = check_int(tile_size, "tile_size", minimum=1)
+    memory_limit = check_int(memory_limit, "memory_limit", minimum=1)
     if zarr_format not in (2, 3):
         msg = f"zarr_format must be 2 or 3, got {zarr_format!r}"
         raise ArgumentError(msg)
     if chunk_i is not None:
-        chunk_i = _check_int(chunk_i, "chunk_i", minimum=1)
+        chunk_i = check_int(chunk_i, "chunk_i", minimum=1)
     if shards is not None:
-        shards = _check_int(shards, "shards", minimum=1)
+        shards = check_int(shards, "shards", minimum=1)
         if zarr_format != 3:
             msg = f"shards needs zarr_format=3, got shards={shards!r}, zarr_format={zarr_format!r}"
             raise ArgumentError(msg)
@@ -489,10 +264,12 @@ def extract_instances(
     # 2. rows, tiles and layout.
     edges_y = tile_edges(im.chunks[2], tile_size)
     edges_x = tile_edges(im.chunks[3], tile_size)
-    plan = _Plan(ids, cents, order, seed, diameter, edges_y, edges_x, tuple(im.shape[2:]))
+    plan = Plan(ids, cents, order, seed, diameter, edges_y, edges_x, tuple(im.shape[2:]))
     crop_shape = (int(im.shape[0]), int(im.shape[1]), diameter, diameter)
     crop_bytes = math.prod(crop_shape) * im.dtype.itemsize
     chunk_i = _resolve_chunk_i(chunk_i, shards, crop_bytes, n)
+    if isinstance(compressors, str) and compressors == "auto":
+        compressors = default_compressors(im.dtype, zarr_format)
     layout = StoreLayout(
         n=n, crop_shape=crop_shape, dtype=im.dtype,
         mask_dtype=mk.dtype if extract_mask else None, chunk_i=chunk_i, shards=shards,
@@ -501,15 +278,15 @@ def extract_instances(
     row_ids = ids[plan.perm]
     row_cents = cents[plan.perm]
     token = uuid.uuid4().hex[:12]
-    iblocks, mblocks = _Blocks(im), _Blocks(mk)
+    iblocks, mblocks = Blocks(im), Blocks(mk)
 
     if out is None:
         pieces = []
         for a in range(0, n, chunk_i):
             b = min(n, a + chunk_i)
-            tasks = _tile_tasks(plan, iblocks, mblocks, a, b, remove_background, False, token)
-            delayed = dask.delayed(_assemble_crops, pure=False)(
-                a, b, crop_shape, im.dtype, *_needed(tasks, a, b),
+            tasks = tile_tasks(plan, iblocks, mblocks, a, b, remove_background, False, token)
+            delayed = dask.delayed(assemble_crops, pure=False)(
+                a, b, crop_shape, im.dtype, *needed(tasks, a, b),
                 dask_key_name=f"zi-crops-{token}-{a}",
             )
             pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=im.dtype))
@@ -540,9 +317,9 @@ def extract_instances(
     per_task = max(1, _TASK_BYTES // unit_bytes)
     with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk",
               disable=None if progress is None else not progress) as bar:
-        for run in _passes(todo, unit_bytes, memory_limit):
+        for run in passes(todo, unit_bytes, memory_limit):
             r0, r1 = int(run[0]) * layout.unit, min(n, (int(run[-1]) + 1) * layout.unit)
-            tasks = _tile_tasks(
+            tasks = tile_tasks(
                 plan, iblocks, mblocks, r0, r1, remove_background, extract_mask, token
             )
             writes = []
@@ -550,7 +327,7 @@ def extract_instances(
                 units = range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
                 a, b = units.start * layout.unit, min(n, units.stop * layout.unit)
                 writes.append(dask.delayed(write, pure=False)(
-                    units, a, b, *_needed(tasks, a, b),
+                    units, a, b, *needed(tasks, a, b),
                     dask_key_name=f"zi-write-{token}-{units.start}",
                 ))
             _run(writes, bar, f"zi-write-{token}-")

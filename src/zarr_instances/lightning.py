@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import ZarrDataLoader, ZarrIterableInstances
+from .dataset import ZarrIterableInstances
 from .errors import ArgumentError
+from .loader import ZarrDataLoader
 
 try:
     import lightning.pytorch as pl

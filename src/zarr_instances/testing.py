@@ -12,7 +12,7 @@ __all__ = ["make_image_and_mask", "make_instance_array", "make_instance_store"]
 
 
 def _crops(n: int, shape: tuple[int, int, int, int], dtype: Any, seed: int) -> np.ndarray:
-    """Crops whose first pixel encodes the row, so a test can tell rows apart."""
+    """Random crops; a different ``seed`` per block of rows gives distinct rows."""
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
     hi = 1000 if not np.issubdtype(dt, np.integer) else min(int(np.iinfo(dt).max), 60000)
