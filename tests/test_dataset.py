@@ -277,3 +277,30 @@ def test_corrupt_chunk_names_chunk(tmp_path):
     ds = ZarrIterableInstances(str(path), np.arange(100))
     with pytest.raises(ChunkReadError, match=r"rows 30-39 \(logical chunk 3, stored chunk index 3"):
         list(ds)
+
+
+@pytest.mark.parametrize("shards", [None, 20])
+def test_missing_chunk_names_chunk(tmp_path, shards):
+    import shutil
+
+    path = tmp_path / "m.zarr"
+    make_instance_array(path, n=100, chunk_i=10, shards=shards)
+    victim = path / "c" / ("3" if shards is None else "1")
+    shutil.rmtree(victim)
+    ds = ZarrIterableInstances(str(path), np.arange(100))
+    with pytest.raises(ChunkReadError, match=r"stored chunk\(s\) c/[13]/0/0/0/0 are missing"):
+        list(ds)
+    # opting out reads fill values, as zarr does
+    ds = ZarrIterableInstances(str(path), np.arange(100), normalize=None,
+                               check_missing_chunks=False)
+    assert sum(int(x.sum() == 0) for x, *_ in ds) == (10 if shards is None else 20)
+
+
+def test_all_zero_chunk_that_exists_is_fine(tmp_path):
+    path = tmp_path / "z.zarr"
+    arr = make_instance_array(path, n=40, chunk_i=10)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        zarr.open_array(str(path), mode="r+")[10:20] = 0
+    assert arr[10:20].sum() == 0
+    rows = [r for _x, _i, r in ZarrIterableInstances(str(path), np.arange(40))]
+    assert rows == list(range(40))

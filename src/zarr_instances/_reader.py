@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,25 @@ def _row_span(rows: np.ndarray) -> tuple[int, int]:
     return int(rows[0]), int(rows[-1]) + 1
 
 
+def _all_fill(block: np.ndarray, fill: object) -> bool:
+    block = np.asarray(block)
+    first = block[:1]
+    if fill is None or not bool(np.all(first == fill)):
+        return False
+    return bool(np.all(block == fill))
+
+
+async def _missing_keys(array: zarr.Array, a: int, b: int) -> list[str]:
+    """Return the store keys of stored chunks (or shards) under rows ``[a, b)`` that are absent."""
+    aarr = array.async_array
+    grid = array.shards or array.chunks
+    counts = [-(-s // c) for s, c in zip(array.shape, grid, strict=True)]
+    ranges = [range(a // grid[0], (b - 1) // grid[0] + 1), *(range(n) for n in counts[1:])]
+    keys = [aarr.metadata.encode_chunk_key(tuple(c)) for c in itertools.product(*ranges)]
+    exists = await asyncio.gather(*((aarr.store_path / k).exists() for k in keys))
+    return [k for k, ok in zip(keys, exists, strict=True) if not ok]
+
+
 def read_pieces(
     array: zarr.Array,
     selection: RowSelection,
@@ -26,6 +46,7 @@ def read_pieces(
     where: str = "",
     order: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    check_missing: bool = True,
 ) -> np.ndarray:
     """Read the rows of ``pieces`` into one array ``(n, c, z, y, x)``.
 
@@ -49,6 +70,9 @@ def read_pieces(
         decoded blocks, so the buffer is copied once.
     out
         Optional destination of the right shape and dtype (a reusable buffer).
+    check_missing
+        When a slice comes back as nothing but fill values, check that its stored
+        chunks exist; zarr returns fill values for missing chunks without a word.
 
     Raises
     ------
@@ -75,7 +99,18 @@ def read_pieces(
 
     async def _one(r: np.ndarray) -> np.ndarray:
         a, b = _row_span(r)
-        return await aarr.getitem((slice(a, b),))
+        block = await aarr.getitem((slice(a, b),))
+        if check_missing and _all_fill(block, array.fill_value):
+            missing = await _missing_keys(array, a, b)
+            if missing:
+                msg = (
+                    f"stored chunk(s) {', '.join(missing)} are missing from the store "
+                    "(zarr would silently return fill values). If the data really is all "
+                    "fill value and was not written (write_empty_chunks=False), pass "
+                    "check_missing_chunks=False"
+                )
+                raise FileNotFoundError(msg)
+        return block
 
     async def _all() -> list[np.ndarray | BaseException]:
         return await asyncio.gather(*(_one(r) for r in rows), return_exceptions=True)

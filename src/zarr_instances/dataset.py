@@ -105,6 +105,10 @@ class ZarrIterableInstances(IterableDataset):
         'zarr-instances[zarrs]'``; about 1.4x less CPU per chunk), bound to the array
         in each worker. Its thread pool does not survive ``fork``: if the dataset was
         iterated in the parent, start workers with ``spawn`` or ``forkserver``.
+    check_missing_chunks
+        Raise :class:`ChunkReadError` naming the chunk when a read comes back as fill
+        values only and its stored chunk does not exist (zarr silently returns fill
+        values for missing chunks). The existence check runs only for all-fill reads.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class ZarrIterableInstances(IterableDataset):
         read_ahead: bool = True,
         storage_options: dict[str, Any] | None = None,
         codec_pipeline: str | None = None,
+        check_missing_chunks: bool = True,
     ) -> None:
         super().__init__()
         opened = open_instances(zarr_path, storage_options)
@@ -177,6 +182,7 @@ class ZarrIterableInstances(IterableDataset):
         self.read_ahead = bool(read_ahead)
         codec_pipeline_config(codec_pipeline, record=False)  # validate early
         self.codec_pipeline = codec_pipeline
+        self.check_missing_chunks = bool(check_missing_chunks)
 
         keep = None
         if self.labels is not None and self.drop_unlabeled:
@@ -398,7 +404,7 @@ class ZarrIterableInstances(IterableDataset):
         out = slot[: buffer.source.size]
         read_pieces(
             opened.array, self._selection, buffer.pieces, self._where,
-            order=buffer.source, out=out,
+            order=buffer.source, out=out, check_missing=self.check_missing_chunks,
         )
         return out
 
