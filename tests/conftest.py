@@ -24,3 +24,17 @@ def array_path(tmp_path) -> str:
 @pytest.fixture
 def ids530() -> np.ndarray:
     return np.arange(530, dtype=np.int64) * 3 + 7
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server process on 127.0.0.1 (free port) with IAM authentication on."""
+    pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+    pytest.importorskip("s3fs", reason="needs s3fs (the test extra)")
+    from _s3 import start_s3_server, stop_s3_server
+
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        stop_s3_server(server)

@@ -1,8 +1,9 @@
 """Open the image and mask of an extraction as Dask arrays ``(c, z, y, x)`` / ``(z, y, x)``.
 
-Accepted: NumPy arrays, Dask arrays, ``zarr.Array``, and paths or URLs of a Zarr
+Accepted: NumPy arrays, Dask arrays, ``zarr.Array``, paths or URLs of a Zarr
 array, of a Zarr group holding one array, or of an OME-Zarr multiscale image
-(level 0 is used).
+(level 0 is used), and SpatialData elements (xarray ``DataArray`` or a ``DataTree``
+of scales, level 0 used; axes from ``dims``, channel names from the ``c`` coordinate).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import ArgumentError, ArgumentTypeError, StoreNotFoundError
+from ._store import open_zarr
+from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["OpenedInput", "open_image", "open_mask"]
 
@@ -50,14 +52,7 @@ def _open_path(
     name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
     spath = os.fspath(path)
-    if "://" not in spath and not os.path.exists(spath):
-        msg = f"No Zarr array or group at {name}={spath!r}: the path does not exist"
-        raise StoreNotFoundError(msg)
-    try:
-        node = zarr.open(spath, mode="r", storage_options=storage_options)
-    except FileNotFoundError as exc:
-        msg = f"No Zarr array or group at {name}={spath!r}: {exc}"
-        raise StoreNotFoundError(msg) from exc
+    node = open_zarr(spath, storage_options, name=name)
     return _resolve_node(name, spath, node)
 
 
@@ -86,8 +81,53 @@ def _resolve_node(
     raise ArgumentError(msg)
 
 
+def _is_xarray(value: Any, kind: str) -> bool:
+    cls = type(value)
+    return cls.__name__ == kind and cls.__module__.split(".")[0] == "xarray"
+
+
+def _from_xarray(name: str, value: Any, chunk: int) -> tuple:
+    """Open a SpatialData element (xarray ``DataArray``, or ``DataTree``: level 0)."""
+    if _is_xarray(value, "DataTree"):
+        scales = sorted(value.children)
+        if not scales:
+            msg = f"{name} is an xarray DataTree without scales (children), got {value!r:.200}"
+            raise ArgumentError(msg)
+        level0 = value[scales[0]].ds
+        variables = list(level0.data_vars)
+        if len(variables) != 1:
+            msg = (
+                f"{name}: scale {scales[0]!r} of the DataTree must hold one variable, "
+                f"got {variables!r}"
+            )
+            raise ArgumentError(msg)
+        value = level0[variables[0]]
+    data = value.data
+    if not isinstance(data, da.Array):
+        data = np.asarray(data)
+        nd = data.ndim
+        chunks = tuple(min(s, chunk) if i >= nd - 2 else s for i, s in enumerate(data.shape))
+        data = da.from_array(data, chunks=chunks)
+    axes = [str(d) for d in value.dims]
+    names = None
+    if "c" in value.coords and "c" in axes:
+        names = [str(c) for c in value.coords["c"].values]
+    label = f"xarray {value.name!r}" if value.name is not None else "xarray element"
+    return data, label, axes, names
+
+
 def _to_dask(name: str, value: Any, storage_options: dict[str, Any] | None, chunk: int) -> tuple:
     """Return ``(dask array, source description, axes, channel names)``."""
+    if _is_xarray(value, "DataArray") or _is_xarray(value, "DataTree"):
+        return _from_xarray(name, value, chunk)
+    if type(value).__name__ == "SpatialData":
+        msg = (
+            f"{name} is a SpatialData object: pass its elements, e.g. "
+            f"image=sdata.images[name] and mask=sdata.labels[name], or use "
+            f"zarr_instances.spatialdata.extract_from_spatialdata(sdata, image_name, labels_name, "
+            f"diameter, ...)"
+        )
+        raise ArgumentTypeError(msg)
     if isinstance(value, da.Array):
         return value, f"dask array {value.name}", None, None
     if isinstance(value, (zarr.Array, zarr.Group)):

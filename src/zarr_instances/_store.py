@@ -1,4 +1,19 @@
-"""Open local or remote instance arrays and instance-store groups."""
+"""Open local or remote instance arrays and instance-store groups.
+
+Remote stores
+-------------
+URLs (``s3://``, ``gs://``, ``https://``, ...) are opened by zarr through fsspec
+(``s3fs``, ``gcsfs``, ``aiohttp``) with ``storage_options``. fsspec was chosen over
+obstore although obstore read ~2.5x more chunks/s from the same S3 server in our
+measurement (docs/benchmarks-remote.md): an obstore client hung in a DataLoader
+worker forked after the parent had used it, and forked workers are PyTorch's default
+on Linux. fsspec resets its event loop and instance cache after ``fork``. Transient
+errors (throttling, 5xx, dropped connections) are retried by the store library
+(botocore's retry policy for S3; ``config_kwargs={"retries": ...}`` tunes it).
+A missing object or bucket, refused credentials and an unreachable endpoint become
+:class:`StoreNotFoundError`, :class:`StoreAccessError` and
+:class:`StoreConnectionError` naming the URL.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +24,24 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import ArgumentError, ArgumentTypeError, StoreNotFoundError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    StoreAccessError,
+    StoreConnectionError,
+    StoreNotFoundError,
+)
 
-__all__ = ["IMAGE_KEY", "INSTANCE_IDS_KEY", "LABELS_KEY", "OpenedInstances", "open_instances"]
+__all__ = [
+    "IMAGE_KEY",
+    "INSTANCE_IDS_KEY",
+    "LABELS_KEY",
+    "OpenedInstances",
+    "is_url",
+    "open_instances",
+    "open_zarr",
+    "remote_error",
+]
 
 IMAGE_KEY = "image"
 INSTANCE_IDS_KEY = "instance_ids"
@@ -30,8 +60,109 @@ class OpenedInstances:
     where: str
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
+def is_url(path: str) -> bool:
+    """Return whether ``path`` is a URL (``scheme://...``) rather than a local path."""
+    return "://" in path and not path.startswith("file://")
+
+
+def _endpoint(storage_options: dict[str, Any] | None) -> str:
+    opts = storage_options or {}
+    endpoint = opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url")
+    return f" (endpoint {endpoint})" if endpoint else ""
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # botocore's EndpointConnectionError / ConnectTimeoutError are not OSErrors;
+    # aiohttp's connector errors and timeouts are.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError",
+                 "ClientConnectorError", "ServerTimeoutError", "ReadTimeoutError"}
+    ) or isinstance(exc, (TimeoutError, ConnectionError))
+
+
+def remote_error(
+    name: str, url: str, exc: BaseException, storage_options: dict[str, Any] | None = None
+) -> Exception | None:
+    """Translate an error of a remote store into one naming the parameter and URL.
+
+    Returns ``None`` when ``exc`` is not a missing-object, access or connection error.
+    """
+    where = f"{name}={url!r}{_endpoint(storage_options)}"
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, FileNotFoundError):
+        return StoreNotFoundError(
+            f"No Zarr array or group at {where}: the object or bucket does not exist ({detail})"
+        )
+    if isinstance(exc, PermissionError) or type(exc).__name__ in (
+        "NoCredentialsError", "PartialCredentialsError", "PermissionDeniedError",
+        "UnauthenticatedError",
+    ):
+        return StoreAccessError(
+            f"Access denied to {where}: check the credentials in storage_options (e.g. "
+            f"'key'/'secret' for s3://) or the environment (AWS_ACCESS_KEY_ID, ...) ({detail})"
+        )
+    if _is_connection_error(exc):
+        return StoreConnectionError(
+            f"Could not reach the store of {where}: check the URL, the endpoint and the "
+            f"network; storage_options config_kwargs set timeouts and retries ({detail})"
+        )
+    return None
+
+
+def open_zarr(
+    path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    name: str = "zarr_path",
+    mode: str = "r",
+    group: bool = False,
+    **kwargs: Any,
+) -> zarr.Array | zarr.Group:
+    """Open a local path or URL with zarr, turning store errors into ours.
+
+    Parameters
+    ----------
+    path
+        Local path or URL (``s3://``, ``gs://``, ``https://``, ...).
+    storage_options
+        Passed to the fsspec filesystem of a URL.
+    name
+        Name of the parameter that received ``path`` (for messages).
+    mode
+        zarr open mode.
+    group
+        Open with :func:`zarr.open_group` rather than :func:`zarr.open`.
+    **kwargs
+        Passed to zarr.
+
+    Raises
+    ------
+    StoreNotFoundError
+        If nothing is stored at ``path`` (read modes), or the local path does not exist.
+    StoreAccessError
+        If a remote store refuses the credentials.
+    StoreConnectionError
+        If a remote store's endpoint cannot be reached.
+    """
+    spath = os.fspath(path)
+    url = is_url(spath)
+    if not url and mode in ("r", "r+") and not os.path.exists(spath):
+        msg = f"No Zarr array or group at {name}={spath!r}: the path does not exist"
+        raise StoreNotFoundError(msg)
+    opener = zarr.open_group if group else zarr.open
+    try:
+        return opener(spath, mode=mode, storage_options=storage_options, **kwargs)
+    except Exception as exc:
+        if not url:
+            if isinstance(exc, FileNotFoundError):
+                msg = f"No Zarr array or group at {name}={spath!r}: {exc}"
+                raise StoreNotFoundError(msg) from exc
+            raise
+        err = remote_error(name, spath, exc, storage_options)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def describe(path: ZarrPath) -> str:
@@ -100,16 +231,8 @@ def _open(
             f"got {type(path).__name__}: {path!r}"
         )
         raise ArgumentTypeError(msg)
-    spath = os.fspath(path)
-    if not _is_url(spath) and not os.path.exists(spath):
-        msg = f"No Zarr array or group at zarr_path={spath!r}: the path does not exist"
-        raise StoreNotFoundError(msg)
-    try:
-        with zarr.config.set(codec_pipeline_config(codec_pipeline)):
-            return zarr.open(spath, mode="r", storage_options=storage_options)
-    except FileNotFoundError as exc:
-        msg = f"No Zarr array or group at zarr_path={spath!r}: {exc}"
-        raise StoreNotFoundError(msg) from exc
+    with zarr.config.set(codec_pipeline_config(codec_pipeline)):
+        return open_zarr(path, storage_options)
 
 
 def open_instances(

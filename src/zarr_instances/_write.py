@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ._store import is_url, open_zarr
 from .errors import StoreExistsError
 
 
@@ -76,10 +77,10 @@ class StoreLayout:
 
 
 def _exists(path: str, storage_options: dict[str, Any] | None) -> bool:
-    if "://" not in path:
+    if not is_url(path):
         return os.path.exists(path) and bool(os.listdir(path) if os.path.isdir(path) else True)
     try:
-        zarr.open(path, mode="r", storage_options=storage_options)
+        open_zarr(path, storage_options, name="out")
     except (FileNotFoundError, KeyError, ValueError):
         return False
     return True
@@ -93,9 +94,10 @@ def _create(
     attrs: dict[str, Any],
     storage_options: dict[str, Any] | None,
 ) -> zarr.Group:
-    group = zarr.open_group(
-        path, mode="w", zarr_format=layout.zarr_format, storage_options=storage_options
+    group = open_zarr(
+        path, storage_options, name="out", mode="w", group=True, zarr_format=layout.zarr_format
     )
+    assert isinstance(group, zarr.Group)
     shape = layout.crop_shape
     kw: dict[str, Any] = {"compressors": layout.compressors, "overwrite": True}
     if layout.shards is not None:

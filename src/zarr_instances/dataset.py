@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import IterableDataset
 
 from ._normalize import check_normalize, normalize_batch
@@ -197,6 +199,7 @@ class ZarrIterableInstances(IterableDataset):
             )
             raise ArgumentError(msg)
 
+        self._pid = os.getpid()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
         self._array: OpenedInstances | None = None
@@ -383,12 +386,17 @@ class ZarrIterableInstances(IterableDataset):
 
     # ------------------------------------------------------------------ iteration
     def _opened(self) -> OpenedInstances:
-        if self._array is None or self._array_pid != os.getpid():
-            # reopen after fork: a parent's codec pipeline may hold dead threads
-            self._array_pid = os.getpid()
-            self._array = open_instances(
-                self.zarr_path, self.storage_options, self.codec_pipeline
-            )
+        pid = os.getpid()
+        if self._array is None or self._array_pid != pid:
+            # Reopen after fork: a parent's codec pipeline may hold dead threads, and
+            # remote clients (e.g. an aiohttp session) are bound to the parent's event
+            # loop. An opened zarr.Array / Group is rebuilt from its pickled form, as a
+            # spawned worker does.
+            path = self.zarr_path
+            if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
+                path = pickle.loads(pickle.dumps(path))
+            self._array_pid = pid
+            self._array = open_instances(path, self.storage_options, self.codec_pipeline)
         return self._array
 
     def _load(self, buffer: Buffer, slot: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "ChunkReadError",
+    "StoreAccessError",
+    "StoreConnectionError",
     "StoreExistsError",
     "StoreNotFoundError",
     "ZarrInstancesError",
@@ -39,3 +41,11 @@ class StoreExistsError(ZarrInstancesError, FileExistsError):
 
 class ChunkReadError(ZarrInstancesError, OSError):
     """A chunk of a Zarr array could not be read or decoded."""
+
+
+class StoreAccessError(ZarrInstancesError, PermissionError):
+    """A remote store refused access (missing or wrong credentials)."""
+
+
+class StoreConnectionError(ZarrInstancesError, ConnectionError):
+    """The endpoint of a remote store could not be reached."""

@@ -88,7 +88,7 @@ def make_instance_store(
     Instance ids are ``1000 + row`` so that they differ from row indexes; labels are
     random in ``[-1, n_classes)`` (``-1`` = unlabeled).
     """
-    group = zarr.open_group(os.fspath(path), mode="w")
+    group = zarr.open_group(os.fspath(path), mode="w", zarr_format=kwargs.get("zarr_format", 3))
     make_instance_array(
         os.path.join(os.fspath(path), "image"), n, shape, chunk_i=chunk_i, dtype=dtype,
         seed=seed, **kwargs,
