@@ -284,3 +284,9 @@ def test_default_codec_is_blosc_lz4_byte_shuffle(inputs, tmp_path, zarr_format):
     assert "lz4" in text and "clevel=5" in text
     # byte shuffle: SHUFFLE / BloscShuffle.shuffle, never bit shuffle
     assert "SHUFFLE" in text.upper() and "BIT" not in text.upper()
+
+
+def test_fourth_positional_only_for_spatialdata(inputs):
+    img, msk, _, _ = inputs
+    with pytest.raises(TypeError, match="a 4th is only for SpatialData input"):
+        extract_instances(img, msk, D, 5)

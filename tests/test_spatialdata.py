@@ -70,5 +70,9 @@ def test_spatialdata_object_elements_and_store(tmp_path):
     # errors name the parameter and list what exists
     with pytest.raises(ValueError, match=r"labels_name='nuclei'.*\['cells'\]"):
         extract_from_spatialdata(sdata, "img", "nuclei", 10)
-    with pytest.raises(TypeError, match="pass its elements"):
+    with pytest.raises(TypeError, match=r"extract_instances\(sdata, image_name, labels_name"):
         extract_instances(sdata, mask, 10)
+    # harpy-style call: the object, the element names, the diameter
+    ids, crops = extract_instances(sdata, "img", "cells", 10)
+    np.testing.assert_array_equal(ids, ids_ref)
+    np.testing.assert_array_equal(crops.compute(), expected)

@@ -48,7 +48,7 @@ from ._write import (
     finish_store,
     prepare_store,
 )
-from .errors import ArgumentError
+from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["extract_instances"]
 
@@ -105,11 +105,18 @@ def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
 # --------------------------------------------------------------------------- public
 
 
+_KEYWORDS = (
+    "out", "depth", "remove_background", "extract_mask", "chunk_i", "order", "seed",
+    "overwrite", "shards", "compressors", "zarr_format", "tile_size", "memory_limit",
+    "channel_names", "storage_options", "progress",
+)
+
+
 def extract_instances(
     image: Any,
     mask: Any,
-    diameter: int,
-    *,
+    diameter: Any,
+    *sdata_diameter: int,
     out: str | os.PathLike[str] | None = None,
     depth: int | None = None,
     remove_background: bool = True,
@@ -139,6 +146,12 @@ def extract_instances(
         background. Any integer dtype; ids need not be contiguous.
     diameter
         Crop size in y and x (all z planes are kept).
+    *sdata_diameter
+        Only for SpatialData input, which is called as
+        ``extract_instances(sdata, image_name, labels_name, diameter, ...)``: ``image`` is
+        the ``spatialdata.SpatialData`` object, ``mask`` and ``diameter`` are the element
+        names and the diameter comes next (see
+        :func:`zarr_instances.spatialdata.extract_from_spatialdata`).
     out
         Path or URL of the instance store to write (SPEC §2). ``None`` returns a lazy
         Dask array and writes nothing.
@@ -201,6 +214,24 @@ def extract_instances(
     StoreNotFoundError
         If an input path holds nothing.
     """
+    if type(image).__name__ == "SpatialData":
+        if len(sdata_diameter) != 1:
+            msg = (
+                "SpatialData input is called as extract_instances(sdata, image_name, "
+                f"labels_name, diameter, ...); got {len(sdata_diameter) + 3} positional "
+                "arguments"
+            )
+            raise ArgumentTypeError(msg)
+        from .spatialdata import extract_from_spatialdata
+
+        kwargs = {k: v for k, v in locals().items() if k in _KEYWORDS}
+        return extract_from_spatialdata(image, mask, diameter, sdata_diameter[0], **kwargs)
+    if sdata_diameter:
+        msg = (
+            f"extract_instances takes 3 positional arguments (image, mask, diameter), got "
+            f"{3 + len(sdata_diameter)}; a 4th is only for SpatialData input"
+        )
+        raise ArgumentTypeError(msg)
     diameter = check_int(diameter, "diameter", minimum=1)
     if depth is not None and check_int(depth, "depth") < diameter // 2:
         msg = f"depth must be >= diameter // 2 = {diameter // 2}, got {depth!r}"
