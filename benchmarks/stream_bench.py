@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         path = store["path"]
         rows: list[dict[str, Any]] = results["rows"]
 
+        def measure(kind: str, label: str, w: int, cfg: dict[str, Any], python: str) -> None:
+            """Run one loader configuration in a subprocess, record and print it."""
+            rows.append(loader_row(kind, label, w, run_loader(cfg, python, env)))
+            print(f"  {label}: {rows[-1]['rate']:,.0f}/s", flush=True)
+
         results["loadavg_start"] = os.getloadavg()
         if args.only_sweep:
             args.sweep, args.skip_harpy, args.no_target = True, True, True
@@ -289,27 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  harpy not found in {args.harpy_python}; skipping", file=sys.stderr)
         for w in args.workers if hmod else []:
             cfg = {**base, "impl": "harpy", "workers": w, "loader_batch": 256, "harpy_module": hmod}
-            rows.append(
-                loader_row(
-                    "harpy",
-                    f"2. harpy, DataLoader(bs=256), {w} workers",
-                    w,
-                    run_loader(cfg, args.harpy_python, env),
-                )
-            )
-            print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+            label = f"2. harpy, DataLoader(bs=256), {w} workers"
+            measure("harpy", label, w, cfg, args.harpy_python)
         # 3. ours per-sample
         for w in [] if args.only_sweep else args.workers:
             cfg = {**base, "impl": "ours", "workers": w, "loader_batch": 256}
-            rows.append(
-                loader_row(
-                    "ours-sample",
-                    f"3. ours per-sample, DataLoader(bs=256), {w} workers",
-                    w,
-                    run_loader(cfg, sys.executable, env),
-                )
-            )
-            print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+            label = f"3. ours per-sample, DataLoader(bs=256), {w} workers"
+            measure("ours-sample", label, w, cfg, sys.executable)
         # 4. ours batched, recommended settings (+ zarrs)
         rec = RECOMMENDED
         desc = (
@@ -321,15 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             for w in args.workers:
                 cfg = {**base, "impl": "ours", "workers": w, **rec, "zarrs": zarrs}
                 tag = ", zarrs" if zarrs else ""
-                rows.append(
-                    loader_row(
-                        "ours-batch",
-                        f"4. ours batched ({desc}{tag}), {w} workers",
-                        w,
-                        run_loader(cfg, sys.executable, env),
-                    )
-                )
-                print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+                label = f"4. ours batched ({desc}{tag}), {w} workers"
+                measure("ours-batch", label, w, cfg, sys.executable)
         # annbatch (Python >= 3.12 venv, no torch: NumPy batches, 0 workers)
         if not args.only_sweep and os.path.exists(args.annbatch_python):
             flat = os.path.join(root, "crops-2d.zarr")
@@ -347,10 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"annbatch Loader(chunk_size={args.chunk}, preload_nchunks=4, bs=256), "
                 "NumPy minmax, 0 workers"
             )
-            rows.append(
-                loader_row("annbatch", label, 0, run_loader(cfg, args.annbatch_python, env))
-            )
-            print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+            measure("annbatch", label, 0, cfg, args.annbatch_python)
         elif not args.only_sweep:
             print(f"  annbatch: no Python at {args.annbatch_python}; row skipped", file=sys.stderr)
         # 4b. target store: our default codec
@@ -372,10 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"5. ours batched, {args.target_codec} store (ratio "
                         f"{tstore['ratio']:.2f}){tag}, {w} workers"
                     )
-                    rows.append(
-                        loader_row("ours-target", label, w, run_loader(cfg, sys.executable, env))
-                    )
-                    print(f"  {rows[-1]['label']}: {rows[-1]['rate']:,.0f}/s", flush=True)
+                    measure("ours-target", label, w, cfg, sys.executable)
             raw = raw_decode(tstore["path"], args.chunk, 16, zarrs_available(), args.repeats)
             results["target_raw_decode"] = raw
             print(f"  (target store raw decode, 16-chunk slabs: {raw['rate_median']:,.0f}/s)")
