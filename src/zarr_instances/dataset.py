@@ -449,16 +449,15 @@ class ZarrIterableInstances(IterableDataset):
         shared = self.batch_size is not None and self._in_worker
         return normalize_batch(raw, self._mode, self.x_dtype, shared)
 
-    def _pack(self, x: Any, rows: np.ndarray, batched: bool) -> Any:
+    def _pack_batch(self, x: torch.Tensor, rows: np.ndarray) -> Any:
+        """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
         out: list[Any] = [x]
         if self.labels is not None:
-            y = torch.from_numpy(self.labels[rows])
-            out.append(y if batched else y[0])
+            out.append(torch.from_numpy(self.labels[rows]))
         if self.return_instance_id:
-            ids = self.instance_ids[rows]
-            out.append(torch.from_numpy(ids) if batched else int(ids[0]))
+            out.append(torch.from_numpy(self.instance_ids[rows]))
         if self.return_row_index:
-            out.append(torch.from_numpy(rows.astype(np.int64)) if batched else int(rows[0]))
+            out.append(torch.from_numpy(rows.astype(np.int64)))
         return out[0] if len(out) == 1 else tuple(out)
 
     def __iter__(self) -> Iterator[Any]:
@@ -518,18 +517,18 @@ class ZarrIterableInstances(IterableDataset):
                 if carry_x.shape[0] < bs:
                     continue
                 self._yielded += bs
-                yield self._pack(self._normalized(carry_x), carry_r, batched=True)
+                yield self._pack_batch(self._normalized(carry_x), carry_r)
                 carry_x = carry_r = None
             while pos + bs <= n:
                 self._yielded += bs
                 x = self._normalized(raw[pos : pos + bs])
-                yield self._pack(x, rows[pos : pos + bs], batched=True)
+                yield self._pack_batch(x, rows[pos : pos + bs])
                 pos += bs
             if pos < n:  # the raw slot is reused: keep a copy of the tail
                 carry_x, carry_r = raw[pos:].copy(), rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
             self._yielded += carry_x.shape[0]
-            yield self._pack(self._normalized(carry_x), carry_r, batched=True)
+            yield self._pack_batch(self._normalized(carry_x), carry_r)
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"
