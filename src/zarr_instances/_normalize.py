@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -45,11 +47,8 @@ def empty_output(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> to
     ``default_collate`` uses in workers).
     """
     if shared:
-        numel = 1
-        for n in shape:
-            numel *= n
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        storage = torch.UntypedStorage._new_shared(numel * itemsize)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * itemsize)
         return torch.empty(0, dtype=dtype).set_(storage).view(shape)
     return torch.empty(shape, dtype=dtype)
 
