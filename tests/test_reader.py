@@ -82,3 +82,84 @@ def test_zarrs_after_fork_fails_clearly_instead_of_hanging(array_path, ids530):
     loader = DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="fork")
     with pytest.raises(ValueError, match="does not survive fork"):
         next(iter(loader))
+
+
+def _codecs(name):
+    import numcodecs
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    v3 = {"none": None, "zstd": ZstdCodec(level=1), "blosc": BloscCodec(cname="lz4")}
+    v2 = {"none": None, "zstd": numcodecs.Zstd(level=1), "blosc": numcodecs.Blosc("lz4"),
+          "zlib": numcodecs.Zlib(1)}
+    return v3, v2
+
+
+@pytest.mark.parametrize(("zarr_format", "codec"), [
+    (3, "none"), (3, "zstd"), (3, "blosc"), (2, "none"), (2, "zstd"), (2, "blosc"), (2, "zlib"),
+])
+def test_direct_chunk_decode_equals_zarr(tmp_path, zarr_format, codec):
+    from zarr_instances._reader import chunk_decoder, read_chunks
+
+    v3, v2 = _codecs(codec)
+    comp = (v3 if zarr_format == 3 else v2)[codec]
+    path = tmp_path / "a.zarr"
+    # 95 rows in chunks of 20: the last stored chunk is partial
+    arr = make_instance_array(path, n=95, chunk_i=20, zarr_format=zarr_format,
+                              compressors=comp)
+    decoder = chunk_decoder(arr)
+    assert decoder is not None
+    out = np.zeros((3 * 20, *arr.shape[1:]), dtype=arr.dtype)
+    read_chunks(arr, [4, 0, 2], out, decoder)
+    raw = arr[...]
+    assert np.array_equal(out[:15], raw[80:95])  # edge chunk: its first 15 rows
+    assert np.array_equal(out[20:40], raw[0:20])
+    assert np.array_equal(out[40:60], raw[40:60])
+
+
+def test_direct_decode_not_used_where_zarr_must_decode(tmp_path):
+    import zarr
+    from zarr.codecs import BytesCodec, TransposeCodec
+
+    from zarr_instances._reader import chunk_decoder
+
+    sharded = make_instance_array(tmp_path / "s.zarr", n=100, chunk_i=10, shards=50)
+    assert chunk_decoder(sharded) is None
+    inner = zarr.create_array(tmp_path / "i.zarr", shape=(10, 2, 1, 8, 8),
+                              chunks=(5, 1, 1, 8, 8), dtype="uint16")
+    assert chunk_decoder(inner) is None  # chunked along channels too
+    transposed = zarr.create_array(
+        tmp_path / "t.zarr", shape=(10, 2, 1, 8, 8), chunks=(5, 2, 1, 8, 8), dtype="uint16",
+        serializer=BytesCodec(), filters=[TransposeCodec(order=(0, 1, 2, 4, 3))],
+    )
+    assert chunk_decoder(transposed) is None
+    big_endian = zarr.create_array(tmp_path / "b.zarr", shape=(10, 2, 1, 8, 8),
+                                   chunks=(5, 2, 1, 8, 8), dtype=">u2", zarr_format=2)
+    assert chunk_decoder(big_endian) is None
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_direct_and_pipeline_routes_yield_the_same(tmp_path, zarr_format):
+    path = tmp_path / "d.zarr"
+    make_instance_array(path, n=230, chunk_i=20, zarr_format=zarr_format)
+    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 3,
+          "batch_size": 32, "buffer_chunks": 3}
+    direct = ZarrIterableInstances(str(path), np.arange(230), **kw)
+    assert direct._opened() and direct._decoder is not None
+    # chunk_i other than the stored chunks goes through zarr's pipeline
+    piped = ZarrIterableInstances(str(path), np.arange(230), chunk_i=10, **kw)
+    assert piped._opened() and piped._decoder is None
+    a = {r: x for b in direct for x, r in zip(b[0], b[2].tolist(), strict=True)}
+    b = {r: x for bb in piped for x, r in zip(bb[0], bb[2].tolist(), strict=True)}
+    assert sorted(a) == sorted(b) == list(range(230))
+    assert all(torch.equal(a[r], b[r]) for r in a)
+
+
+def test_corrupt_chunk_on_direct_route_names_the_key(tmp_path):
+    from zarr_instances import ChunkReadError
+
+    path = tmp_path / "c.zarr"
+    make_instance_array(path, n=100, chunk_i=10)
+    (path / "c" / "3" / "0" / "0" / "0" / "0").write_bytes(b"garbage")
+    ds = ZarrIterableInstances(str(path), np.arange(100), batch_size=10)
+    with pytest.raises(ChunkReadError, match=r"rows 30-39 .*key c/3/0/0/0/0\) of Zarr array"):
+        list(ds)

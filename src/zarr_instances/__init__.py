@@ -46,6 +46,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
+
 try:
     __version__ = version("zarr-instances")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree

@@ -65,9 +65,11 @@ def summarize(path: ZarrPath, storage_options: dict[str, Any] | None = None) -> 
     if opened.labels is not None:
         vals, counts = np.unique(opened.labels, return_counts=True)
         info["labels"] = {int(v): int(c) for v, c in zip(vals, counts, strict=True)}
-    node = zarr.open(os.fspath(path), mode="r", storage_options=storage_options) if isinstance(
-        path, (str, os.PathLike)
-    ) else path
+    node = (
+        zarr.open(os.fspath(path), mode="r", storage_options=storage_options)
+        if isinstance(path, (str, os.PathLike))
+        else path
+    )
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs.get(ATTRS_KEY, {}))
         if attrs:

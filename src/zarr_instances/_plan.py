@@ -405,8 +405,9 @@ def _pieces(
         if prev is not None and prev.chunk == piece.chunk and prev.offsets()[-1] < lo:
             # a chunk fragmented by an elastic resume: keep it as one piece
             take = np.concatenate([prev.offsets(), piece.offsets()])
-            piece = Piece(prev.chunk, int(take[0]), int(take[-1]) + 1, prev.position,
-                          prev.orig, take)
+            piece = Piece(
+                prev.chunk, int(take[0]), int(take[-1]) + 1, prev.position, prev.orig, take
+            )
             pieces[-1] = piece
         else:
             pieces.append(piece)

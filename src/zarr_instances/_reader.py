@@ -1,19 +1,182 @@
-"""I/O: read the pieces of a buffer from Zarr in one concurrent request."""
+"""I/O: read the chunks of a buffer from Zarr in one concurrent request.
+
+Two routes:
+
+* :func:`read_chunks` fetches whole stored chunks and decodes each one straight
+  into a reusable buffer (no intermediate arrays, no copy), for the common layout of
+  crop stores: chunked along axis 0 only, no sharding, a byte codec plus at most one
+  Blosc/Zstd/LZ4/GZip/Zlib compressor. :func:`chunk_decoder` says whether an array
+  qualifies.
+* :func:`read_pieces` goes through zarr's own indexing and codec pipeline (sharded
+  stores, other codecs, the zarrs pipeline, chunked inner axes).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ._plan import Piece, RowSelection, piece_rows
 from .errors import ChunkReadError
 
-__all__ = ["read_pieces"]
+__all__ = ["chunk_decoder", "read_chunks", "read_pieces"]
+
+Decoder = Callable[[object, np.ndarray], None]
+
+
+def _numcodecs_decoder(codec: object) -> Decoder | None:
+    """Return ``decode(src, dest)`` for a numcodecs compressor we can decode in place."""
+    decode = getattr(codec, "decode", None)
+    if decode is None or getattr(codec, "codec_id", None) not in {
+        "blosc",
+        "zstd",
+        "lz4",
+        "gzip",
+        "zlib",
+    }:
+        return None
+
+    def run(src: object, dest: np.ndarray) -> None:
+        decode(src, out=dest)
+
+    return run
+
+
+def _raw_decoder(src: object, dest: np.ndarray) -> None:
+    raw = np.frombuffer(src, dtype=np.uint8)  # type: ignore[call-overload]
+    if raw.size != dest.nbytes:
+        msg = f"uncompressed chunk has {raw.size} bytes, expected {dest.nbytes}"
+        raise ValueError(msg)
+    dest.reshape(-1).view(np.uint8)[...] = raw
+
+
+def chunk_decoder(array: zarr.Array) -> Decoder | None:
+    """Return a function decoding one stored chunk straight into a buffer, or ``None``.
+
+    Only for arrays whose chunks span every axis but the first, without sharding,
+    with native byte order, C order, and at most one plain compressor (v3: a
+    ``BytesCodec`` plus Blosc or Zstd; v2: no filters and a Blosc, Zstd, LZ4, GZip or
+    Zlib compressor). Anything else returns ``None`` and goes through zarr's pipeline.
+    """
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    if array.shards is not None or tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.byteorder not in ("=", "|") and dtype.byteorder != (
+        "<" if sys.byteorder == "little" else ">"
+    ):
+        return None
+    meta = array.metadata
+    if meta.zarr_format == 2:
+        if meta.filters or meta.order != "C":
+            return None
+        return _raw_decoder if meta.compressor is None else _numcodecs_decoder(meta.compressor)
+    codecs = list(meta.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None
+    endian = codecs[0].endian
+    if endian is not None and dtype.itemsize > 1 and endian.value != sys.byteorder:
+        return None
+    rest = codecs[1:]
+    if not rest:
+        return _raw_decoder
+    if len(rest) != 1:
+        return None
+    import numcodecs
+
+    if isinstance(rest[0], BloscCodec):
+        return _numcodecs_decoder(numcodecs.Blosc())
+    if isinstance(rest[0], ZstdCodec):
+        return _numcodecs_decoder(numcodecs.Zstd())
+    return None
+
+
+def read_chunks(
+    array: zarr.Array,
+    chunks: Sequence[int],
+    out: np.ndarray,
+    decoder: Decoder,
+    where: str = "",
+    check_missing: bool = True,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Decode stored chunks ``chunks`` (along axis 0) into consecutive blocks of ``out``.
+
+    Chunk ``chunks[k]`` lands in ``out[k * C:(k + 1) * C]`` where ``C`` is the stored
+    chunk size; the last chunk of the array is decoded whole too (zarr stores edge
+    chunks full size), so ``out`` holds ``len(chunks) * C`` rows. All chunks are
+    fetched concurrently and decoded in threads.
+
+    Parameters
+    ----------
+    array
+        The crop array; :func:`chunk_decoder` must have accepted it.
+    chunks
+        Stored chunk indexes along axis 0.
+    out
+        Destination, C-contiguous, at least ``len(chunks) * C`` rows.
+    decoder
+        From :func:`chunk_decoder`.
+    where
+        Name of the array for error messages.
+    check_missing
+        Raise when a chunk is absent from the store; otherwise fill its rows with the
+        array's fill value (what zarr does).
+    rows
+        Global rows wanted from these chunks (error messages only).
+
+    Raises
+    ------
+    ChunkReadError
+        If a chunk is missing (with ``check_missing``), cannot be fetched, or does not
+        decode; the message names the array, the rows and the chunk key.
+    """
+    size = array.chunks[0]
+    aarr = array.async_array
+    keys = [aarr.metadata.encode_chunk_key((int(k),) + (0,) * (array.ndim - 1)) for k in chunks]
+    proto = default_buffer_prototype()
+
+    async def _one(j: int) -> None:
+        dest = out[j * size : (j + 1) * size]
+        buf = await (aarr.store_path / keys[j]).get(prototype=proto)
+        if buf is None:
+            if check_missing:
+                msg = (
+                    f"stored chunk(s) {keys[j]} are missing from the store (zarr would "
+                    "silently return fill values). If the data really is all fill value "
+                    "and was not written (write_empty_chunks=False), pass "
+                    "check_missing_chunks=False"
+                )
+                raise FileNotFoundError(msg)
+            dest[...] = array.fill_value
+            return
+        await asyncio.to_thread(decoder, buf.as_numpy_array(), dest)
+
+    async def _all() -> list[BaseException | None]:
+        return await asyncio.gather(*(_one(j) for j in range(len(keys))), return_exceptions=True)
+
+    for j, res in enumerate(sync(_all())):
+        if isinstance(res, BaseException):
+            k = int(chunks[j])
+            a, b = k * size, min((k + 1) * size, array.shape[0])
+            if rows is not None:
+                mine = rows[(rows >= a) & (rows < b)]
+                if mine.size:
+                    a, b = int(mine.min()), int(mine.max()) + 1
+            msg = (
+                f"Could not read rows {a}-{b - 1} (logical chunk {k}, stored chunk index {k} "
+                f"along axis 0, key {keys[j]}) of Zarr array {where or str(array.store_path)}: "
+                f"{type(res).__name__}: {res}"
+            )
+            raise ChunkReadError(msg) from res
 
 
 def _row_span(rows: np.ndarray) -> tuple[int, int]:
@@ -81,9 +244,7 @@ def read_pieces(
     """
     rows = [piece_rows(selection, p) for p in pieces]
     n_read = sum(r.size for r in rows)
-    identity = order is None or (
-        order.size == n_read and bool(np.all(order == np.arange(n_read)))
-    )
+    identity = order is None or (order.size == n_read and bool(np.all(order == np.arange(n_read))))
     n = n_read if order is None else int(order.size)
     if out is None:
         out = np.empty((n, *array.shape[1:]), dtype=array.dtype)

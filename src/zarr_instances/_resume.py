@@ -43,8 +43,11 @@ class Step:
 
     def as_dict(self) -> dict[str, Any]:
         """Return a plain-data form for ``state_dict``."""
-        return {"world": self.world, "num_workers": self.num_workers,
-                "consumed": list(self.consumed)}
+        return {
+            "world": self.world,
+            "num_workers": self.num_workers,
+            "consumed": list(self.consumed),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Step:
@@ -78,8 +81,15 @@ def domain_after(
                 if step.consumed[worker] == 0:
                     continue
                 plan = plan_worker(
-                    selection, epoch=epoch, rank=rank, world=step.world, worker=worker,
-                    num_workers=step.num_workers, domain=domain, generation=gen, **sampling,
+                    selection,
+                    epoch=epoch,
+                    rank=rank,
+                    world=step.world,
+                    worker=worker,
+                    num_workers=step.num_workers,
+                    domain=domain,
+                    generation=gen,
+                    **sampling,
                 )
                 s, e = plan.consumed_positions(step.consumed[worker])
                 starts.append(s)
@@ -192,8 +202,11 @@ def resolve(
         else:
             role = (worker + int(state.get("shift", 0))) % num_workers
         return Resume(
-            domain=domain, generation=len(before), history=tuple(before),
-            start=int(last.consumed[role]), role=role,
+            domain=domain,
+            generation=len(before),
+            history=tuple(before),
+            start=int(last.consumed[role]),
+            role=role,
         )
     if min(last.consumed) < 0:
         msg = (

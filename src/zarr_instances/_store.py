@@ -76,8 +76,15 @@ def _is_connection_error(exc: BaseException) -> bool:
     # aiohttp's connector errors and timeouts are.
     names = {cls.__name__ for cls in type(exc).__mro__}
     return bool(
-        names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError",
-                 "ClientConnectorError", "ServerTimeoutError", "ReadTimeoutError"}
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ConnectionError",
+            "ClientConnectorError",
+            "ServerTimeoutError",
+            "ReadTimeoutError",
+        }
     ) or isinstance(exc, (TimeoutError, ConnectionError))
 
 
@@ -95,7 +102,9 @@ def remote_error(
             f"No Zarr array or group at {where}: the object or bucket does not exist ({detail})"
         )
     if isinstance(exc, PermissionError) or type(exc).__name__ in (
-        "NoCredentialsError", "PartialCredentialsError", "PermissionDeniedError",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "PermissionDeniedError",
         "UnauthenticatedError",
     ):
         return StoreAccessError(

@@ -112,8 +112,14 @@ def cut_tile(
         mask = alloc((*mlead, y1 - y0, x1 - x0), dtype=mdtype)
         fill(mask, (y0, x0), mask_pieces)
     crops, mcrops = crop_windows(
-        image, mask, (y0, x0), starts, labels, diameter,
-        remove_background=remove_background, with_mask=with_mask,
+        image,
+        mask,
+        (y0, x0),
+        starts,
+        labels,
+        diameter,
+        remove_background=remove_background,
+        with_mask=with_mask,
     )
     return rows, crops, mcrops
 
@@ -225,12 +231,22 @@ def tile_tasks(
         box = plan.box(inst)
         src, _ = pad_box(plan.image_yx, *box)
         padded = (src[0].stop - src[0].start, src[1].stop - src[1].start) != (
-            box[1] - box[0], box[3] - box[2],
+            box[1] - box[0],
+            box[3] - box[2],
         )
         task = dask.delayed(cut_tile, pure=False)(
-            image.cover(*src), mask.cover(*src) if need_mask else [], shapes, box, padded,
-            plan.starts[inst], plan.ids[inst], rows, plan.diameter, remove_background,
-            with_mask, dask_key_name=f"zi-cut-{token}-{r0}-{t}",
+            image.cover(*src),
+            mask.cover(*src) if need_mask else [],
+            shapes,
+            box,
+            padded,
+            plan.starts[inst],
+            plan.ids[inst],
+            rows,
+            plan.diameter,
+            remove_background,
+            with_mask,
+            dask_key_name=f"zi-cut-{token}-{r0}-{t}",
         )
         out.append((rows, task))
     return out

@@ -44,6 +44,7 @@ def default_compressors(dtype: np.dtype, zarr_format: int) -> Any:
 
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize)
 
+
 __all__ = ["ATTRS_KEY", "CENTROIDS_KEY", "MASK_KEY", "PROGRESS_KEY", "StoreLayout", "prepare_store"]
 
 ATTRS_KEY = "zarr_instances"
@@ -103,16 +104,24 @@ def _create(
     if layout.shards is not None:
         kw["shards"] = (layout.shards, *shape)
     group.create_array(
-        "image", shape=(layout.n, *shape), chunks=(layout.chunk_i, *shape),
-        dtype=layout.dtype, fill_value=0, **kw,
+        "image",
+        shape=(layout.n, *shape),
+        chunks=(layout.chunk_i, *shape),
+        dtype=layout.dtype,
+        fill_value=0,
+        **kw,
     )
     if layout.mask_dtype is not None:
         mshape = (1, *shape[1:])
         if layout.shards is not None:
             kw["shards"] = (layout.shards, *mshape)
         group.create_array(
-            MASK_KEY, shape=(layout.n, *mshape), chunks=(layout.chunk_i, *mshape),
-            dtype=layout.mask_dtype, fill_value=0, **kw,
+            MASK_KEY,
+            shape=(layout.n, *mshape),
+            chunks=(layout.chunk_i, *mshape),
+            dtype=layout.mask_dtype,
+            fill_value=0,
+            **kw,
         )
     n = max(layout.n, 1)
     a = group.create_array("instance_ids", shape=(layout.n,), chunks=(n,), dtype="int64")
@@ -120,7 +129,11 @@ def _create(
     c = group.create_array(CENTROIDS_KEY, shape=(layout.n, 3), chunks=(n, 3), dtype="int64")
     c[:] = cents
     group.create_array(
-        PROGRESS_KEY, shape=(layout.n_units,), chunks=(1,), dtype="uint8", fill_value=0,
+        PROGRESS_KEY,
+        shape=(layout.n_units,),
+        chunks=(1,),
+        dtype="uint8",
+        fill_value=0,
         compressors=None,
     )
     group.attrs[ATTRS_KEY] = {**attrs, "complete": False}

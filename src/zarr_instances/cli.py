@@ -41,8 +41,13 @@ def _demo(args: argparse.Namespace) -> int:
             ("batched, 4-chunk buffers", {"batch_size": 128, "buffer_chunks": 4}),
         ):
             ds = ZarrIterableInstances(
-                store, None, labels, shuffle_chunks=True, shuffle_within_chunk=True,
-                buffer_seed=0, **kwargs,
+                store,
+                None,
+                labels,
+                shuffle_chunks=True,
+                shuffle_within_chunk=True,
+                buffer_seed=0,
+                **kwargs,
             )
             if "batch_size" in kwargs:
                 loader = ZarrDataLoader(ds, batch_size=None, num_workers=args.workers)
@@ -80,24 +85,33 @@ def _extract(args: argparse.Namespace) -> int:
     if args.compressor not in ("auto", "none"):
         from zarr.codecs import BloscCodec, ZstdCodec
 
-        compressors = ZstdCodec(level=args.clevel) if args.compressor == "zstd" else BloscCodec(
-            cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="shuffle"
+        compressors = (
+            ZstdCodec(level=args.clevel)
+            if args.compressor == "zstd"
+            else BloscCodec(
+                cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="shuffle"
+            )
         )
     kwargs = {
-        "out": args.out, "remove_background": not args.keep_background,
-        "extract_mask": args.extract_mask, "chunk_i": args.chunk_i, "order": args.order,
-        "seed": args.seed, "overwrite": args.overwrite, "shards": args.shards,
-        "compressors": compressors, "zarr_format": args.zarr_format,
-        "tile_size": args.tile_size, "memory_limit": int(args.memory_limit * 2**20),
+        "out": args.out,
+        "remove_background": not args.keep_background,
+        "extract_mask": args.extract_mask,
+        "chunk_i": args.chunk_i,
+        "order": args.order,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+        "shards": args.shards,
+        "compressors": compressors,
+        "zarr_format": args.zarr_format,
+        "tile_size": args.tile_size,
+        "memory_limit": int(args.memory_limit * 2**20),
         "progress": False if args.no_progress else None,
     }
     t0 = time.perf_counter()
     if args.scheduler == "distributed":
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1) as cluster, Client(
-            cluster
-        ):
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1) as cluster, Client(cluster):
             ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
     else:
         with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
@@ -112,7 +126,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _add_extract(sub: Any) -> None:
     p = sub.add_parser(
-        "extract", help="image + mask -> instance store (one crop per label)",
+        "extract",
+        help="image + mask -> instance store (one crop per label)",
         description="Cut one DIAMETER x DIAMETER crop per non-zero label of MASK out of IMAGE "
         "and write the instance store OUT. An interrupted run resumes when rerun.",
     )
@@ -120,22 +135,29 @@ def _add_extract(sub: Any) -> None:
     p.add_argument("mask", help="Zarr / OME-Zarr integer mask (y, x) or (z, y, x)")
     p.add_argument("out", help="instance store to write")
     p.add_argument("--diameter", type=int, required=True, help="crop size in y and x")
-    p.add_argument("--keep-background", action="store_true",
-                   help="keep pixels of other labels and background (remove_background=False)")
+    p.add_argument(
+        "--keep-background",
+        action="store_true",
+        help="keep pixels of other labels and background (remove_background=False)",
+    )
     p.add_argument("--extract-mask", action="store_true", help="also write the mask crops")
     p.add_argument("--chunk-i", type=int, default=None, help="rows per chunk (default ~2 MiB)")
     p.add_argument("--shards", type=int, default=None, help="rows per shard (Zarr v3)")
     p.add_argument("--order", choices=("id", "random"), default="id", help="row order")
     p.add_argument("--seed", type=int, default=0, help="seed of --order random")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
-    p.add_argument("--compressor", default="auto",
-                   choices=("auto", "none", "zstd", "blosc-zstd", "blosc-lz4"))
+    p.add_argument(
+        "--compressor", default="auto", choices=("auto", "none", "zstd", "blosc-zstd", "blosc-lz4")
+    )
     p.add_argument("--clevel", type=int, default=3, help="compression level")
     p.add_argument("--tile-size", type=int, default=1024, help="tile edge in pixels")
     p.add_argument("--memory-limit", type=float, default=256, help="MiB of crops per pass")
-    p.add_argument("--scheduler", default="threads",
-                   choices=("threads", "processes", "synchronous", "distributed"),
-                   help="Dask scheduler; distributed starts a LocalCluster")
+    p.add_argument(
+        "--scheduler",
+        default="threads",
+        choices=("threads", "processes", "synchronous", "distributed"),
+        help="Dask scheduler; distributed starts a LocalCluster",
+    )
     p.add_argument("--workers", type=int, default=None, help="threads / processes / workers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -15,9 +15,9 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset
 
-from ._normalize import check_normalize, normalize_batch
+from ._normalize import check_normalize, normalize_rows
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
-from ._reader import read_pieces
+from ._reader import Decoder, chunk_decoder, read_chunks, read_pieces
 from ._resume import (
     Resume,
     Step,
@@ -204,6 +204,7 @@ class ZarrIterableInstances(IterableDataset):
         self._rank_world = current_rank_world() or (0, 1)
         self._array: OpenedInstances | None = None
         self._array_pid = 0
+        self._decoder: Decoder | None = None
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._iter_epoch = 0
@@ -241,11 +242,15 @@ class ZarrIterableInstances(IterableDataset):
     def _share_per_row_arrays(self) -> None:
         # Per-row arrays live in shared memory: DataLoader workers started with spawn
         # or forkserver map them instead of each receiving a copy of all N rows.
-        shared = {"instance_ids": self.instance_ids, "labels": self.labels,
-                  "keep": self._selection.keep}
+        shared = {
+            "instance_ids": self.instance_ids,
+            "labels": self.labels,
+            "keep": self._selection.keep,
+        }
         self._shared = {
             k: torch.from_numpy(np.ascontiguousarray(v)).share_memory_()
-            for k, v in shared.items() if v is not None
+            for k, v in shared.items()
+            if v is not None
         }
         self._attach_shared()
 
@@ -262,7 +267,7 @@ class ZarrIterableInstances(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         self._refresh_rank_world()
         state = self.__dict__.copy()
-        state["_array"] = None
+        state["_array"] = state["_decoder"] = None
         state["instance_ids"] = state["labels"] = None
         state["_selection"] = replace(self._selection, keep=None)
         return state
@@ -397,45 +402,79 @@ class ZarrIterableInstances(IterableDataset):
                 path = pickle.loads(pickle.dumps(path))
             self._array_pid = pid
             self._array = open_instances(path, self.storage_options, self.codec_pipeline)
+            # Whole stored chunks decode straight into the read buffer when the
+            # logical chunks are the stored ones (zarrs keeps zarr's pipeline).
+            direct = self.codec_pipeline is None and self.chunk_i == self._array.array.chunks[0]
+            self._decoder = chunk_decoder(self._array.array) if direct else None
         return self._array
 
-    def _load(self, buffer: Buffer, slot: np.ndarray) -> np.ndarray:
+    def _load(
+        self, buffer: Buffer, slot: Callable[[int], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Read a buffer; return ``(src, index)``: its rows in yield order are ``src[index]``.
+
+        ``slot(n)`` returns a reusable array of at least ``n`` rows to read into.
+        """
         opened = self._opened()
-        out = slot[: buffer.source.size]
+        decoder = self._decoder
+        if decoder is not None:
+            size = self.chunk_i
+            chunks, inverse = np.unique(buffer.rows // size, return_inverse=True)
+            src = slot(chunks.size * size)
+            read_chunks(
+                opened.array,
+                chunks,
+                src,
+                decoder,
+                self._where,
+                check_missing=self.check_missing_chunks,
+                rows=buffer.rows,
+            )
+            return src, inverse.reshape(-1) * size + buffer.rows % size
+        n_read = sum(p.size for p in buffer.pieces)
+        src = slot(n_read)[:n_read]
         read_pieces(
-            opened.array, self._selection, buffer.pieces, self._where,
-            order=buffer.source, out=out, check_missing=self.check_missing_chunks,
+            opened.array,
+            self._selection,
+            buffer.pieces,
+            self._where,
+            out=src,
+            check_missing=self.check_missing_chunks,
         )
-        return out
+        return src, buffer.source
 
-    def _loaded(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Buffer, np.ndarray]]:
-        """Yield each buffer with its rows as stored, in yield order.
+    def _loaded(
+        self, plan: WorkerPlan, start: int
+    ) -> Iterator[tuple[Buffer, tuple[np.ndarray, np.ndarray]]]:
+        """Yield each buffer with ``(src, index)``: its rows in yield order are ``src[index]``.
 
-        The raw rows live in reusable slots (two with read-ahead: one being read while
-        the other is consumed), so steady-state iteration allocates no raw memory.
-        A yielded array is only valid until the next one is requested.
+        The decoded rows live in reusable slots (two with read-ahead: one being read
+        while the other is consumed), so steady-state iteration allocates no raw
+        memory. A yielded ``src`` is only valid until the next buffer is requested.
         """
         buffers = plan.buffers(start)
-        capacity = min(self.buffer_chunks * self.chunk_i, max(1, plan.n_samples))
         n_slots = 2 if self.read_ahead else 1
         slots: list[np.ndarray | None] = [None] * n_slots
 
-        def slot(k: int) -> np.ndarray:
-            if slots[k % n_slots] is None:
-                slots[k % n_slots] = np.empty((capacity, *self.shape[1:]), dtype=self.dtype)
-            arr = slots[k % n_slots]
-            assert arr is not None
-            return arr
+        def slot_for(k: int) -> Callable[[int], np.ndarray]:
+            def get(n: int) -> np.ndarray:
+                arr = slots[k % n_slots]
+                if arr is None or arr.shape[0] < n:
+                    arr = np.empty((max(1, n), *self.shape[1:]), dtype=self.dtype)
+                    slots[k % n_slots] = arr
+                return arr
+
+            return get
 
         if not self.read_ahead:
             for buf in buffers:
-                yield buf, self._load(buf, slot(0))
+                yield buf, self._load(buf, slot_for(0))
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
         try:
-            pending: tuple[Buffer, Future[np.ndarray]] | None = None
+            pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
             for k, buf in enumerate(buffers):
-                fut = pool.submit(self._load, buf, slot(k))
+                fut = pool.submit(self._load, buf, slot_for(k))
                 if pending is not None:
                     yield pending[0], pending[1].result()
                 pending = (buf, fut)
@@ -444,10 +483,10 @@ class ZarrIterableInstances(IterableDataset):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _normalized(self, raw: np.ndarray) -> torch.Tensor:
+    def _normalized(self, src: np.ndarray, index: np.ndarray | None) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
         shared = self.batch_size is not None and self._in_worker
-        return normalize_batch(raw, self._mode, self.x_dtype, shared)
+        return normalize_rows(src, index, self._mode, self.x_dtype, shared)
 
     def _pack_batch(self, x: torch.Tensor, rows: np.ndarray) -> Any:
         """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
@@ -480,13 +519,13 @@ class ZarrIterableInstances(IterableDataset):
     def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
         labels, ids = self.labels, self.instance_ids
         with_id, with_row = self.return_instance_id, self.return_row_index
-        for buf, raw in self._loaded(plan, start):
+        for buf, (src, index) in self._loaded(plan, start):
             rows = buf.rows
             ys = None if labels is None else torch.from_numpy(labels[rows])
             id_list = ids[rows].tolist()
             row_list = rows.tolist()
             for a in range(0, rows.size, _SAMPLE_BLOCK):
-                x = self._normalized(raw[a : a + _SAMPLE_BLOCK])
+                x = self._normalized(src, index[a : a + _SAMPLE_BLOCK])
                 for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
                     out: list[Any] = [x[j - a]]
                     if ys is not None:
@@ -499,36 +538,37 @@ class ZarrIterableInstances(IterableDataset):
                     yield out[0] if len(out) == 1 else tuple(out)
 
     def _batches(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
-        # Each batch is normalised from the raw buffer into its own tensor; only a
-        # batch that straddles two buffers copies its raw rows together first.
+        # Each batch is gathered from the decoded buffer and normalised into its own
+        # tensor in one pass; only a batch that straddles two buffers copies its
+        # stored rows together first.
         bs = self.batch_size
         assert bs is not None
         carry_x: np.ndarray | None = None
         carry_r: np.ndarray | None = None
-        for buf, raw in self._loaded(plan, start):
+        for buf, (src, index) in self._loaded(plan, start):
             rows = buf.rows
-            n = raw.shape[0]
+            n = index.size
             pos = 0
             if carry_x is not None and carry_r is not None:
                 need = bs - carry_x.shape[0]
-                carry_x = np.concatenate([carry_x, raw[:need]])
+                carry_x = np.concatenate([carry_x, src[index[:need]]])
                 carry_r = np.concatenate([carry_r, rows[:need]])
                 pos = min(need, n)
                 if carry_x.shape[0] < bs:
                     continue
                 self._yielded += bs
-                yield self._pack_batch(self._normalized(carry_x), carry_r)
+                yield self._pack_batch(self._normalized(carry_x, None), carry_r)
                 carry_x = carry_r = None
             while pos + bs <= n:
                 self._yielded += bs
-                x = self._normalized(raw[pos : pos + bs])
+                x = self._normalized(src, index[pos : pos + bs])
                 yield self._pack_batch(x, rows[pos : pos + bs])
                 pos += bs
-            if pos < n:  # the raw slot is reused: keep a copy of the tail
-                carry_x, carry_r = raw[pos:].copy(), rows[pos:]
+            if pos < n:  # the slot is reused: keep a copy of the tail
+                carry_x, carry_r = src[index[pos:]], rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
             self._yielded += carry_x.shape[0]
-            yield self._pack_batch(self._normalized(carry_x), carry_r)
+            yield self._pack_batch(self._normalized(carry_x, None), carry_r)
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"

@@ -106,9 +106,22 @@ def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
 
 
 _KEYWORDS = (
-    "out", "depth", "remove_background", "extract_mask", "chunk_i", "order", "seed",
-    "overwrite", "shards", "compressors", "zarr_format", "tile_size", "memory_limit",
-    "channel_names", "storage_options", "progress",
+    "out",
+    "depth",
+    "remove_background",
+    "extract_mask",
+    "chunk_i",
+    "order",
+    "seed",
+    "overwrite",
+    "shards",
+    "compressors",
+    "zarr_format",
+    "tile_size",
+    "memory_limit",
+    "channel_names",
+    "storage_options",
+    "progress",
 )
 
 
@@ -302,9 +315,14 @@ def extract_instances(
     if isinstance(compressors, str) and compressors == "auto":
         compressors = default_compressors(im.dtype, zarr_format)
     layout = StoreLayout(
-        n=n, crop_shape=crop_shape, dtype=im.dtype,
-        mask_dtype=mk.dtype if extract_mask else None, chunk_i=chunk_i, shards=shards,
-        zarr_format=zarr_format, compressors=compressors,
+        n=n,
+        crop_shape=crop_shape,
+        dtype=im.dtype,
+        mask_dtype=mk.dtype if extract_mask else None,
+        chunk_i=chunk_i,
+        shards=shards,
+        zarr_format=zarr_format,
+        compressors=compressors,
     )
     row_ids = ids[plan.perm]
     row_cents = cents[plan.perm]
@@ -317,7 +335,11 @@ def extract_instances(
             b = min(n, a + chunk_i)
             tasks = tile_tasks(plan, iblocks, mblocks, a, b, remove_background, False, token)
             delayed = dask.delayed(assemble_crops, pure=False)(
-                a, b, crop_shape, im.dtype, *needed(tasks, a, b),
+                a,
+                b,
+                crop_shape,
+                im.dtype,
+                *needed(tasks, a, b),
                 dask_key_name=f"zi-crops-{token}-{a}",
             )
             pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=im.dtype))
@@ -330,24 +352,40 @@ def extract_instances(
         "source": {"image": img.source, "mask": msk.source},
         "channel_names": channel_names,
         "parameters": {
-            "diameter": diameter, "remove_background": bool(remove_background),
-            "extract_mask": bool(extract_mask), "order": order, "seed": seed,
-            "chunk_i": chunk_i, "shards": shards, "zarr_format": zarr_format,
-            "compressors": repr(compressors), "dtype": str(im.dtype),
-            "image_shape": [int(s) for s in im.shape], "n_instances": int(n),
+            "diameter": diameter,
+            "remove_background": bool(remove_background),
+            "extract_mask": bool(extract_mask),
+            "order": order,
+            "seed": seed,
+            "chunk_i": chunk_i,
+            "shards": shards,
+            "zarr_format": zarr_format,
+            "compressors": repr(compressors),
+            "dtype": str(im.dtype),
+            "image_shape": [int(s) for s in im.shape],
+            "n_instances": int(n),
         },
         "axes": ["i", "c", "z", "y", "x"],
     }
     group, todo = prepare_store(
-        path, layout, row_ids, row_cents, attrs, overwrite=overwrite,
+        path,
+        layout,
+        row_ids,
+        row_cents,
+        attrs,
+        overwrite=overwrite,
         storage_options=storage_options,
     )
     arr, marr, prog = group[IMAGE_KEY], group.get(MASK_KEY), group[PROGRESS_KEY]
     write = functools.partial(_write_units, arr, marr, prog)
     unit_bytes = layout.unit * crop_bytes * (2 if extract_mask else 1)
     per_task = max(1, _TASK_BYTES // unit_bytes)
-    with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk",
-              disable=None if progress is None else not progress) as bar:
+    with tqdm(
+        total=int(todo.size),
+        desc="extract_instances",
+        unit="chunk",
+        disable=None if progress is None else not progress,
+    ) as bar:
         for run in passes(todo, unit_bytes, memory_limit):
             r0, r1 = int(run[0]) * layout.unit, min(n, (int(run[-1]) + 1) * layout.unit)
             tasks = tile_tasks(
@@ -357,10 +395,15 @@ def extract_instances(
             for u0 in range(0, run.size, per_task):
                 units = range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
                 a, b = units.start * layout.unit, min(n, units.stop * layout.unit)
-                writes.append(dask.delayed(write, pure=False)(
-                    units, a, b, *needed(tasks, a, b),
-                    dask_key_name=f"zi-write-{token}-{units.start}",
-                ))
+                writes.append(
+                    dask.delayed(write, pure=False)(
+                        units,
+                        a,
+                        b,
+                        *needed(tasks, a, b),
+                        dask_key_name=f"zi-write-{token}-{units.start}",
+                    )
+                )
             _run(writes, bar, f"zi-write-{token}-")
     finish_store(group)
     return row_ids, da.from_zarr(group[IMAGE_KEY])

@@ -177,13 +177,15 @@ class InstancesDataModule(pl.LightningDataModule):
         """Build the datasets of ``stage`` (``"fit"``, ``"validate"``, ``"predict"``)."""
         if stage in (None, "fit", "validate") and self.train_set is None:
             train_kw: dict[str, Any] = {
-                "shuffle_chunks": True, "chunk_seed": self.seed, "shuffle_within_chunk": True,
-                "buffer_seed": self.seed, "buffer_chunks": self.buffer_chunks,
+                "shuffle_chunks": True,
+                "chunk_seed": self.seed,
+                "shuffle_within_chunk": True,
+                "buffer_seed": self.seed,
+                "buffer_chunks": self.buffer_chunks,
             }
             val_kw: dict[str, Any] = {"drop_unlabeled": True}
             if self.split is not None:
-                train_labels, val_labels = (self._split_labels("train"),
-                                            self._split_labels("val"))
+                train_labels, val_labels = (self._split_labels("train"), self._split_labels("val"))
             else:
                 probe = self._dataset(self.labels, drop_unlabeled=False)
                 train_c, val_c = _chunk_split(

@@ -104,16 +104,22 @@ def shuffle_quality(
     batches: list[np.ndarray] = []
     for worker in range(max(1, num_workers)):
         plan = plan_worker(
-            dataset._selection, epoch=epoch, rank=rank, world=world, worker=worker,
-            num_workers=max(1, num_workers), **dataset._sampling,
+            dataset._selection,
+            epoch=epoch,
+            rank=rank,
+            world=world,
+            worker=worker,
+            num_workers=max(1, num_workers),
+            **dataset._sampling,
         )
         parts = [b.rows for b in plan.buffers()]
         if parts:
             batches.extend(_cut(np.concatenate(parts), size))
     chunks, entropy = batch_metrics(batches, stored, labels)
     n = sum(b.size for b in batches)
-    everything = np.concatenate([dataset._selection.chunk_rows(c)
-                                 for c in np.flatnonzero(dataset._selection.counts)])
+    everything = np.concatenate(
+        [dataset._selection.chunk_rows(c) for c in np.flatnonzero(dataset._selection.counts)]
+    )
     perm = rng_for(seed, epoch).permutation(everything)[:n]
     g_chunks, g_entropy = batch_metrics(_cut(perm, size), stored, labels)
     return ShuffleQuality(size, len(batches), chunks, g_chunks, entropy, g_entropy)

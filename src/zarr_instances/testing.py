@@ -90,8 +90,13 @@ def make_instance_store(
     """
     group = zarr.open_group(os.fspath(path), mode="w", zarr_format=kwargs.get("zarr_format", 3))
     make_instance_array(
-        os.path.join(os.fspath(path), "image"), n, shape, chunk_i=chunk_i, dtype=dtype,
-        seed=seed, **kwargs,
+        os.path.join(os.fspath(path), "image"),
+        n,
+        shape,
+        chunk_i=chunk_i,
+        dtype=dtype,
+        seed=seed,
+        **kwargs,
     )
     ids = group.create_array("instance_ids", shape=(n,), dtype="int64", chunks=(max(n, 1),))
     ids[:] = np.arange(n, dtype=np.int64) + 1000
