@@ -112,3 +112,20 @@ def test_batches_from_workers_equal_in_process(store, normalize, x_dtype):
             assert torch.equal(xi, ref[r])
             seen += 1
     assert seen == len(ref) == 1050
+
+
+def test_worker_batches_send_per_row_columns_in_one_block(store):
+    # labels, ids and rows of a batch travel in one shared-memory block (one fd
+    # handshake instead of three), separate from the crops
+    path = str(store.store_path.store.root)
+    ds = ZarrIterableInstances(
+        path, None, store["labels"][...], batch_size=32, return_row_index=True
+    )
+    loader = DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="fork")
+    x, y, ids, rows = next(iter(loader))
+    ptrs = {t.untyped_storage().data_ptr() for t in (y, ids, rows)}
+    assert len(ptrs) == 1
+    assert x.untyped_storage().data_ptr() not in ptrs
+    raw_ids = store["instance_ids"][...]
+    assert torch.equal(ids, torch.from_numpy(raw_ids[rows.numpy()]))
+    assert torch.equal(y, torch.from_numpy(store["labels"][...][rows.numpy()]).long())
