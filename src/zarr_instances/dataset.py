@@ -17,6 +17,7 @@ from torch.utils.data import IterableDataset
 
 from ._normalize import check_normalize, empty_output, normalize_rows
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
+from ._prefetch import in_background
 from ._reader import Decoder, chunk_decoder, read_chunks, read_pieces
 from ._resume import (
     Resume,
@@ -34,6 +35,7 @@ __all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
 
 STATE_KEY = "zarr_instances_state"
 _SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
+_BATCHES_AHEAD = 2  # batches normalised ahead of the consumer (with read_ahead)
 STATE_VERSION = 1
 
 
@@ -549,6 +551,18 @@ class ZarrIterableInstances(IterableDataset):
                     yield out[0] if len(out) == 1 else tuple(out)
 
     def _batches(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
+        stream = self._batch_stream(plan, start)
+        if self.read_ahead:
+            # batches are gathered and normalised in a background thread (NumPy
+            # releases the GIL), overlapping the consumer: the training step with
+            # num_workers=0, the pickling of batches inside a DataLoader worker
+            stream = in_background(stream, _BATCHES_AHEAD, "zarr_instances_batches")
+        for batch, n in stream:
+            self._yielded += n
+            yield batch
+
+    def _batch_stream(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Any, int]]:
+        """Yield ``(batch, samples in it)``; the caller counts what is consumed."""
         # Each batch is gathered from the decoded buffer and normalised into its own
         # tensor in one pass; only a batch that straddles two buffers copies its
         # stored rows together first.
@@ -567,19 +581,16 @@ class ZarrIterableInstances(IterableDataset):
                 pos = min(need, n)
                 if carry_x.shape[0] < bs:
                     continue
-                self._yielded += bs
-                yield self._pack_batch(self._normalized(carry_x, None), carry_r)
+                yield self._pack_batch(self._normalized(carry_x, None), carry_r), bs
                 carry_x = carry_r = None
             while pos + bs <= n:
-                self._yielded += bs
                 x = self._normalized(src, index[pos : pos + bs])
-                yield self._pack_batch(x, rows[pos : pos + bs])
+                yield self._pack_batch(x, rows[pos : pos + bs]), bs
                 pos += bs
             if pos < n:  # the slot is reused: keep a copy of the tail
                 carry_x, carry_r = src[index[pos:]], rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
-            self._yielded += carry_x.shape[0]
-            yield self._pack_batch(self._normalized(carry_x, None), carry_r)
+            yield self._pack_batch(self._normalized(carry_x, None), carry_r), carry_x.shape[0]
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"
