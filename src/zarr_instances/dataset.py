@@ -98,8 +98,10 @@ class ZarrIterableInstances(IterableDataset):
         yields ``total // world`` samples and, with ``batch_size``, partial batches
         are dropped.
     read_ahead
-        Read and normalise the next buffer in a background thread (started inside
-        the worker) while the current one is yielded. Holds at most two buffers.
+        Read the next buffer in a background thread (started inside the worker, after
+        fork) while the current one is consumed; in batched mode, also gather and
+        normalise batches in a second thread, at most two ahead of the consumer.
+        Holds two read buffers in the stored dtype plus those two batches.
     storage_options
         Passed to the store of a URL (e.g. S3 credentials).
     codec_pipeline
