@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import zarr_instances.extract as ex
 from zarr_instances import (
     ArgumentError,
     ArgumentTypeError,
+    ChunkReadError,
     StoreExistsError,
     StoreNotFoundError,
     ZarrIterableInstances,
@@ -258,6 +260,61 @@ def test_errors(inputs, tmp_path):
         with pytest.raises(exc, match=match):
             extract_instances(*args, **kwargs)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("which", "zarr_format", "shards"),
+    [
+        ("image", 3, None),
+        ("mask", 3, None),
+        ("image", 2, None),
+        ("mask", 2, None),
+        ("image", 3, (2, 40, 40)),
+    ],
+)
+def test_corrupt_input_chunk_names_input_array_and_chunk(tmp_path, which, zarr_format, shards):
+    image, mask = make_image_and_mask((120, 100), 45, D, seed=11)
+    paths = {"image": tmp_path / "img.zarr", "mask": tmp_path / "mask.zarr"}
+    img = zarr.create_array(
+        paths["image"], data=image, chunks=(2, 20, 20), shards=shards, zarr_format=zarr_format
+    )
+    msk = zarr.create_array(paths["mask"], data=mask, chunks=(20, 20), zarr_format=zarr_format)
+    bad = img if which == "image" else msk
+    index = (0, 1, 2) if which == "image" else (1, 2)  # a chunk in the middle, under cells
+    key = bad.metadata.encode_chunk_key(index)
+    chunk_file = paths[which] / key
+    assert chunk_file.is_file()
+    chunk_file.write_bytes(b"not a compressed chunk" * 3)
+    match = (
+        rf"Could not read chunk {re.escape(repr(key))} \(chunk index "
+        rf"{re.escape(str(index))}\) of the {which} array {re.escape(repr(str(bad.store_path)))}"
+    )
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ChunkReadError, match=match) as info:
+        extract_instances(str(paths["image"]), str(paths["mask"]), D, out=out, progress=False)
+    assert isinstance(info.value, OSError)  # `except OSError` catches it, too
+    if which == "mask":  # the centroid pass reads the mask before the store is made
+        assert not out.exists()
+    else:  # an interrupted store, resumable once the input is repaired
+        assert zarr.open_group(out, mode="r").attrs["zarr_instances"]["complete"] is False
+    # zarr.Array input and the lazy result (no out) fail the same way
+    with pytest.raises(ChunkReadError, match=match):
+        extract_instances(img, msk, D)[1].compute()
+
+
+def test_missing_input_chunk_reads_as_fill_value(tmp_path):
+    image, mask = make_image_and_mask((120, 100), 45, D, seed=11)
+    img = zarr.create_array(tmp_path / "img.zarr", data=image, chunks=(2, 20, 20), fill_value=0)
+    msk = zarr.create_array(tmp_path / "mask.zarr", data=mask, chunks=(20, 20), fill_value=0)
+    assert mask[60:80, 20:40].any()  # the mask chunk removed below holds labels
+    (tmp_path / "img.zarr" / img.metadata.encode_chunk_key((0, 1, 2))).unlink()
+    (tmp_path / "mask.zarr" / msk.metadata.encode_chunk_key((3, 1))).unlink()
+    image[:, 20:40, 40:60] = 0  # zarr semantics: a chunk not stored is all fill value
+    mask[60:80, 20:40] = 0
+    ref_ids, ref = extract_instances(image, mask, D)
+    ids, got = extract_instances(str(tmp_path / "img.zarr"), str(tmp_path / "mask.zarr"), D)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(got.compute(), ref.compute())
 
 
 def test_progress_bar_and_group_input(inputs, tmp_path, capsys):

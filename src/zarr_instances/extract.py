@@ -213,6 +213,10 @@ def extract_instances(
         If ``out`` exists and cannot be resumed, and ``overwrite`` is false.
     StoreNotFoundError
         If an input path holds nothing.
+    ChunkReadError
+        If a stored chunk of a Zarr input cannot be read or decoded (the message names
+        the input, the array and the chunk). A chunk that is not stored reads as the
+        array's fill value, as in zarr.
     """
     if type(image).__name__ == "SpatialData":
         if len(sdata_diameter) != 1:
