@@ -12,6 +12,7 @@ import dask
 import numpy as np
 import pytest
 import zarr
+from zarr.storage import LocalStore, WrapperStore
 
 import zarr_instances
 import zarr_instances.extract as ex
@@ -24,6 +25,7 @@ from zarr_instances import (
     ZarrIterableInstances,
     extract_instances,
 )
+from zarr_instances._store import open_instances
 from zarr_instances.testing import make_image_and_mask
 
 D = 12
@@ -83,6 +85,44 @@ def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
     assert iid == ids[5]
     assert row == 5
     np.testing.assert_array_equal(x.numpy(), g["image"][5].astype(np.float32))
+
+
+class _Recording(WrapperStore):
+    """A store that records the keys it is asked for."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys = []
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.append(key)
+        return await self._store.get(key, prototype, byte_range)
+
+
+_METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_finished_store_has_consolidated_metadata(inputs, tmp_path, zarr_format):
+    img, msk, _, _ = inputs
+    out = tmp_path / "o.zarr"
+    ids, _ = extract_instances(
+        img, msk, D, out=out, zarr_format=zarr_format, extract_mask=True, chunk_i=8
+    )
+    g = zarr.open_group(out, mode="r", use_consolidated=True)  # raises if not consolidated
+    arrays = {"image", "mask", "instance_ids", "centroids", "progress"}
+    assert set(g.metadata.consolidated_metadata.metadata) == arrays
+    assert g.attrs["zarr_instances"]["complete"] is True
+    # Opening the store reads no per-array metadata: one request serves every array.
+    store = _Recording(LocalStore(out, read_only=True))
+    opened = open_instances(zarr.open_group(store=store, mode="r"))
+    np.testing.assert_array_equal(opened.instance_ids, ids)
+    assert opened.array.shape == (ids.size, 2, 1, D, D)
+    assert any(k.startswith("instance_ids/") for k in store.keys)  # it saw the ids read
+    assert [k for k in store.keys if "/" in k and k.endswith(_METADATA)] == []
+    # the dataset streams it from the path
+    rows = [int(r) for _, _, r in ZarrIterableInstances(str(out), None, None, normalize=None)]
+    assert rows == list(range(ids.size))
 
 
 def test_default_chunking_is_about_2_mib(tmp_path):
@@ -205,6 +245,7 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     assert 0 < done.sum() < n_units
     g = zarr.open_group(out, mode="r")
     assert g.attrs["zarr_instances"]["complete"] is False
+    assert g.metadata.consolidated_metadata is None  # only a complete store is consolidated
 
     # A different call does not resume it.
     with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
@@ -218,6 +259,8 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     extract_instances(img, msk, D, out=out, **kwargs)
     assert sorted(written) == np.flatnonzero(done == 0).tolist()
     got = _read_all(out)
+    resumed = zarr.open_group(out, mode="r", use_consolidated=True)
+    assert set(resumed.metadata.consolidated_metadata.metadata) == set(expected)
     assert got.keys() == expected.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

@@ -154,7 +154,7 @@ def extract_instances(
         :func:`zarr_instances.spatialdata.extract_from_spatialdata`).
     out
         Path or URL of the instance store to write (SPEC §2). ``None`` returns a lazy
-        Dask array and writes nothing.
+        Dask array and writes nothing. A finished store has consolidated metadata.
     depth
         Accepted for harpy compatibility: the halo is always exactly what the windows
         need (at most ``diameter // 2``); a given ``depth`` must be ``>= diameter // 2``.
