@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from ._store import open_zarr
+from ._store import open_zarr, url_options
 from .errors import ArgumentError, ArgumentTypeError, ChunkReadError
 
 __all__ = ["CheckedZarr", "OpenedInput", "open_image", "open_mask"]
@@ -138,7 +138,7 @@ def _open_path(
     name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
     spath = os.fspath(path)
-    node = open_zarr(spath, storage_options, name=name)
+    node = open_zarr(spath, url_options(spath, storage_options), name=name)
     return _resolve_node(name, spath, node)
 
 

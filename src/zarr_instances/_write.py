@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._store import is_url, open_zarr
+from ._store import is_url, open_zarr, url_options
 from .errors import StoreExistsError
 
 
@@ -155,6 +155,7 @@ def prepare_store(
         If something exists at ``path`` and ``overwrite`` is false, unless it is an
         interrupted extraction with identical parameters (then it is resumed).
     """
+    storage_options = url_options(path, storage_options)
     if overwrite or not _exists(path, storage_options):
         group = _create(path, layout, ids, cents, attrs, storage_options)
         return group, np.arange(layout.n_units)

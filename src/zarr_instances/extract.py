@@ -191,7 +191,8 @@ def extract_instances(
     channel_names
         Recorded in the attributes; default: OME-Zarr channel labels, if any.
     storage_options
-        For URLs of inputs and output.
+        For URLs of inputs and output; not used for local paths, so one call can read
+        local inputs and write to an object store.
     progress
         Show a progress bar; ``None``: only when stderr is a terminal.
 
