@@ -182,6 +182,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="best of N for ours / write limit")
     p.add_argument("--harpy-python", default=None, help="python of a venv with harpy-analysis")
     p.add_argument("--skip-numpy", action="store_true")
+    p.add_argument("--skip-limit", action="store_true", help="do not run the write limit")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
 
@@ -199,17 +200,18 @@ def main() -> int:
     common = {"image": image, "mask": mask, "diameter": args.diameter, "order": args.order}
     rows: dict[str, dict] = {}
     try:
+        runs = [("ours (threads)", _OURS, {"scheduler": "threads", "out": str(tmp / "ours.zarr")})]
+        if not args.skip_limit:
+            runs.append(("write limit", _WRITE_LIMIT, {"src": str(tmp / "ours.zarr/image"),
+                                                       "out": str(tmp / "limit.zarr")}))
         for r in range(args.repeats):
-            for name, code, extra in (
-                ("ours (threads)", _OURS, {"scheduler": "threads", "out": str(tmp / "ours.zarr")}),
-                ("write limit", _WRITE_LIMIT, {"src": str(tmp / "ours.zarr/image"),
-                                               "out": str(tmp / "limit.zarr")}),
-            ):
+            for name, code, extra in runs:
                 shutil.rmtree(extra["out"], ignore_errors=True)
                 res = _child(py, code, {**common, **extra})
                 if name not in rows or res["seconds"] < rows[name]["seconds"]:
                     rows[name] = res
-                print(f"[{r}] {name}: {res['seconds']:.2f} s", flush=True)
+                print(f"[{r}] {name}: {res['seconds']:.2f} s, {res['n'] / res['seconds']:.0f} "
+                      f"crops/s, peak RSS {res['rss_mib']:.0f} MiB", flush=True)
         if not args.skip_numpy:
             rows["numpy loop"] = _child(py, _NUMPY, {**common, "out": str(tmp / "np.zarr")})
             print(f"numpy loop: {rows['numpy loop']['seconds']:.2f} s", flush=True)
@@ -231,7 +233,8 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    limit = rows["write limit"]["n"] / rows["write limit"]["seconds"]
+    limit = rows["write limit"]["n"] / rows["write limit"]["seconds"] if "write limit" in rows \
+        else float("nan")
     harpy = rows.get("harpy (threads)")
     print(f"\nimage (2, {args.size}, {args.size}) uint16, chunks (2, 1024, 1024); mask int32; "
           f"{rows['ours (threads)']['n']} cells; diameter {args.diameter}; order {args.order}; "

@@ -68,6 +68,42 @@ def test_extract_random_order_and_errors(paths, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope.zarr")]) == 2
 
 
+def test_extract_storage_options_json(paths, tmp_path, capsys, monkeypatch):
+    import zarr_instances.extract as ex
+
+    img, msk = paths
+    seen = []
+    real = ex.extract_instances
+    monkeypatch.setattr(
+        ex, "extract_instances", lambda *a, **kw: (seen.append(kw), real(*a, **kw))[1]
+    )
+    out = str(tmp_path / "out.zarr")
+    opts = '{"anon": true, "client_kwargs": {"region_name": "eu-west-1"}}'
+    expected = {"anon": True, "client_kwargs": {"region_name": "eu-west-1"}}
+    argv = ["extract", img, msk, out, "--diameter", "10", "--no-progress"]
+    assert main([*argv, "--storage-options", opts]) == 0
+    assert seen[0]["storage_options"] == expected
+    _, ref = real(img, msk, 10)  # local paths: the options are not used
+    np.testing.assert_array_equal(zarr.open_array(out + "/image")[...], ref.compute())
+    assert main([*argv[:3], out + "2", *argv[4:]]) == 0
+    assert seen[-1]["storage_options"] is None
+    capsys.readouterr()
+    for bad, why in (
+        ("{anon: true}", "Expecting property name"),
+        ("[1, 2]", "a JSON array"),
+        ('"s3"', "a JSON string"),
+        ("", "Expecting value"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main([*argv[:3], out + "3", *argv[4:], "--storage-options", bad])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        prefix = "argument --storage-options: must be a JSON object, e.g. '{\"anon\": true}'"
+        assert f"{prefix}, got {bad!r}" in err
+        assert why in err
+    assert not (tmp_path / "out.zarr3").exists()
+
+
 def test_demo_runs_extract_and_stream(capsys):
     assert main(["demo", "--n", "300", "--workers", "0"]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,17 +12,20 @@ import dask
 import numpy as np
 import pytest
 import zarr
+from zarr.storage import LocalStore, WrapperStore
 
 import zarr_instances
 import zarr_instances.extract as ex
 from zarr_instances import (
     ArgumentError,
     ArgumentTypeError,
+    ChunkReadError,
     StoreExistsError,
     StoreNotFoundError,
     ZarrIterableInstances,
     extract_instances,
 )
+from zarr_instances._store import open_instances
 from zarr_instances.testing import make_image_and_mask
 
 D = 12
@@ -81,6 +85,44 @@ def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
     assert iid == ids[5]
     assert row == 5
     np.testing.assert_array_equal(x.numpy(), g["image"][5].astype(np.float32))
+
+
+class _Recording(WrapperStore):
+    """A store that records the keys it is asked for."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys = []
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.append(key)
+        return await self._store.get(key, prototype, byte_range)
+
+
+_METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_finished_store_has_consolidated_metadata(inputs, tmp_path, zarr_format):
+    img, msk, _, _ = inputs
+    out = tmp_path / "o.zarr"
+    ids, _ = extract_instances(
+        img, msk, D, out=out, zarr_format=zarr_format, extract_mask=True, chunk_i=8
+    )
+    g = zarr.open_group(out, mode="r", use_consolidated=True)  # raises if not consolidated
+    arrays = {"image", "mask", "instance_ids", "centroids", "progress"}
+    assert set(g.metadata.consolidated_metadata.metadata) == arrays
+    assert g.attrs["zarr_instances"]["complete"] is True
+    # Opening the store reads no per-array metadata: one request serves every array.
+    store = _Recording(LocalStore(out, read_only=True))
+    opened = open_instances(zarr.open_group(store=store, mode="r"))
+    np.testing.assert_array_equal(opened.instance_ids, ids)
+    assert opened.array.shape == (ids.size, 2, 1, D, D)
+    assert any(k.startswith("instance_ids/") for k in store.keys)  # it saw the ids read
+    assert [k for k in store.keys if "/" in k and k.endswith(_METADATA)] == []
+    # the dataset streams it from the path
+    rows = [int(r) for _, _, r in ZarrIterableInstances(str(out), None, None, normalize=None)]
+    assert rows == list(range(ids.size))
 
 
 def test_default_chunking_is_about_2_mib(tmp_path):
@@ -203,6 +245,7 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     assert 0 < done.sum() < n_units
     g = zarr.open_group(out, mode="r")
     assert g.attrs["zarr_instances"]["complete"] is False
+    assert g.metadata.consolidated_metadata is None  # only a complete store is consolidated
 
     # A different call does not resume it.
     with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
@@ -216,6 +259,8 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     extract_instances(img, msk, D, out=out, **kwargs)
     assert sorted(written) == np.flatnonzero(done == 0).tolist()
     got = _read_all(out)
+    resumed = zarr.open_group(out, mode="r", use_consolidated=True)
+    assert set(resumed.metadata.consolidated_metadata.metadata) == set(expected)
     assert got.keys() == expected.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
@@ -258,6 +303,70 @@ def test_errors(inputs, tmp_path):
         with pytest.raises(exc, match=match):
             extract_instances(*args, **kwargs)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("which", "zarr_format", "shards"),
+    [
+        ("image", 3, None),
+        ("mask", 3, None),
+        ("image", 2, None),
+        ("mask", 2, None),
+        ("image", 3, (2, 40, 40)),
+    ],
+)
+def test_corrupt_input_chunk_names_input_array_and_chunk(tmp_path, which, zarr_format, shards):
+    image, mask = make_image_and_mask((120, 100), 45, D, seed=11)
+    paths = {"image": tmp_path / "img.zarr", "mask": tmp_path / "mask.zarr"}
+    img = zarr.create_array(
+        paths["image"], data=image, chunks=(2, 20, 20), shards=shards, zarr_format=zarr_format
+    )
+    msk = zarr.create_array(paths["mask"], data=mask, chunks=(20, 20), zarr_format=zarr_format)
+    bad = img if which == "image" else msk
+    index = (0, 1, 2) if which == "image" else (1, 2)  # a chunk in the middle, under cells
+    key = bad.metadata.encode_chunk_key(index)
+    chunk_file = paths[which] / key
+    assert chunk_file.is_file()
+    chunk_file.write_bytes(b"not a compressed chunk" * 3)
+    match = (
+        rf"Could not read chunk {re.escape(repr(key))} \(chunk index "
+        rf"{re.escape(str(index))}\) of the {which} array {re.escape(repr(str(bad.store_path)))}"
+    )
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ChunkReadError, match=match) as info:
+        extract_instances(str(paths["image"]), str(paths["mask"]), D, out=out, progress=False)
+    assert isinstance(info.value, OSError)  # `except OSError` catches it, too
+    if which == "mask":  # the centroid pass reads the mask before the store is made
+        assert not out.exists()
+    else:  # an interrupted store, resumable once the input is repaired
+        assert zarr.open_group(out, mode="r").attrs["zarr_instances"]["complete"] is False
+    # zarr.Array input and the lazy result (no out) fail the same way
+    with pytest.raises(ChunkReadError, match=match):
+        extract_instances(img, msk, D)[1].compute()
+
+
+def test_missing_input_chunk_reads_as_fill_value(tmp_path):
+    image, mask = make_image_and_mask((120, 100), 45, D, seed=11)
+    img = zarr.create_array(tmp_path / "img.zarr", data=image, chunks=(2, 20, 20), fill_value=0)
+    msk = zarr.create_array(tmp_path / "mask.zarr", data=mask, chunks=(20, 20), fill_value=0)
+    assert mask[60:80, 20:40].any()  # the mask chunk removed below holds labels
+    (tmp_path / "img.zarr" / img.metadata.encode_chunk_key((0, 1, 2))).unlink()
+    (tmp_path / "mask.zarr" / msk.metadata.encode_chunk_key((3, 1))).unlink()
+    image[:, 20:40, 40:60] = 0  # zarr semantics: a chunk not stored is all fill value
+    mask[60:80, 20:40] = 0
+    ref_ids, ref = extract_instances(image, mask, D)
+    ids, got = extract_instances(str(tmp_path / "img.zarr"), str(tmp_path / "mask.zarr"), D)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(got.compute(), ref.compute())
+
+
+def test_storage_options_apply_to_urls_only(inputs, tmp_path):
+    img, msk, image, mask = inputs
+    opts = {"anon": True}  # for an s3:// path; zarr refuses options with a local path
+    ids, inst = extract_instances(img, msk, D, out=tmp_path / "o.zarr", storage_options=opts)
+    ref_ids, ref = extract_instances(image, mask, D)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(inst.compute(), ref.compute())
 
 
 def test_progress_bar_and_group_input(inputs, tmp_path, capsys):

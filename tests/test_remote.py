@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -19,6 +20,7 @@ from zarr_instances import (
     ZarrIterableInstances,
     extract_instances,
 )
+from zarr_instances.cli import main
 from zarr_instances.testing import make_image_and_mask, make_instance_array
 
 # Fail fast: one attempt, 1 s to connect (the test server is local).
@@ -35,6 +37,22 @@ def _rows(loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, i, r = np.concatenate(xs), np.concatenate(ids), np.concatenate(rows)
     order = np.argsort(r)
     return x[order], i[order], r[order]
+
+
+def test_cli_extract_local_inputs_to_s3_with_storage_options(s3_server, tmp_path):
+    image, mask = make_image_and_mask((64, 64), 12, 10, seed=2)
+    img, msk = str(tmp_path / "img.zarr"), str(tmp_path / "mask.zarr")
+    zarr.create_array(img, data=image, chunks=(2, 32, 32))
+    zarr.create_array(msk, data=mask, chunks=(32, 32))
+    url = f"s3://{s3_server.bucket}/cli.zarr"
+    opts = s3_server.options()
+    argv = ["extract", img, msk, url, "--diameter", "10", "--no-progress"]
+    assert main([*argv, "--storage-options", json.dumps(opts)]) == 0
+    ids, ref = extract_instances(image, mask, 10)
+    remote = zarr.open_group(url, mode="r", storage_options=opts, use_consolidated=True)
+    np.testing.assert_array_equal(remote["instance_ids"][...], ids)
+    np.testing.assert_array_equal(remote["image"][...], ref.compute())
+    assert remote.attrs["zarr_instances"]["complete"] is True
 
 
 def test_extract_to_s3_then_stream_equals_local(s3_server, tmp_path):

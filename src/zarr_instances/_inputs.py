@@ -4,10 +4,17 @@ Accepted: NumPy arrays, Dask arrays, ``zarr.Array``, paths or URLs of a Zarr
 array, of a Zarr group holding one array, or of an OME-Zarr multiscale image
 (level 0 is used), and SpatialData elements (xarray ``DataArray`` or a ``DataTree``
 of scales, level 0 used; axes from ``dims``, channel names from the ``c`` coordinate).
+
+Chunks of a Zarr input follow zarr's semantics: a chunk that is not stored reads as
+the array's fill value (zarr 3 does not store chunks that are all fill value, e.g.
+background-only chunks of a mask), while a stored chunk that cannot be read or
+decoded raises :class:`~zarr_instances.errors.ChunkReadError` naming the input, the
+array and the chunk.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +22,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
-from ._store import open_zarr
-from .errors import ArgumentError, ArgumentTypeError
+from ._store import open_zarr, url_options
+from .errors import ArgumentError, ArgumentTypeError, ChunkReadError
 
-__all__ = ["OpenedInput", "open_image", "open_mask"]
+__all__ = ["CheckedZarr", "OpenedInput", "open_image", "open_mask"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,84 @@ class OpenedInput:
     array: da.Array
     source: str
     channel_names: list[str] | None
+
+
+class CheckedZarr:
+    """A ``zarr.Array`` as Dask reads it, turning a failed chunk read into ``ChunkReadError``.
+
+    Dask calls ``__getitem__`` with the region of one block (integers and slices).
+    When zarr fails to read or decode it, each stored chunk (or shard) of the region
+    is read again on its own to find the one that fails, and the error names the
+    input, the array and that chunk's key and index.
+    """
+
+    def __init__(self, array: zarr.Array, name: str) -> None:
+        self.array = array
+        self.name = name
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ChunkReadError(self._message(key, exc)) from exc
+
+    def _chunks_of(self, key: Any) -> list[tuple[int, ...]] | None:
+        """Return the indexes of the stored chunks under ``key`` (``None``: not a box)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != self.ndim:
+            return None
+        grid = self.array.shards or self.array.chunks
+        ranges = []
+        for k, n, c in zip(key, self.shape, grid, strict=True):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) % n if n else 0
+                ranges.append(range(i // c, i // c + 1))
+            elif isinstance(k, slice) and k.step in (None, 1):
+                start, stop, _ = k.indices(n)
+                ranges.append(range(start // c, -(-stop // c)))
+            else:
+                return None
+        return list(itertools.product(*ranges))
+
+    def _message(self, key: Any, exc: Exception) -> str:
+        where = str(self.array.store_path)
+        grid = self.array.shards or self.array.chunks
+        chunks = self._chunks_of(key)
+        failed = None
+        for idx in chunks or ():
+            region = tuple(
+                slice(i * c, min((i + 1) * c, n))
+                for i, c, n in zip(idx, grid, self.shape, strict=True)
+            )
+            try:
+                self.array[region]
+            except Exception as inner:  # any failure names the chunk
+                failed, exc = idx, inner
+                break
+        if failed is not None:
+            key_name = self.array.metadata.encode_chunk_key(failed)
+            chunk = f"chunk {key_name!r} (chunk index {failed})"
+        elif chunks:
+            chunk = f"one of the chunks with index {chunks[0]} to {chunks[-1]}"
+        else:
+            chunk = f"the chunks under {key!r}"
+        return (
+            f"Could not read {chunk} of the {self.name} array {where!r}: "
+            f"{type(exc).__name__}: {exc}. The stored bytes are corrupt or could not be "
+            f"fetched; rewrite that chunk of the {self.name}, or check the store"
+        )
+
+
+def _from_zarr(name: str, array: zarr.Array) -> da.Array:
+    """Wrap ``array`` for Dask (one block per stored chunk) with checked chunk reads."""
+    checked = CheckedZarr(array, name)
+    token = f"zi-{name}-{tokenize(array)}"
+    return da.from_array(checked, chunks=array.chunks, name=token, asarray=False)
 
 
 def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -52,7 +138,7 @@ def _open_path(
     name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
     spath = os.fspath(path)
-    node = open_zarr(spath, storage_options, name=name)
+    node = open_zarr(spath, url_options(spath, storage_options), name=name)
     return _resolve_node(name, spath, node)
 
 
@@ -133,10 +219,10 @@ def _to_dask(name: str, value: Any, storage_options: dict[str, Any] | None, chun
     if isinstance(value, (zarr.Array, zarr.Group)):
         where = str(value.store_path)
         arr, axes, names = _resolve_node(name, where, value)
-        return da.from_zarr(arr), where, axes, names
+        return _from_zarr(name, arr), where, axes, names
     if isinstance(value, (str, os.PathLike)):
         arr, axes, names = _open_path(name, value, storage_options)
-        return da.from_zarr(arr), os.fspath(value), axes, names
+        return _from_zarr(name, arr), os.fspath(value), axes, names
     if isinstance(value, np.ndarray):
         nd = value.ndim
         chunks = tuple(min(s, chunk) if i >= nd - 2 else s for i, s in enumerate(value.shape))

@@ -41,6 +41,7 @@ __all__ = [
     "open_instances",
     "open_zarr",
     "remote_error",
+    "url_options",
 ]
 
 IMAGE_KEY = "image"
@@ -63,6 +64,17 @@ class OpenedInstances:
 def is_url(path: str) -> bool:
     """Return whether ``path`` is a URL (``scheme://...``) rather than a local path."""
     return "://" in path and not path.startswith("file://")
+
+
+def url_options(
+    path: str | os.PathLike[str], storage_options: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Return ``storage_options`` for a URL and ``None`` for a local path.
+
+    One call may mix local paths and URLs (a local image, an ``s3://`` output) under
+    one ``storage_options``; zarr refuses options with a local path.
+    """
+    return storage_options if is_url(os.fspath(path)) else None
 
 
 def _endpoint(storage_options: dict[str, Any] | None) -> str:

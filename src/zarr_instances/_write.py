@@ -14,18 +14,26 @@ Layout (SPEC §2), a Zarr group holding:
 An interrupted run leaves ``complete = False``; the same call then resumes and
 writes only the units whose flag is 0. Rewriting a unit writes the same bytes, so
 a unit cut short by a crash (data written, flag not yet) is simply written again.
+
+A finished store gets consolidated metadata (``zarr.consolidate_metadata``, for
+Zarr format 2 and 3): opening it reads the metadata of every array in one request,
+which matters on object stores. Only a complete store is consolidated, so an
+interrupted one is always read from the metadata of its arrays. Arrays added to
+the group later (e.g. ``labels``) are invisible to readers that use the
+consolidated metadata until ``zarr.consolidate_metadata`` is called again.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
-from ._store import is_url, open_zarr
+from ._store import is_url, open_zarr, url_options
 from .errors import StoreExistsError
 
 
@@ -160,6 +168,7 @@ def prepare_store(
         If something exists at ``path`` and ``overwrite`` is false, unless it is an
         interrupted extraction with identical parameters (then it is resumed).
     """
+    storage_options = url_options(path, storage_options)
     if overwrite or not _exists(path, storage_options):
         group = _create(path, layout, ids, cents, attrs, storage_options)
         return group, np.arange(layout.n_units)
@@ -200,7 +209,19 @@ def prepare_store(
 
 
 def finish_store(group: zarr.Group) -> None:
-    """Mark the store complete (after every unit is written)."""
+    """Mark the store complete (after every unit is written) and consolidate its metadata.
+
+    ``complete`` is set first, so the consolidated metadata records it. A crash
+    between the two steps leaves a complete store without consolidated metadata,
+    which zarr opens as well (one request per array).
+    """
     attrs = dict(group.attrs[ATTRS_KEY])
     attrs["complete"] = True
     group.attrs[ATTRS_KEY] = attrs
+    with warnings.catch_warnings():
+        # Zarr format 3: consolidated metadata is a zarr-python extension (other
+        # readers ignore it); we write it knowingly.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(
+            group.store, path=group.path, zarr_format=group.metadata.zarr_format
+        )

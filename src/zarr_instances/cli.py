@@ -76,6 +76,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """Parse the value of ``--storage-options``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"must be a JSON object, e.g. '{{\"anon\": true}}', got {text!r} ({exc})"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), "null")
+        msg = f"must be a JSON object, e.g. '{{\"anon\": true}}', got {text!r} (a JSON {kind})"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _extract(args: argparse.Namespace) -> int:
     import dask
 
@@ -106,6 +123,7 @@ def _extract(args: argparse.Namespace) -> int:
         "tile_size": args.tile_size,
         "memory_limit": int(args.memory_limit * 2**20),
         "progress": False if args.no_progress else None,
+        "storage_options": args.storage_options,
     }
     t0 = time.perf_counter()
     if args.scheduler == "distributed":
@@ -159,6 +177,15 @@ def _add_extract(sub: Any) -> None:
         help="Dask scheduler; distributed starts a LocalCluster",
     )
     p.add_argument("--workers", type=int, default=None, help="threads / processes / workers")
+    p.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for URLs (s3://, gs://, https://) of IMAGE, MASK and OUT, as a "
+        'JSON object, e.g. \'{"anon": true}\' or \'{"client_kwargs": {"endpoint_url": '
+        '"http://localhost:9000"}}\'; not used for local paths',
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)

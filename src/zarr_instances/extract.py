@@ -167,7 +167,7 @@ def extract_instances(
         :func:`zarr_instances.spatialdata.extract_from_spatialdata`).
     out
         Path or URL of the instance store to write (SPEC §2). ``None`` returns a lazy
-        Dask array and writes nothing.
+        Dask array and writes nothing. A finished store has consolidated metadata.
     depth
         Accepted for harpy compatibility: the halo is always exactly what the windows
         need (at most ``diameter // 2``); a given ``depth`` must be ``>= diameter // 2``.
@@ -204,7 +204,8 @@ def extract_instances(
     channel_names
         Recorded in the attributes; default: OME-Zarr channel labels, if any.
     storage_options
-        For URLs of inputs and output.
+        For URLs of inputs and output; not used for local paths, so one call can read
+        local inputs and write to an object store.
     progress
         Show a progress bar; ``None``: only when stderr is a terminal.
 
@@ -226,6 +227,10 @@ def extract_instances(
         If ``out`` exists and cannot be resumed, and ``overwrite`` is false.
     StoreNotFoundError
         If an input path holds nothing.
+    ChunkReadError
+        If a stored chunk of a Zarr input cannot be read or decoded (the message names
+        the input, the array and the chunk). A chunk that is not stored reads as the
+        array's fill value, as in zarr.
     """
     if type(image).__name__ == "SpatialData":
         if len(sdata_diameter) != 1:
