@@ -188,6 +188,27 @@ def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
     np.testing.assert_array_equal(inst.compute(), extract_instances(image, mask, D)[1].compute())
 
 
+@pytest.mark.parametrize("order", ["id", "random"])
+def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeypatch, order):
+    import zarr_instances._tiles as tiles
+
+    img, msk, image, mask = inputs
+    kwargs = {"chunk_i": 3, "order": order, "seed": 2, "extract_mask": True}
+    extract_instances(img, msk, D, out=tmp_path / "one.zarr", tile_size=10_000, **kwargs)
+    segments = []
+    real = tiles.cut_tile
+    monkeypatch.setattr(tiles, "cut_tile", lambda *a: (segments.append(len(a[-1])), real(*a))[1])
+    monkeypatch.setattr(ex, "_TASK_BYTES", 1)  # one output chunk per write task
+    extract_instances(img, msk, D, out=tmp_path / "split.zarr", tile_size=40, **kwargs)
+    assert max(segments) > 1  # tiles handed write tasks parts of their own
+    expected, got = _read_all(tmp_path / "one.zarr"), _read_all(tmp_path / "split.zarr")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    _, ref = extract_instances(image, mask, D, order=order, seed=2)
+    np.testing.assert_array_equal(got["image"], ref.compute())
+
+
 _KILLED = """
 import sys, time
 import dask

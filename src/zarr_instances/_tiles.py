@@ -1,28 +1,33 @@
 """Tiles, windows and write units of ``extract_instances`` (the Dask tasks and their plan).
 
-``Plan`` maps instances to rows, windows and tiles (pure NumPy). ``tile_tasks`` builds one
-delayed ``cut_tile`` per tile, fed with the whole Dask blocks its box needs;
+``Plan`` maps instances to rows, windows and tiles (pure NumPy). ``tile_tasks`` adds one
+``cut_tile`` task per tile to a task graph, fed with the Dask blocks its box needs;
 ``write_units`` gathers whole output units from tile results, writes them and flags them
-done.
+done. The tasks are written as a plain Dask task graph (a dict, see Dask's "custom
+graphs") rather than with ``dask.delayed``, whose per-call graph merging cost seconds
+on large images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import operator
+from collections.abc import Hashable, Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import zarr
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from ._geometry import crop_windows, pad_box, window_starts
 
 __all__ = [
     "Blocks",
     "Plan",
+    "as_delayed",
     "assemble_crops",
-    "needed",
     "passes",
     "tile_tasks",
     "write_units",
@@ -41,25 +46,69 @@ class Blocks:
     """
 
     def __init__(self, array: da.Array) -> None:
-        self.blocks = array.to_delayed()
+        blocks = array.to_delayed()
+        self.source = blocks.flat[0]  # carries the graph of every block
+        self.keys = np.empty(blocks.shape, dtype=object)
+        for idx in np.ndindex(*blocks.shape):
+            self.keys[idx] = blocks[idx].key
         self.shape = tuple(int(s) for s in array.shape)
         self.dtype = array.dtype
         self.edges = [np.concatenate(([0], np.cumsum(c))).astype(np.int64) for c in array.chunks]
 
-    def cover(self, ys: slice, xs: slice) -> list[tuple[tuple[int, ...], Any]]:
-        """Return ``(global start of block, block)`` for every block meeting ``[ys, xs]``."""
+    def cover(
+        self,
+        ys: slice,
+        xs: slice,
+        graph: dict[Hashable, Any],
+        own: tuple[slice, slice] | None = None,
+        name: str = "zi-piece",
+    ) -> list[list[Any]]:
+        """Return ``[global start, key]`` for every block meeting ``[ys, xs]``.
+
+        A block inside ``own`` (the tile's rectangle) is passed whole (its key);
+        from any other block only the part inside ``[ys, xs]`` is passed, copied by a
+        small task ``{name}-{i}`` added to ``graph``, so that the decoded block need
+        not outlive the tile it belongs to. ``own=None`` passes every block whole.
+        """
         ey, ex = self.edges[-2], self.edges[-1]
         by0 = int(np.searchsorted(ey, ys.start, side="right")) - 1
         by1 = int(np.searchsorted(ey, ys.stop, side="left"))
         bx0 = int(np.searchsorted(ex, xs.start, side="right")) - 1
         bx1 = int(np.searchsorted(ex, xs.stop, side="left"))
-        out = []
-        lead = self.blocks.shape[:-2]
-        for idx in np.ndindex(*lead, by1 - by0, bx1 - bx0):
-            full = (*idx[:-2], idx[-2] + by0, idx[-1] + bx0)
-            start = tuple(int(self.edges[d][i]) for d, i in enumerate(full))
-            out.append((start, self.blocks[full]))
+        out: list[list[Any]] = []
+        lead = self.keys.shape[:-2]
+        for k, idx in enumerate(np.ndindex(*lead, by1 - by0, bx1 - bx0)):
+            by, bx = idx[-2] + by0, idx[-1] + bx0
+            key = self.keys[(*idx[:-2], by, bx)]
+            start = tuple(int(self.edges[d][i]) for d, i in enumerate(idx[:-2]))
+            y0, y1, x0, x1 = int(ey[by]), int(ey[by + 1]), int(ex[bx]), int(ex[bx + 1])
+            if own is None or _within(own, y0, y1, x0, x1):
+                out.append([(*start, y0, x0), key])
+                continue
+            ya, yb = max(y0, ys.start), min(y1, ys.stop)
+            xa, xb = max(x0, xs.start), min(x1, xs.stop)
+            local = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+            graph[f"{name}-{k}"] = (_piece, key, local)
+            out.append([(*start, ya, xa), f"{name}-{k}"])
         return out
+
+
+def as_delayed(
+    name: str, graph: dict[Hashable, Any], keys: Sequence[Hashable], *inputs: Blocks
+) -> list[Delayed]:
+    """Return ``Delayed`` objects for ``keys`` of ``graph`` (tasks reading ``inputs``)."""
+    hlg = HighLevelGraph.from_collections(name, graph, dependencies=[b.source for b in inputs])
+    return [Delayed(k, hlg, layer=name) for k in keys]
+
+
+def _within(rect: tuple[slice, slice], y0: int, y1: int, x0: int, x1: int) -> bool:
+    ys, xs = rect
+    return ys.start <= y0 and y1 <= ys.stop and xs.start <= x0 and x1 <= xs.stop
+
+
+def _piece(block: np.ndarray, yx: tuple[slice, slice]) -> np.ndarray:
+    """Copy ``block[..., ys, xs]`` (so that the whole block can be freed)."""
+    return np.array(block[(..., *yx)])
 
 
 def fill(
@@ -96,11 +145,15 @@ def cut_tile(
     diameter: int,
     remove_background: bool,
     with_mask: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    segments: Sequence[tuple[int, int]],
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None], ...]:
     """Cut the windows of one tile out of the blocks covering its box.
 
     The box (zero-padded where it reaches past the image edge) is assembled from
-    the blocks with one copy per block, then all windows are cut in one step.
+    the blocks with one copy per block, then the windows of each segment
+    ``[lo, hi)`` of ``rows`` are cut in one step into arrays of their own (so that
+    a segment can be freed while others are still needed). Returns
+    ``(rows, crops, mask crops)`` per segment.
     """
     y0, y1, x0, x1 = box
     lead, dtype, mlead, mdtype = shapes
@@ -111,17 +164,20 @@ def cut_tile(
     if remove_background or with_mask:
         mask = alloc((*mlead, y1 - y0, x1 - x0), dtype=mdtype)
         fill(mask, (y0, x0), mask_pieces)
-    crops, mcrops = crop_windows(
-        image,
-        mask,
-        (y0, x0),
-        starts,
-        labels,
-        diameter,
-        remove_background=remove_background,
-        with_mask=with_mask,
-    )
-    return rows, crops, mcrops
+    out = []
+    for lo, hi in segments:
+        crops, mcrops = crop_windows(
+            image,
+            mask,
+            (y0, x0),
+            starts[lo:hi],
+            labels[lo:hi],
+            diameter,
+            remove_background=remove_background,
+            with_mask=with_mask,
+        )
+        out.append((rows[lo:hi], crops, mcrops))
+    return tuple(out)
 
 
 def assemble(
@@ -186,8 +242,13 @@ class Plan:
         self.diameter = diameter
         self.image_yx = image_yx
         self.starts = window_starts(cents[:, 1:], diameter)
-        ty = np.searchsorted(edges_y, cents[:, 1], side="right") - 1
-        tx = np.searchsorted(edges_x, cents[:, 2], side="right") - 1
+        self.edges_y, self.edges_x = edges_y, edges_x
+        # A window belongs to the tile holding its last pixel (clipped to the image):
+        # it reaches out of its tile only upwards and leftwards, into tiles before it
+        # in raster order (see ``tile_tasks``).
+        last = np.minimum(self.starts + (diameter - 1), np.asarray(image_yx) - 1)
+        ty = np.searchsorted(edges_y, last[:, 0], side="right") - 1
+        tx = np.searchsorted(edges_x, last[:, 1], side="right") - 1
         self.tile = ty * (len(edges_x) - 1) + tx
 
     def tiles(self, r0: int, r1: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -206,6 +267,12 @@ class Plan:
             if t.size
         ]
 
+    def rect(self, tile: int) -> tuple[slice, slice]:
+        """Return the pixels ``(ys, xs)`` of ``tile``."""
+        ty, tx = divmod(tile, len(self.edges_x) - 1)
+        ey, ex = self.edges_y, self.edges_x
+        return slice(int(ey[ty]), int(ey[ty + 1])), slice(int(ex[tx]), int(ex[tx + 1]))
+
     def box(self, inst: np.ndarray) -> tuple[int, int, int, int]:
         """Return the box ``(y0, y1, x0, x1)`` covering the windows of ``inst``."""
         s = self.starts[inst]
@@ -217,14 +284,32 @@ def tile_tasks(
     plan: Plan,
     image: Blocks,
     mask: Blocks,
-    r0: int,
-    r1: int,
+    bounds: Sequence[int],
     remove_background: bool,
     with_mask: bool,
     token: str,
-) -> list[tuple[np.ndarray, Any]]:
-    """One delayed cut per tile holding rows ``[r0, r1)``; returns ``(rows, task)`` pairs."""
-    out = []
+    graph: dict[Hashable, Any],
+) -> list[list[str]]:
+    """Add the cuts of the tiles holding rows ``[bounds[0], bounds[-1])`` to ``graph``.
+
+    Group ``g`` holds rows ``[bounds[g], bounds[g + 1])`` (a write task, or a chunk).
+    Returns, per group, the keys of the tile results ``(rows, crops, mask crops)``
+    that hold its rows (possibly with rows of other groups, too).
+
+    A tile task gets its own blocks whole and, from the blocks of the tiles above and
+    to the left that its windows reach into, copies of the parts it needs (at most
+    ``diameter - 1`` pixels wide). A decoded block is so held only until its own tile
+    and those small copies are done: the decoded input held at once depends on the
+    tile size, not on the width of the image.
+
+    A tile whose rows fall in a few groups (rows in raster order: the groups of one
+    tile row) hands each group its own part, so that a group's crops are freed once
+    it is written; a tile feeding most groups (a random order) hands all of them one
+    result, as they all wait for the same tiles anyway.
+    """
+    edges = np.asarray(bounds, dtype=np.int64)
+    r0, r1, n_groups = int(edges[0]), int(edges[-1]), len(edges) - 1
+    out: list[list[str]] = [[] for _ in range(n_groups)]
     shapes = (image.shape[:-2], image.dtype, mask.shape[:-2], mask.dtype)
     need_mask = remove_background or with_mask
     for t, rows, inst in plan.tiles(r0, r1):
@@ -234,26 +319,27 @@ def tile_tasks(
             box[1] - box[0],
             box[3] - box[2],
         )
-        task = dask.delayed(cut_tile, pure=False)(
-            image.cover(*src),
-            mask.cover(*src) if need_mask else [],
-            shapes,
-            box,
-            padded,
-            plan.starts[inst],
-            plan.ids[inst],
-            rows,
-            plan.diameter,
-            remove_background,
-            with_mask,
-            dask_key_name=f"zi-cut-{token}-{r0}-{t}",
-        )
-        out.append((rows, task))
+        group = np.searchsorted(edges, rows, side="right") - 1  # ascending, as rows
+        hit, first = np.unique(group, return_index=True)
+        if 1 < hit.size <= n_groups // 2:
+            segments = list(itertools.pairwise([*first.tolist(), rows.size]))
+            feeds = [[int(g)] for g in hit]
+        else:
+            segments, feeds = [(0, rows.size)], [hit.tolist()]
+        own = plan.rect(t)
+        name = f"zi-piece-{token}-{r0}-{t}"
+        cut = f"zi-cut-{token}-{r0}-{t}"
+        ipieces = image.cover(*src, graph, own, f"{name}-i")
+        mpieces = mask.cover(*src, graph, own, f"{name}-m") if need_mask else []
+        args = (plan.starts[inst], plan.ids[inst], rows, plan.diameter)
+        flags = (remove_background, with_mask, segments)
+        graph[cut] = (cut_tile, ipieces, mpieces, shapes, box, padded, *args, *flags)
+        for i, groups in enumerate(feeds):
+            part = f"zi-part-{token}-{r0}-{t}-{i}"
+            graph[part] = (operator.getitem, cut, i)
+            for g in groups:
+                out[g].append(part)
     return out
-
-
-def needed(tile_tasks: list[tuple[np.ndarray, Any]], a: int, b: int) -> list[Any]:
-    return [task for rows, task in tile_tasks if np.any((rows >= a) & (rows < b))]
 
 
 def passes(todo: np.ndarray, unit_bytes: int, memory_limit: int) -> list[np.ndarray]:

@@ -9,15 +9,24 @@ How it works
 2. **Rows.** Instances are ordered by id (``order="id"``) or by a seeded permutation
    (``order="random"``); the rows of every output chunk are known up front.
 3. **Tiles.** The image is cut into tiles made of whole Dask blocks (about
-   ``tile_size`` pixels). Each instance belongs to the tile holding its centre, so an
-   instance straddling tiles is cut exactly once. A tile task reads only the box
-   covering its instances' windows (tile plus a halo of at most ``diameter // 2``,
-   zero-padded past the image edge) and cuts all its windows in one vectorised step.
-4. **Writes.** One task per write unit (an output chunk, or a shard) gathers its rows
-   from the tile results and writes the whole unit, then flags it done in the
-   ``progress`` array. Units are processed in passes holding at most
-   ``memory_limit`` bytes of crops, so memory depends on the tile size and the
-   limit, not on the image size. A rerun of the same call skips flagged units.
+   ``tile_size`` pixels). Each instance belongs to the tile holding the last pixel
+   of its window, so an instance straddling tiles is cut exactly once and its window
+   reaches out of its tile only upwards and leftwards. A tile task gets its own
+   blocks whole and copies of the strips (at most ``diameter - 1`` pixels) it needs
+   from the tiles above and to the left, assembles the box covering its windows
+   (zero-padded past the image edge) and cuts all its windows in one vectorised step.
+   A decoded block is freed once its own tile and those strips are done, so the
+   decoded input held at once depends on the tile size, not on the image width.
+4. **Writes.** A write task (a few write units: output chunks, or shards) gathers its
+   rows from the tile results, writes whole units, then flags them done in the
+   ``progress`` array. A tile hands each write task its own part where its rows go to
+   few of them, so written crops are freed early. Units are processed in passes
+   holding at most ``memory_limit`` bytes of crops, so memory depends on the tile
+   size and the limit, not on the image size (with ids in raster order, one tile row
+   of crops is held). A rerun of the same call skips flagged units.
+
+The tasks form a plain Dask task graph (a dict); the same graph runs on Dask's local
+schedulers and on a ``dask.distributed`` cluster.
 """
 
 from __future__ import annotations
@@ -38,7 +47,15 @@ from tqdm.auto import tqdm
 from ._geometry import centroids, combine_sums, default_chunk_rows, label_sums, tile_edges
 from ._inputs import open_image, open_mask
 from ._store import IMAGE_KEY
-from ._tiles import Blocks, Plan, assemble_crops, needed, passes, tile_tasks, write_units
+from ._tiles import (
+    Blocks,
+    Plan,
+    as_delayed,
+    assemble_crops,
+    passes,
+    tile_tasks,
+    write_units,
+)
 from ._validate import check_int
 from ._write import (
     MASK_KEY,
@@ -199,8 +216,9 @@ def extract_instances(
         inputs are split into blocks of this size).
     memory_limit
         Bytes of crops held at once (default 256 MiB); larger outputs are written in
-        several passes over the tiles they need. Peak memory is about this plus the
-        decoded input blocks of three block rows across the image width.
+        several passes over the tiles they need. Peak memory is about the crops held
+        (at most this; with rows in raster order about one tile row of crops) plus
+        the decoded input blocks of the tiles being cut.
     channel_names
         Recorded in the attributes; default: OME-Zarr channel labels, if any.
     storage_options
@@ -292,15 +310,13 @@ def extract_instances(
         channel_names = img.channel_names
 
     # 1. centroids: exact integer sums per mask block, combined.
-    offsets = [np.concatenate(([0], np.cumsum(c)[:-1])) for c in mk.chunks]
-    blocks = mk.to_delayed()
-    parts = [
-        dask.delayed(label_sums, pure=False)(
-            blocks[idx], [int(offsets[a][i]) for a, i in enumerate(idx)]
-        )
-        for idx in np.ndindex(*blocks.shape)
-    ]
-    sums = combine_sums(dask.compute(*parts))
+    token = uuid.uuid4().hex[:12]
+    iblocks, mblocks = Blocks(im), Blocks(mk)
+    graph: dict[Any, Any] = {}
+    for k, idx in enumerate(np.ndindex(*mblocks.keys.shape)):
+        start = [int(mblocks.edges[a][i]) for a, i in enumerate(idx)]
+        graph[f"zi-sums-{token}-{k}"] = (label_sums, mblocks.keys[idx], start)
+    sums = combine_sums(dask.compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), mblocks)))
     if sums.labels.size == 0:
         msg = (
             f"mask has no labels: every pixel of mask from {msk.source} is 0 (background); "
@@ -331,22 +347,18 @@ def extract_instances(
     )
     row_ids = ids[plan.perm]
     row_cents = cents[plan.perm]
-    token = uuid.uuid4().hex[:12]
-    iblocks, mblocks = Blocks(im), Blocks(mk)
 
     if out is None:
         pieces = []
         for a in range(0, n, chunk_i):
             b = min(n, a + chunk_i)
-            tasks = tile_tasks(plan, iblocks, mblocks, a, b, remove_background, False, token)
-            delayed = dask.delayed(assemble_crops, pure=False)(
-                a,
-                b,
-                crop_shape,
-                im.dtype,
-                *needed(tasks, a, b),
-                dask_key_name=f"zi-crops-{token}-{a}",
+            graph = {}
+            (parts,) = tile_tasks(
+                plan, iblocks, mblocks, [a, b], remove_background, False, token, graph
             )
+            key = f"zi-crops-{token}-{a}"
+            graph[key] = (assemble_crops, a, b, crop_shape, im.dtype, *parts)
+            (delayed,) = as_delayed(key, graph, [key], iblocks, mblocks)
             pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=im.dtype))
         return row_ids, da.concatenate(pieces, axis=0)
 
@@ -392,23 +404,22 @@ def extract_instances(
         disable=None if progress is None else not progress,
     ) as bar:
         for run in passes(todo, unit_bytes, memory_limit):
-            r0, r1 = int(run[0]) * layout.unit, min(n, (int(run[-1]) + 1) * layout.unit)
-            tasks = tile_tasks(
-                plan, iblocks, mblocks, r0, r1, remove_background, extract_mask, token
+            groups = [
+                range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
+                for u0 in range(0, run.size, per_task)
+            ]
+            bounds = [g.start * layout.unit for g in groups]
+            bounds.append(min(n, groups[-1].stop * layout.unit))
+            graph = {}
+            parts = tile_tasks(
+                plan, iblocks, mblocks, bounds, remove_background, extract_mask, token, graph
             )
-            writes = []
-            for u0 in range(0, run.size, per_task):
-                units = range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
-                a, b = units.start * layout.unit, min(n, units.stop * layout.unit)
-                writes.append(
-                    dask.delayed(write, pure=False)(
-                        units,
-                        a,
-                        b,
-                        *needed(tasks, a, b),
-                        dask_key_name=f"zi-write-{token}-{units.start}",
-                    )
-                )
+            keys = [f"zi-write-{token}-{units.start}" for units in groups]
+            for key, units, a, b, p in zip(
+                keys, groups, bounds[:-1], bounds[1:], parts, strict=True
+            ):
+                graph[key] = (write, units, a, b, *p)
+            writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, iblocks, mblocks)
             _run(writes, bar, f"zi-write-{token}-")
     finish_store(group)
     return row_ids, da.from_zarr(group[IMAGE_KEY])

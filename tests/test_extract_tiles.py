@@ -1,0 +1,86 @@
+"""The tile plan of extract_instances: which tile cuts a window, which blocks a tile holds."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_edges
+from zarr_instances._tiles import Blocks, Plan, tile_tasks
+from zarr_instances.testing import make_image_and_mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    yx=st.tuples(st.integers(5, 80), st.integers(5, 80)),
+    chunks=st.tuples(st.integers(2, 30), st.integers(2, 30)),
+    tile=st.integers(1, 40),
+    diameter=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_windows_reach_only_into_earlier_tiles(yx, chunks, tile, diameter, seed):
+    rng = np.random.default_rng(seed)
+    n = 30
+    cents = np.column_stack([np.zeros(n), rng.integers(0, yx[0], n), rng.integers(0, yx[1], n)])
+    cents = cents.astype(np.int64)
+    edges_y = tile_edges(_blocks(yx[0], chunks[0]), tile)
+    edges_x = tile_edges(_blocks(yx[1], chunks[1]), tile)
+    plan = Plan(np.arange(1, n + 1), cents, "id", 0, diameter, edges_y, edges_x, yx)
+    n_tx = len(edges_x) - 1
+    for k in range(n):
+        ys, xs = plan.rect(int(plan.tile[k]))
+        y0, x0 = plan.starts[k]
+        last_y = min(y0 + diameter - 1, yx[0] - 1)
+        last_x = min(x0 + diameter - 1, yx[1] - 1)
+        # the window's last pixel (clipped to the image) lies in its tile ...
+        assert ys.start <= last_y < ys.stop
+        assert xs.start <= last_x < xs.stop
+        # ... so the window leaves its tile only upwards and leftwards
+        assert y0 + diameter <= ys.stop or ys.stop == yx[0]
+        assert x0 + diameter <= xs.stop or xs.stop == yx[1]
+    ty, tx = np.divmod(plan.tile, n_tx)
+    assert (ty < len(edges_y) - 1).all()
+    assert (tx < n_tx).all()
+
+
+@pytest.mark.parametrize(("image_chunks", "mask_chunks"), [(32, 32), (32, (24, 40))])
+def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks):
+    # Memory: a decoded block is held until every task reading it is done. Each block
+    # must go whole to at most one tile; other tiles get small copies (pieces) of it.
+    image, mask = make_image_and_mask((160, 192), 120, 16, seed=7)
+    im = da.from_array(image[:, None], chunks=(2, 1, image_chunks, image_chunks))
+    mc = mask_chunks if isinstance(mask_chunks, tuple) else (mask_chunks, mask_chunks)
+    mk = da.from_array(mask[None], chunks=(1, *mc))
+    sums = combine_sums([label_sums(mask)])
+    ids, cents = sums.labels, centroids(sums)
+    edges_y = tile_edges(im.chunks[2], 32)
+    edges_x = tile_edges(im.chunks[3], 32)
+    plan = Plan(ids, cents, "id", 0, 16, edges_y, edges_x, (160, 192))
+    iblocks, mblocks = Blocks(im), Blocks(mk)
+    graph: dict = {}
+    tile_tasks(plan, iblocks, mblocks, [0, ids.size], True, False, "t", graph)
+    cuts = [task for key, task in graph.items() if key.startswith("zi-cut")]
+    assert len(cuts) > 20  # many tiles, most windows reach into a neighbour
+    whole: dict[str, int] = {}
+    pieces = 0
+    for task in cuts:
+        for _, key in [*task[1], *task[2]]:  # image and mask pieces: [start, key]
+            if key in graph:
+                assert graph[key][0].__name__ == "_piece"
+                pieces += 1
+            else:
+                whole[str(key)] = whole.get(str(key), 0) + 1
+    assert pieces > 0
+    image_blocks = {k for k in whole if k.startswith(f"('{im.name}'")}
+    assert len(image_blocks) > im.numblocks[2] * im.numblocks[3] // 2  # tiles with cells
+    assert max(v for k, v in whole.items() if k in image_blocks) == 1
+    if mask_chunks == image_chunks:  # aligned mask blocks go whole to one tile too
+        assert max(whole.values()) == 1
+
+
+def _blocks(n: int, chunk: int) -> list[int]:
+    """Block sizes of an axis of ``n`` pixels in chunks of ``chunk`` (the last may be short)."""
+    return [min(chunk, n - a) for a in range(0, n, chunk)]
