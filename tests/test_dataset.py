@@ -304,3 +304,9 @@ def test_all_zero_chunk_that_exists_is_fine(tmp_path):
     assert arr[10:20].sum() == 0
     rows = [r for _x, _i, r in ZarrIterableInstances(str(path), np.arange(40))]
     assert rows == list(range(40))
+
+
+def test_storage_options_are_ignored_for_a_local_path(array_path, ids530):
+    # one config (e.g. S3 credentials) may serve local and remote datasets alike
+    ds = ZarrIterableInstances(array_path, ids530, storage_options={"anon": True}, batch_size=64)
+    assert sum(b[0].shape[0] for b in ds) == 530

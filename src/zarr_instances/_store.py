@@ -147,7 +147,7 @@ def open_zarr(
     path
         Local path or URL (``s3://``, ``gs://``, ``https://``, ...).
     storage_options
-        Passed to the fsspec filesystem of a URL.
+        Passed to the fsspec filesystem of a URL; ignored for a local path.
     name
         Name of the parameter that received ``path`` (for messages).
     mode
@@ -173,7 +173,8 @@ def open_zarr(
         raise StoreNotFoundError(msg)
     opener = zarr.open_group if group else zarr.open
     try:
-        return opener(spath, mode=mode, storage_options=storage_options, **kwargs)
+        options = storage_options if url else None  # zarr refuses options for local paths
+        return opener(spath, mode=mode, storage_options=options, **kwargs)
     except Exception as exc:
         if not url:
             if isinstance(exc, FileNotFoundError):
