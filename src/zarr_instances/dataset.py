@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -571,20 +570,6 @@ class ZarrIterableInstances(IterableDataset):
         # stored rows together first.
         bs = self.batch_size
         assert bs is not None
-        # DataLoader workers run with one torch thread: one batch at a time there
-        threads = min(4, torch.get_num_threads()) if self.read_ahead else 1
-        pool = None
-        if threads > 1:
-            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zarr_instances_norm")
-        try:
-            yield from self._batch_stream_in(plan, start, bs, pool, threads)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-    def _batch_stream_in(
-        self, plan: WorkerPlan, start: int, bs: int, pool: ThreadPoolExecutor | None, threads: int
-    ) -> Iterator[tuple[Any, int]]:
         carry_x: np.ndarray | None = None
         carry_r: np.ndarray | None = None
         for buf, (src, index) in self._loaded(plan, start):
@@ -600,23 +585,10 @@ class ZarrIterableInstances(IterableDataset):
                     continue
                 yield self._pack_batch(self._normalized(carry_x, None), carry_r), bs
                 carry_x = carry_r = None
-            # Normalise up to `threads` batches at once (NumPy releases the GIL); all
-            # are collected before the next buffer is requested, which reuses `src`.
-            inflight: deque[tuple[Future[torch.Tensor], np.ndarray]] = deque()
             while pos + bs <= n:
-                if pool is None:
-                    x = self._normalized(src, index[pos : pos + bs])
-                    yield self._pack_batch(x, rows[pos : pos + bs]), bs
-                else:
-                    if len(inflight) >= threads:
-                        fut, r = inflight.popleft()
-                        yield self._pack_batch(fut.result(), r), bs
-                    fut = pool.submit(self._normalized, src, index[pos : pos + bs])
-                    inflight.append((fut, rows[pos : pos + bs]))
+                x = self._normalized(src, index[pos : pos + bs])
+                yield self._pack_batch(x, rows[pos : pos + bs]), bs
                 pos += bs
-            while inflight:
-                fut, r = inflight.popleft()
-                yield self._pack_batch(fut.result(), r), bs
             if pos < n:  # the slot is reused: keep a copy of the tail
                 carry_x, carry_r = src[index[pos:]], rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
