@@ -105,10 +105,13 @@ class ZarrIterableInstances(IterableDataset):
     storage_options
         Passed to the store of a URL (e.g. S3 credentials).
     codec_pipeline
-        ``"zarrs"`` decodes with the Rust ``zarrs`` codec pipeline (``pip install
-        'zarr-instances[zarrs]'``; about 1.4x less CPU per chunk), bound to the array
-        in each worker. Its thread pool does not survive ``fork``: if the dataset was
-        iterated in the parent, start workers with ``spawn`` or ``forkserver``.
+        ``None``: stores chunked along axis 0 only (no sharding; Blosc, Zstd, LZ4,
+        GZip, Zlib or no compressor) are decoded chunk by chunk straight into a reused
+        buffer; other layouts go through zarr's codec pipeline. ``"zarrs"`` reads
+        everything through the Rust ``zarrs`` pipeline (``pip install
+        'zarr-instances[zarrs]'``), bound to the array in each worker; its thread pool
+        does not survive ``fork``: if the dataset was iterated in the parent, start
+        workers with ``spawn`` or ``forkserver``.
     check_missing_chunks
         Raise :class:`ChunkReadError` naming the chunk when a read comes back as fill
         values only and its stored chunk does not exist (zarr silently returns fill
