@@ -39,7 +39,9 @@ def rss():
 args = json.loads(sys.argv[1])
 """
 
-_GEN = _COMMON + """
+_GEN = (
+    _COMMON
+    + """
 import numpy as np, zarr
 from zarr_instances.testing import make_image_and_mask
 image, mask = make_image_and_mask((args["size"], args["size"]), args["cells"], args["diameter"],
@@ -48,8 +50,11 @@ zarr.create_array(args["image"], data=image, chunks=(2, 1024, 1024), overwrite=T
 zarr.create_array(args["mask"], data=mask, chunks=(1024, 1024), overwrite=True)
 print(json.dumps({"labels": int(np.unique(mask).size - 1)}))
 """
+)
 
-_OURS = _COMMON + """
+_OURS = (
+    _COMMON
+    + """
 import dask
 from zarr_instances import extract_instances
 base = rss()
@@ -60,8 +65,11 @@ with dask.config.set(scheduler=args["scheduler"]):
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib": base}))
 """
+)
 
-_WRITE_LIMIT = _COMMON + """
+_WRITE_LIMIT = (
+    _COMMON
+    + """
 import numpy as np, zarr
 src = zarr.open_array(args["src"], mode="r")
 data = src[...]
@@ -75,8 +83,11 @@ for a in range(0, src.shape[0], step):
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n": int(src.shape[0]), "rss_mib": rss(), "base_mib": base}))
 """
+)
 
-_NUMPY = _COMMON + """
+_NUMPY = (
+    _COMMON
+    + """
 import numpy as np, zarr
 base = rss()
 t0 = time.perf_counter()
@@ -111,8 +122,11 @@ for a in range(0, ids.size, chunk):
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib": base}))
 """
+)
 
-_HARPY = _COMMON + """
+_HARPY = (
+    _COMMON
+    + """
 import dask, dask.array as da, zarr
 import harpy as hp
 from spatialdata import SpatialData
@@ -135,13 +149,17 @@ import numpy as np
 np.save(os.path.join(args["out"], "ids.npy"), np.asarray(ids))
 print(json.dumps({"seconds": dt, "n": int(len(ids)), "rss_mib": rss(), "base_mib": base}))
 """
+)
 
 
 def _child(python: str, code: str, args: dict, timeout: float = 3600) -> dict:
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
     res = subprocess.run(
-        [python, "-c", textwrap.dedent(code), json.dumps(args)], env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [python, "-c", textwrap.dedent(code), json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if res.returncode != 0:
         raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
@@ -193,8 +211,17 @@ def main() -> int:
     py = sys.executable
     if not (Path(image).exists() and Path(mask).exists()):
         t0 = time.perf_counter()
-        info = _child(py, _GEN, {"size": args.size, "cells": args.cells,
-                                 "diameter": args.diameter, "image": image, "mask": mask})
+        info = _child(
+            py,
+            _GEN,
+            {
+                "size": args.size,
+                "cells": args.cells,
+                "diameter": args.diameter,
+                "image": image,
+                "mask": mask,
+            },
+        )
         print(f"generated {info['labels']} cells in {time.perf_counter() - t0:.0f} s")
     tmp = Path(tempfile.mkdtemp(prefix="zi-extract-bench-", dir=data))
     common = {"image": image, "mask": mask, "diameter": args.diameter, "order": args.order}
@@ -202,50 +229,69 @@ def main() -> int:
     try:
         runs = [("ours (threads)", _OURS, {"scheduler": "threads", "out": str(tmp / "ours.zarr")})]
         if not args.skip_limit:
-            runs.append(("write limit", _WRITE_LIMIT, {"src": str(tmp / "ours.zarr/image"),
-                                                       "out": str(tmp / "limit.zarr")}))
+            runs.append(
+                (
+                    "write limit",
+                    _WRITE_LIMIT,
+                    {"src": str(tmp / "ours.zarr/image"), "out": str(tmp / "limit.zarr")},
+                )
+            )
         for r in range(args.repeats):
             for name, code, extra in runs:
                 shutil.rmtree(extra["out"], ignore_errors=True)
                 res = _child(py, code, {**common, **extra})
                 if name not in rows or res["seconds"] < rows[name]["seconds"]:
                     rows[name] = res
-                print(f"[{r}] {name}: {res['seconds']:.2f} s, {res['n'] / res['seconds']:.0f} "
-                      f"crops/s, peak RSS {res['rss_mib']:.0f} MiB", flush=True)
+                print(
+                    f"[{r}] {name}: {res['seconds']:.2f} s, {res['n'] / res['seconds']:.0f} "
+                    f"crops/s, peak RSS {res['rss_mib']:.0f} MiB",
+                    flush=True,
+                )
         if not args.skip_numpy:
             rows["numpy loop"] = _child(py, _NUMPY, {**common, "out": str(tmp / "np.zarr")})
             print(f"numpy loop: {rows['numpy loop']['seconds']:.2f} s", flush=True)
-            rows["numpy loop"]["check"] = _compare(str(tmp / "ours.zarr/image"),
-                                                   str(tmp / "np.zarr"))
+            rows["numpy loop"]["check"] = _compare(
+                str(tmp / "ours.zarr/image"), str(tmp / "np.zarr")
+            )
         if args.harpy_python:
             try:
                 rows["harpy (threads)"] = _child(
-                    args.harpy_python, _HARPY,
+                    args.harpy_python,
+                    _HARPY,
                     {**common, "scheduler": "threads", "out": str(tmp / "harpy")},
                 )
                 print(f"harpy: {rows['harpy (threads)']['seconds']:.2f} s", flush=True)
                 rows["harpy (threads)"]["check"] = _compare(
-                    str(tmp / "ours.zarr/image"), str(tmp / "harpy/image.zarr"),
-                    str(tmp / "ours.zarr/instance_ids"), str(tmp / "harpy/ids.npy"),
+                    str(tmp / "ours.zarr/image"),
+                    str(tmp / "harpy/image.zarr"),
+                    str(tmp / "ours.zarr/instance_ids"),
+                    str(tmp / "harpy/ids.npy"),
                 )
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"harpy failed: {exc}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    limit = rows["write limit"]["n"] / rows["write limit"]["seconds"] if "write limit" in rows \
+    limit = (
+        rows["write limit"]["n"] / rows["write limit"]["seconds"]
+        if "write limit" in rows
         else float("nan")
+    )
     harpy = rows.get("harpy (threads)")
-    print(f"\nimage (2, {args.size}, {args.size}) uint16, chunks (2, 1024, 1024); mask int32; "
-          f"{rows['ours (threads)']['n']} cells; diameter {args.diameter}; order {args.order}; "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"\nimage (2, {args.size}, {args.size}) uint16, chunks (2, 1024, 1024); mask int32; "
+        f"{rows['ours (threads)']['n']} cells; diameter {args.diameter}; order {args.order}; "
+        f"{os.cpu_count()} CPUs"
+    )
     head = f"{'method':18} {'seconds':>8} {'crops/s':>9} {'vs limit':>9} {'vs harpy':>9}"
     print(head + f" {'peak RSS MiB':>13} {'(after imports)':>15}  check")
     for name, res in rows.items():
         rate = res["n"] / res["seconds"]
         vs_h = f"{rate / (harpy['n'] / harpy['seconds']):8.1f}x" if harpy else f"{'-':>9}"
-        print(f"{name:18} {res['seconds']:8.2f} {rate:9.0f} {rate / limit:8.0%} {vs_h} "
-              f"{res['rss_mib']:13.0f} {res['base_mib']:15.0f}  {res.get('check', '')}")
+        print(
+            f"{name:18} {res['seconds']:8.2f} {rate:9.0f} {rate / limit:8.0%} {vs_h} "
+            f"{res['rss_mib']:13.0f} {res['base_mib']:15.0f}  {res.get('check', '')}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return 0

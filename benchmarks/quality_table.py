@@ -34,8 +34,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/q.zarr"
-        zarr.create_array(path, shape=(args.rows, 1, 1, 1, 1),
-                          chunks=(args.chunk, 1, 1, 1, 1), dtype="uint8")
+        zarr.create_array(
+            path, shape=(args.rows, 1, 1, 1, 1), chunks=(args.chunk, 1, 1, 1, 1), dtype="uint8"
+        )
         rng = np.random.default_rng(0)
         runs = rng.integers(0, args.classes, size=-(-args.rows // args.run))
         clustered = np.repeat(runs, args.run)[: args.rows]
@@ -59,8 +60,10 @@ def main() -> None:
     print("| configuration | chunks/batch | global | label entropy (bits) | global |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['config']} | {r['chunks_per_batch']:.1f} | {r['chunks_per_batch_global']:.1f}"
-              f" | {r['label_entropy']:.2f} | {r['label_entropy_global']:.2f} |")
+        print(
+            f"| {r['config']} | {r['chunks_per_batch']:.1f} | {r['chunks_per_batch_global']:.1f}"
+            f" | {r['label_entropy']:.2f} | {r['label_entropy_global']:.2f} |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -48,10 +48,15 @@ class LatencyStore(WrapperStore):
 
 
 def _epoch(arr: Any, n: int, workers: int, **kw: Any) -> float:
-    ds = ZarrIterableInstances(arr, np.arange(n), batch_size=256, shuffle_chunks=True,
-                               buffer_seed=0, **kw)
-    loader = ZarrDataLoader(ds, batch_size=None, num_workers=workers,
-                            multiprocessing_context="fork" if workers else None)
+    ds = ZarrIterableInstances(
+        arr, np.arange(n), batch_size=256, shuffle_chunks=True, buffer_seed=0, **kw
+    )
+    loader = ZarrDataLoader(
+        ds,
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
+    )
     t0 = time.perf_counter()
     got = sum(int(b[0].shape[0]) for b in loader)
     dt = time.perf_counter() - t0
@@ -72,11 +77,20 @@ def latency_table(args: argparse.Namespace, tmp: str) -> list[dict[str, Any]]:
                 rate = _epoch(arr, args.n, workers, buffer_chunks=bc)
                 if latency_ms == 0:
                     base[(workers, bc)] = rate
-                rows.append({"latency_ms": latency_ms, "workers": workers, "buffer_chunks": bc,
-                             "samples_per_s": rate,
-                             "vs_local": rate / base[(workers, bc)] if base else None})
-                print(f"{latency_ms:>10} {workers:>7} {bc:>13} {rate:>11.0f} "
-                      f"{rate / base[(workers, bc)]:>8.2f}", flush=True)
+                rows.append(
+                    {
+                        "latency_ms": latency_ms,
+                        "workers": workers,
+                        "buffer_chunks": bc,
+                        "samples_per_s": rate,
+                        "vs_local": rate / base[(workers, bc)] if base else None,
+                    }
+                )
+                print(
+                    f"{latency_ms:>10} {workers:>7} {bc:>13} {rate:>11.0f} "
+                    f"{rate / base[(workers, bc)]:>8.2f}",
+                    flush=True,
+                )
     return rows
 
 
@@ -95,17 +109,22 @@ def s3_table(args: argparse.Namespace) -> list[dict[str, Any]]:
         opts = server.options()
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "crops.zarr")
-            make_instance_array(local, args.n, (2, 1, 32, 32), chunk_i=args.chunk_i,
-                                dtype="uint16")
+            make_instance_array(local, args.n, (2, 1, 32, 32), chunk_i=args.chunk_i, dtype="uint16")
             s3fs.S3FileSystem(**opts).put(local, url, recursive=True)
 
         def fsspec_array() -> Any:
             return zarr.open_array(url, mode="r", storage_options=opts)
 
         def obstore_array() -> Any:
-            s3 = obs.S3Store(server.bucket, prefix="crops.zarr", endpoint=server.endpoint,
-                             access_key_id=server.key, secret_access_key=server.secret,
-                             region="us-east-1", client_options={"allow_http": True})
+            s3 = obs.S3Store(
+                server.bucket,
+                prefix="crops.zarr",
+                endpoint=server.endpoint,
+                access_key_id=server.key,
+                secret_access_key=server.secret,
+                region="us-east-1",
+                client_options={"allow_http": True},
+            )
             return zarr.open_array(ObjectStore(s3, read_only=True), mode="r")
 
         for _ in range(args.repeat):
@@ -119,10 +138,13 @@ def s3_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             arr = make()
             ds = ZarrIterableInstances(arr, np.arange(args.n), batch_size=256)
             next(iter(ds))  # the parent uses the store first
-            loader = ZarrDataLoader(ZarrIterableInstances(make(), np.arange(args.n),
-                                                          batch_size=256),
-                                    batch_size=None, num_workers=1,
-                                    multiprocessing_context="fork", timeout=30)
+            loader = ZarrDataLoader(
+                ZarrIterableInstances(make(), np.arange(args.n), batch_size=256),
+                batch_size=None,
+                num_workers=1,
+                multiprocessing_context="fork",
+                timeout=30,
+            )
             try:
                 next(iter(loader))
                 verdict = "ok"
@@ -146,17 +168,24 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="repeats of the S3 comparison")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args()
-    out: dict[str, Any] = {"args": vars(args), "zarr_async_concurrency":
-                           zarr.config.get("async.concurrency")}
-    print(f"{args.n} crops (2, 1, 32, 32) uint16, {args.chunk_i} rows per chunk, "
-          f"batch 256, zarr async.concurrency={out['zarr_async_concurrency']}")
-    print(f"{'latency ms':>10} {'workers':>7} {'buffer_chunks':>13} {'samples/s':>11} "
-          f"{'vs local':>8}")
+    out: dict[str, Any] = {
+        "args": vars(args),
+        "zarr_async_concurrency": zarr.config.get("async.concurrency"),
+    }
+    print(
+        f"{args.n} crops (2, 1, 32, 32) uint16, {args.chunk_i} rows per chunk, "
+        f"batch 256, zarr async.concurrency={out['zarr_async_concurrency']}"
+    )
+    print(
+        f"{'latency ms':>10} {'workers':>7} {'buffer_chunks':>13} {'samples/s':>11} {'vs local':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out["latency"] = latency_table(args, tmp)
     if args.s3:
-        print(f"\nmoto S3 server on 127.0.0.1, workers 0\n{'library':>14} {'buffer_chunks':>13} "
-              f"{'samples/s':>11}")
+        print(
+            f"\nmoto S3 server on 127.0.0.1, workers 0\n{'library':>14} {'buffer_chunks':>13} "
+            f"{'samples/s':>11}"
+        )
         out["s3"] = s3_table(args)
     if args.json:
         with open(args.json, "w") as fh:

@@ -31,8 +31,13 @@ def main() -> None:
 
         def loader() -> ZarrDataLoader:
             ds = ZarrIterableInstances(
-                path, np.arange(args.n), shuffle_chunks=True, shuffle_within_chunk=True,
-                buffer_seed=0, buffer_chunks=4, batch_size=args.batch,
+                path,
+                np.arange(args.n),
+                shuffle_chunks=True,
+                shuffle_within_chunk=True,
+                buffer_seed=0,
+                buffer_chunks=4,
+                batch_size=args.batch,
             )
             return ZarrDataLoader(ds, batch_size=None)
 

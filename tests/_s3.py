@@ -53,7 +53,9 @@ def start_s3_server(timeout: float = 30.0) -> S3Server:
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_ACTIONS)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -66,13 +68,19 @@ def start_s3_server(timeout: float = 30.0) -> S3Server:
                 proc.kill()
                 raise RuntimeError(f"moto server did not start on {endpoint}") from None
             time.sleep(0.1)
-    kw = {"endpoint_url": endpoint, "region_name": "us-east-1",
-          "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+    kw = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "setup",
+        "aws_secret_access_key": "setup",
+    }
     iam = boto3.client("iam", **kw)
     iam.create_user(UserName="zi")
     key = iam.create_access_key(UserName="zi")["AccessKey"]
-    policy = {"Version": "2012-10-17",
-              "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
     iam.put_user_policy(UserName="zi", PolicyName="s3", PolicyDocument=json.dumps(policy))
     boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
     return S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], BUCKET, proc)

@@ -22,8 +22,22 @@ def paths(tmp_path) -> tuple[str, str]:
 def test_extract_then_inspect(paths, tmp_path, capsys):
     img, msk = paths
     out = str(tmp_path / "out.zarr")
-    rc = main(["extract", img, msk, out, "--diameter", "12", "--chunk-i", "8",
-               "--compressor", "blosc-lz4", "--extract-mask", "--no-progress"])
+    rc = main(
+        [
+            "extract",
+            img,
+            msk,
+            out,
+            "--diameter",
+            "12",
+            "--chunk-i",
+            "8",
+            "--compressor",
+            "blosc-lz4",
+            "--extract-mask",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "crops (2, 1, 12, 12) uint16" in capsys.readouterr().out
     ids, ref = extract_instances(img, msk, 12)
@@ -55,8 +69,22 @@ def test_extract_then_inspect(paths, tmp_path, capsys):
 def test_extract_random_order_and_errors(paths, tmp_path, capsys):
     img, msk = paths
     out = str(tmp_path / "out.zarr")
-    argv = ["extract", img, msk, out, "--diameter", "10", "--order", "random", "--seed", "4",
-            "--keep-background", "--no-progress", "--scheduler", "synchronous"]
+    argv = [
+        "extract",
+        img,
+        msk,
+        out,
+        "--diameter",
+        "10",
+        "--order",
+        "random",
+        "--seed",
+        "4",
+        "--keep-background",
+        "--no-progress",
+        "--scheduler",
+        "synchronous",
+    ]
     assert main(argv) == 0
     _, ref = extract_instances(img, msk, 10, order="random", seed=4, remove_background=False)
     np.testing.assert_array_equal(zarr.open_array(out + "/image")[...], ref.compute())

@@ -38,7 +38,11 @@ def test_dataloader_covers_every_kept_row_once(store, workers, ctx):
 def test_persistent_workers_follow_set_epoch(store):
     path = str(store.store_path.store.root)
     ds = ZarrIterableInstances(
-        path, None, store["labels"][...], shuffle_chunks=True, shuffle_within_chunk=True,
+        path,
+        None,
+        store["labels"][...],
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
         buffer_seed=0,
     )
     loader = ZarrDataLoader(
@@ -58,8 +62,16 @@ def test_persistent_workers_follow_set_epoch(store):
 def test_batched_mode_with_workers(store):
     path = str(store.store_path.store.root)
     labels = store["labels"][...]
-    ds = ZarrIterableInstances(path, None, labels, batch_size=64, buffer_chunks=4,
-                               shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=1)
+    ds = ZarrIterableInstances(
+        path,
+        None,
+        labels,
+        batch_size=64,
+        buffer_chunks=4,
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_seed=1,
+    )
     loader = DataLoader(ds, batch_size=None, num_workers=2)
     rows = rows_of(loader)
     assert sorted(rows) == np.flatnonzero(labels >= 0).tolist()
@@ -93,18 +105,30 @@ def test_ddp_ranks_partition_rows(store, tmp_path, world, ctx):
     assert allrows.size - np.unique(allrows).size == share * world - total
 
 
-@pytest.mark.parametrize(("normalize", "x_dtype"), [("minmax01", torch.float32),
-                                                    ("unit", torch.float16),
-                                                    (None, torch.int32)])
+@pytest.mark.parametrize(
+    ("normalize", "x_dtype"),
+    [("minmax01", torch.float32), ("unit", torch.float16), (None, torch.int32)],
+)
 def test_batches_from_workers_equal_in_process(store, normalize, x_dtype):
     path = str(store.store_path.store.root)
-    kw = {"batch_size": 48, "buffer_chunks": 2, "normalize": normalize, "x_dtype": x_dtype,
-          "shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 3}
+    kw = {
+        "batch_size": 48,
+        "buffer_chunks": 2,
+        "normalize": normalize,
+        "x_dtype": x_dtype,
+        "shuffle_chunks": True,
+        "shuffle_within_chunk": True,
+        "buffer_seed": 3,
+    }
     ref = {}
     for x, _iid, rows in ZarrIterableInstances(path, **kw):
         ref.update(zip(rows.tolist(), x, strict=True))
-    loader = DataLoader(ZarrIterableInstances(path, **kw), batch_size=None, num_workers=2,
-                        multiprocessing_context="fork")
+    loader = DataLoader(
+        ZarrIterableInstances(path, **kw),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context="fork",
+    )
     seen = 0
     for x, _iid, rows in loader:
         assert x.dtype == x_dtype

@@ -39,7 +39,7 @@ def test_supervised_tuple_types(store):
     assert type(iid) is int and type(row) is int
     rows = [it[3] for it in items]
     assert rows == kept.tolist()  # no shuffles: ascending row order
-    for x, y, iid, row in items[:: 97]:
+    for x, y, iid, row in items[::97]:
         assert iid == 1000 + row
         assert int(y) == labels[row]
         np.testing.assert_allclose(x.numpy(), ref_minmax(raw[row]), rtol=1e-6, atol=1e-7)
@@ -291,8 +291,9 @@ def test_missing_chunk_names_chunk(tmp_path, shards):
     with pytest.raises(ChunkReadError, match=r"stored chunk\(s\) c/[13]/0/0/0/0 are missing"):
         list(ds)
     # opting out reads fill values, as zarr does
-    ds = ZarrIterableInstances(str(path), np.arange(100), normalize=None,
-                               check_missing_chunks=False)
+    ds = ZarrIterableInstances(
+        str(path), np.arange(100), normalize=None, check_missing_chunks=False
+    )
     assert sum(int(x.sum() == 0) for x, *_ in ds) == (10 if shards is None else 20)
 
 

@@ -27,14 +27,23 @@ def _rank_counts(rank, world, paths, out_dir):
         for workers in (0, 2):
             for batched in (False, True):
                 ds = ZarrIterableInstances(
-                    path, ids, shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=1,
-                    normalize="none", return_instance_id=False,
+                    path,
+                    ids,
+                    shuffle_chunks=True,
+                    shuffle_within_chunk=True,
+                    buffer_seed=1,
+                    normalize="none",
+                    return_instance_id=False,
                     batch_size=64 if batched else None,
                 )
                 # ranks are spawned, so their DataLoaders would spawn too; fork is what a
                 # torchrun rank gets by default on Linux
-                loader = DataLoader(ds, batch_size=None if batched else 64, num_workers=workers,
-                                    multiprocessing_context="fork" if workers else None)
+                loader = DataLoader(
+                    ds,
+                    batch_size=None if batched else 64,
+                    num_workers=workers,
+                    multiprocessing_context="fork" if workers else None,
+                )
                 batches, rows = 0, []
                 for _x, row in loader:
                     batches += 1
@@ -45,8 +54,13 @@ def _rank_counts(rank, world, paths, out_dir):
     # a DDP model trains one epoch; a rank with fewer batches would hang the all-reduce
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2 * 16 * 16, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    ds = ZarrIterableInstances(paths["4637x500"], np.arange(4637), shuffle_chunks=True,
-                               return_instance_id=False, return_row_index=False)
+    ds = ZarrIterableInstances(
+        paths["4637x500"],
+        np.arange(4637),
+        shuffle_chunks=True,
+        return_instance_id=False,
+        return_row_index=False,
+    )
     loader = ZarrDataLoader(ds, batch_size=64, num_workers=2, multiprocessing_context="fork")
     steps = 0
     for x in loader:

@@ -69,8 +69,14 @@ def test_matches_reference(seed, z, yx, n_labels, diameter, remove_background, c
     dmask = da.from_array(mask, chunks=(1,) * (mask.ndim - 2) + (chunk + 2, chunk))
     with dask.config.set(scheduler="synchronous"):
         ids, inst = extract_instances(
-            dimage, dmask, diameter, remove_background=remove_background, tile_size=tile,
-            order=order, seed=seed % 100, chunk_i=3,
+            dimage,
+            dmask,
+            diameter,
+            remove_background=remove_background,
+            tile_size=tile,
+            order=order,
+            seed=seed % 100,
+            chunk_i=3,
         )
         got = inst.compute()
     assert ids.dtype == np.int64
@@ -92,7 +98,10 @@ def test_half_pixel_ties_round_to_even():
     image = np.arange(400, dtype=np.float32).reshape(1, 20, 20)
     for chunks in (20, 5, (11, 9)):
         _, inst = extract_instances(
-            da.from_array(image, chunks=(1, chunks, chunks)), mask, 1, remove_background=False,
+            da.from_array(image, chunks=(1, chunks, chunks)),
+            mask,
+            1,
+            remove_background=False,
         )
         got = inst.compute()[:, 0, 0, 0, 0]
         np.testing.assert_array_equal(got, image[0, [4, 10, 16], [4, 10, 5]])
@@ -105,7 +114,9 @@ def test_independent_of_chunking_and_tiles(chunks):
     base = base.compute()
     for tile in (8, 50, 1000):
         ids, inst = extract_instances(
-            da.from_array(image, chunks=(2, *chunks)), da.from_array(mask, chunks=chunks), 16,
+            da.from_array(image, chunks=(2, *chunks)),
+            da.from_array(mask, chunks=chunks),
+            16,
             tile_size=tile,
         )
         np.testing.assert_array_equal(ids, base_ids)
@@ -122,11 +133,13 @@ def test_inputs_zarr_array_path_and_ome_zarr(tmp_path):
     _, b = extract_instances(str(tmp_path / "img.zarr"), tmp_path / "mask.zarr", 10)
     # OME-Zarr (v0.4 on Zarr format 2): (t, c, z, y, x) level 0 + a downscaled level.
     ome = zarr.open_group(tmp_path / "ome.zarr", mode="w", zarr_format=2)
-    ome.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": n} for n in "tczyx"],
-        "datasets": [{"path": "0"}, {"path": "1"}],
-    }]
+    ome.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": n} for n in "tczyx"],
+            "datasets": [{"path": "0"}, {"path": "1"}],
+        }
+    ]
     ome.attrs["omero"] = {"channels": [{"label": "DAPI"}, {"label": "CD3"}]}
     ome.create_array("0", shape=(1, *image.shape), dtype=image.dtype, chunks=(1, 1, 1, 16, 16))
     ome["0"][0] = image
@@ -146,12 +159,19 @@ def test_distributed_local_cluster_identical(tmp_path):
     zmask = zarr.create_array(tmp_path / "mask.zarr", data=mask, chunks=(40, 40))
     ids0, ref = extract_instances(zimg, zmask, 12, tile_size=32, out=tmp_path / "a.zarr")
     ref = ref.compute()
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         ids1, inst = extract_instances(
-            str(tmp_path / "img.zarr"), str(tmp_path / "mask.zarr"), 12, tile_size=32,
-            out=tmp_path / "b.zarr", extract_mask=True,
+            str(tmp_path / "img.zarr"),
+            str(tmp_path / "mask.zarr"),
+            12,
+            tile_size=32,
+            out=tmp_path / "b.zarr",
+            extract_mask=True,
         )
         got = inst.compute()
         ids2, lazy = extract_instances(zimg, zmask, 12, tile_size=32)

@@ -68,8 +68,10 @@ def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
         window = np.zeros((D, D), dtype=mask.dtype)
         ys, xs = slice(max(y0, 0), y0 + D), slice(max(x0, 0), x0 + D)
         piece = mask[ys, xs]
-        window[ys.start - y0 : ys.start - y0 + piece.shape[0],
-               xs.start - x0 : xs.start - x0 + piece.shape[1]] = piece
+        window[
+            ys.start - y0 : ys.start - y0 + piece.shape[0],
+            xs.start - x0 : xs.start - x0 + piece.shape[1],
+        ] = piece
         np.testing.assert_array_equal(g["mask"][k, 0, 0], window)
     attrs = g.attrs["zarr_instances"]
     assert attrs["complete"] is True
@@ -247,8 +249,10 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     script.write_text(textwrap.dedent(_KILLED))
     env = {**os.environ, "PYTHONPATH": str(Path(zarr_instances.__file__).parents[1])}
     proc = subprocess.Popen(
-        [sys.executable, str(script), img, msk, str(out), mode], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, str(script), img, msk, str(out), mode],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     if mode == "sigkill":
         deadline = time.monotonic() + 60
@@ -274,9 +278,7 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
 
     written = []
     real = ex._write_units
-    monkeypatch.setattr(
-        ex, "_write_units", lambda *a: (written.extend(a[3]), real(*a))[1]
-    )
+    monkeypatch.setattr(ex, "_write_units", lambda *a: (written.extend(a[3]), real(*a))[1])
     extract_instances(img, msk, D, out=out, **kwargs)
     assert sorted(written) == np.flatnonzero(done == 0).tolist()
     got = _read_all(out)
@@ -297,8 +299,12 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
 def test_errors(inputs, tmp_path):
     _, _, image, mask = inputs
     cases = [
-        ((image, mask[:-1], D), {}, ArgumentError,
-         r"same pixels.*\(1, 120, 100\).*got mask shape \(1, 119, 100\)"),
+        (
+            (image, mask[:-1], D),
+            {},
+            ArgumentError,
+            r"same pixels.*\(1, 120, 100\).*got mask shape \(1, 119, 100\)",
+        ),
         ((image, mask.astype(np.float32), D), {}, ArgumentTypeError, "integer labels.*float32"),
         ((image, mask > 0, D), {}, ArgumentTypeError, "integer labels.*bool"),
         ((image, mask, 0), {}, ArgumentError, "diameter must be >= 1, got 0"),
@@ -310,8 +316,12 @@ def test_errors(inputs, tmp_path):
         ((image, mask, D), {"depth": 2}, ArgumentError, "depth must be >= diameter // 2"),
         ((image, mask, D), {"zarr_format": 4}, ArgumentError, "zarr_format must be 2 or 3"),
         ((image, mask, D), {"shards": 10, "zarr_format": 2}, ArgumentError, "shards needs"),
-        ((image, mask, D), {"shards": 10, "chunk_i": 3, "out": tmp_path / "s"},
-         ArgumentError, "shards must be a multiple of chunk_i=3"),
+        (
+            (image, mask, D),
+            {"shards": 10, "chunk_i": 3, "out": tmp_path / "s"},
+            ArgumentError,
+            "shards must be a multiple of chunk_i=3",
+        ),
         ((image, mask, D), {"extract_mask": True}, ArgumentError, "extract_mask=True.*out"),
         ((image[0], mask, D), {}, ArgumentError, r"image must be .*got shape \(120, 100\)"),
         ((image[0, 0], mask, D), {}, ArgumentError, r"image must be \(c, y, x\) or"),

@@ -111,7 +111,13 @@ def test_crop_windows_remove_background():
     mask[0, 2, 3] = 9
     starts = np.array([[1, 1], [2, 2]])
     crops, mcrops = crop_windows(
-        image, mask, (0, 0), starts, np.array([5, 9]), 3, remove_background=True,
+        image,
+        mask,
+        (0, 0),
+        starts,
+        np.array([5, 9]),
+        3,
+        remove_background=True,
         with_mask=True,
     )
     assert crops.shape == (2, 2, 1, 3, 3)
@@ -128,8 +134,14 @@ def test_crop_windows_keeps_dtype(dtype):
     image = np.ones((1, 1, 4, 4), dtype=dtype)
     mask = np.ones((1, 4, 4), dtype=np.uint64)
     crops, m = crop_windows(
-        image, mask, (0, 0), np.array([[0, 0]]), np.array([1], dtype=np.uint64), 2,
-        remove_background=True, with_mask=False,
+        image,
+        mask,
+        (0, 0),
+        np.array([[0, 0]]),
+        np.array([1], dtype=np.uint64),
+        2,
+        remove_background=True,
+        with_mask=False,
     )
     assert crops.dtype == dtype
     assert m is None

@@ -30,7 +30,11 @@ DTYPES = ["uint8", "uint16", "float32"]
 
 def _stream(path, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     ds = ZarrIterableInstances(
-        path, np.arange(N), normalize=None, x_dtype=torch.float64, return_instance_id=False,
+        path,
+        np.arange(N),
+        normalize=None,
+        x_dtype=torch.float64,
+        return_instance_id=False,
         **kwargs,
     )
     xs, rows = [], []
@@ -49,8 +53,15 @@ def test_every_layout_streams_the_stored_values(tmp_path, layout, codec, dtype):
     v3, v2 = CODECS[codec]
     path = tmp_path / "a.zarr"
     make_instance_array(
-        path, N, SHAPE, chunk_i=CHUNK, dtype=dtype, zarr_format=zarr_format, shards=shards,
-        compressors=v3 if zarr_format == 3 else v2, seed=3,
+        path,
+        N,
+        SHAPE,
+        chunk_i=CHUNK,
+        dtype=dtype,
+        zarr_format=zarr_format,
+        shards=shards,
+        compressors=v3 if zarr_format == 3 else v2,
+        seed=3,
     )
     src = zarr.open_array(path, mode="r")
     assert src.metadata.zarr_format == zarr_format
@@ -86,8 +97,12 @@ def test_consolidated_instance_store_opens_and_streams(tmp_path, zarr_format):
 def test_other_codec_chain_v3_big_endian_with_checksum(tmp_path):
     path = tmp_path / "be.zarr"
     arr = zarr.create_array(
-        str(path), shape=(N, *SHAPE), chunks=(CHUNK, *SHAPE), dtype="uint16",
-        serializer=BytesCodec(endian="big"), compressors=[Crc32cCodec()],
+        str(path),
+        shape=(N, *SHAPE),
+        chunks=(CHUNK, *SHAPE),
+        dtype="uint16",
+        serializer=BytesCodec(endian="big"),
+        compressors=[Crc32cCodec()],
     )
     data = np.random.default_rng(0).integers(0, 60000, size=arr.shape).astype("uint16")
     arr[...] = data
@@ -98,8 +113,13 @@ def test_other_codec_chain_v3_big_endian_with_checksum(tmp_path):
 def test_v2_filters_delta_and_fortran_order(tmp_path):
     path = tmp_path / "f.zarr"
     arr = zarr.create_array(
-        str(path), shape=(N, *SHAPE), chunks=(CHUNK, *SHAPE), dtype="uint8", zarr_format=2,
-        filters=[numcodecs.Delta(dtype="uint8")], compressors=numcodecs.Zlib(level=1),
+        str(path),
+        shape=(N, *SHAPE),
+        chunks=(CHUNK, *SHAPE),
+        dtype="uint8",
+        zarr_format=2,
+        filters=[numcodecs.Delta(dtype="uint8")],
+        compressors=numcodecs.Zlib(level=1),
         order="F",
     )
     data = np.random.default_rng(1).integers(0, 255, size=arr.shape).astype("uint8")

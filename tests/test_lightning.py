@@ -63,9 +63,16 @@ def _store(tmp_path):
 
 
 def _trainer(tmp_path, **kw):
-    base = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
-            "enable_model_summary": False, "use_distributed_sampler": False,
-            "default_root_dir": str(tmp_path), "enable_checkpointing": False}
+    base = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "use_distributed_sampler": False,
+        "default_root_dir": str(tmp_path),
+        "enable_checkpointing": False,
+    }
     return pl.Trainer(**{**base, **kw})
 
 
@@ -102,8 +109,13 @@ def test_split_by_column(tmp_path):
 @pytest.mark.parametrize("workers", [2])
 def test_resume_from_mid_epoch_checkpoint(tmp_path, workers):
     path, labels = _store(tmp_path)
-    kw = {"labels": labels, "val_fraction": 0.0, "batch_size": BATCH, "num_workers": workers,
-          "loader_kwargs": {"multiprocessing_context": "fork", "persistent_workers": True}}
+    kw = {
+        "labels": labels,
+        "val_fraction": 0.0,
+        "batch_size": BATCH,
+        "num_workers": workers,
+        "loader_kwargs": {"multiprocessing_context": "fork", "persistent_workers": True},
+    }
     full = Recorder()
     _trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(
         full, datamodule=InstancesDataModule(path, **kw)
@@ -112,12 +124,20 @@ def test_resume_from_mid_epoch_checkpoint(tmp_path, workers):
     stop = 5
     assert stop < steps_per_epoch
     ckpt = pl.callbacks.ModelCheckpoint(
-        dirpath=tmp_path / "ckpt", every_n_train_steps=stop, save_top_k=-1,
+        dirpath=tmp_path / "ckpt",
+        every_n_train_steps=stop,
+        save_top_k=-1,
         filename="{step}",
     )
     first = Recorder()
-    _trainer(tmp_path, max_epochs=1, max_steps=stop, callbacks=[ckpt], limit_val_batches=0,
-             enable_checkpointing=True).fit(first, datamodule=InstancesDataModule(path, **kw))
+    _trainer(
+        tmp_path,
+        max_epochs=1,
+        max_steps=stop,
+        callbacks=[ckpt],
+        limit_val_batches=0,
+        enable_checkpointing=True,
+    ).fit(first, datamodule=InstancesDataModule(path, **kw))
     assert first.train_rows == full.train_rows[:stop]
     path_ckpt = tmp_path / "ckpt" / f"step={stop}.ckpt"
     saved = torch.load(path_ckpt, weights_only=False)
@@ -132,16 +152,29 @@ def test_resume_from_mid_epoch_checkpoint(tmp_path, workers):
 
 
 def _ddp_fit(rank, world, path, labels, out_dir):
-    os.environ.update({"LOCAL_RANK": str(rank), "NODE_RANK": "0", "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+    os.environ.update(
+        {
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+        }
+    )
     torch.set_num_threads(1)
-    dm = InstancesDataModule(path, labels=labels, val_chunks=[0], batch_size=BATCH,
-                             num_workers=0)
+    dm = InstancesDataModule(path, labels=labels, val_chunks=[0], batch_size=BATCH, num_workers=0)
     model = Recorder()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=world, strategy="ddp", max_epochs=2, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
     )
     trainer.fit(model, datamodule=dm)

@@ -30,12 +30,17 @@ def test_gather_and_normalise_matches_reference(mode, dtype, x_dtype):
     got = normalize_rows(src, index, mode, x_dtype)
     assert got.dtype == x_dtype and tuple(got.shape) == (53, 2, 1, 40, 40)
     want = torch.from_numpy(_ref(src[index], mode)).to(x_dtype)
-    torch.testing.assert_close(got, want, rtol=1e-6 if x_dtype != torch.float16 else 1e-3,
-                               atol=1e-7 if x_dtype != torch.float16 else 1e-3)
+    torch.testing.assert_close(
+        got,
+        want,
+        rtol=1e-6 if x_dtype != torch.float16 else 1e-3,
+        atol=1e-7 if x_dtype != torch.float16 else 1e-3,
+    )
     assert not torch.isnan(got).any()
     # no index: all rows in order, same values as gathering 0..n-1
-    assert torch.equal(normalize_rows(src, None, mode, x_dtype),
-                       normalize_rows(src, np.arange(70), mode, x_dtype))
+    assert torch.equal(
+        normalize_rows(src, None, mode, x_dtype), normalize_rows(src, np.arange(70), mode, x_dtype)
+    )
 
 
 def test_empty_selection():

@@ -38,9 +38,7 @@ def epoch_rows(sel, *, world, workers, epoch=0, **kw):
 
 
 def epoch_sequence(sel, epoch, shuffle, seed):
-    return np.concatenate(
-        [sel.chunk_rows(c) for c in chunk_order(sel, epoch, shuffle, seed)]
-    )
+    return np.concatenate([sel.chunk_rows(c) for c in chunk_order(sel, epoch, shuffle, seed)])
 
 
 @st.composite
@@ -85,8 +83,16 @@ def test_every_kept_row_once_plus_padding(
     if sel.total == 0:
         return
     out = epoch_rows(
-        sel, world=world, workers=workers, epoch=epoch, shuffle_chunks=shuffle, chunk_seed=3,
-        shuffle_within=within, buffer_seed=5, buffer_chunks=buffer_chunks, drop_last=drop_last,
+        sel,
+        world=world,
+        workers=workers,
+        epoch=epoch,
+        shuffle_chunks=shuffle,
+        chunk_seed=3,
+        shuffle_within=within,
+        buffer_seed=5,
+        buffer_chunks=buffer_chunks,
+        drop_last=drop_last,
     )
     per_rank = [sum(len(w) for w in r) for r in out]
     per_worker = [[len(w) for w in r] for r in out]
@@ -162,7 +168,11 @@ def test_resume_is_suffix(sel_info, buffer_chunks, within, data):
     if sel.total == 0:
         return
     plan = plan_worker(
-        sel, epoch=1, shuffle_chunks=True, shuffle_within=within, buffer_seed=9,
+        sel,
+        epoch=1,
+        shuffle_chunks=True,
+        shuffle_within=within,
+        buffer_seed=9,
         buffer_chunks=buffer_chunks,
     )
     full = stream_rows(plan)

@@ -27,8 +27,13 @@ def test_memory_is_bounded_by_buffers(tmp_path):
     # 200 chunks of 50 rows; one chunk is 100 KiB as float32, the whole store 20 MiB
     make_instance_array(path, n=10_000, chunk_i=50, compressors=None)
     ds = ZarrIterableInstances(
-        str(path), np.arange(10_000), shuffle_chunks=True, shuffle_within_chunk=True,
-        buffer_seed=0, buffer_chunks=2, batch_size=64,
+        str(path),
+        np.arange(10_000),
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_seed=0,
+        buffer_chunks=2,
+        batch_size=64,
     )
     tracemalloc.start()
     n = 0
@@ -44,8 +49,15 @@ def test_memory_is_bounded_by_buffers(tmp_path):
 def test_sharded_store_reads_partial_shards(tmp_path):
     path = tmp_path / "sharded.zarr"
     arr = make_instance_array(path, n=1000, chunk_i=25, shards=200)
-    ds = ZarrIterableInstances(str(path), np.arange(1000), normalize=None, x_dtype=torch.int32,
-                               shuffle_chunks=True, batch_size=100, buffer_chunks=3)
+    ds = ZarrIterableInstances(
+        str(path),
+        np.arange(1000),
+        normalize=None,
+        x_dtype=torch.int32,
+        shuffle_chunks=True,
+        batch_size=100,
+        buffer_chunks=3,
+    )
     assert ds.chunk_i == 25  # logical chunks follow the inner chunks
     out = {}
     for x, _ids, rows in ds:
@@ -58,14 +70,23 @@ def test_sharded_store_reads_partial_shards(tmp_path):
 
 def test_zarrs_pipeline_same_values(array_path, ids530):
     pytest.importorskip("zarrs")
-    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 2,
-          "batch_size": 64, "buffer_chunks": 3}
+    kw = {
+        "shuffle_chunks": True,
+        "shuffle_within_chunk": True,
+        "buffer_seed": 2,
+        "batch_size": 64,
+        "buffer_chunks": 3,
+    }
     ours = list(ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", **kw))
     ref = list(ZarrIterableInstances(array_path, ids530, **kw))
     assert torch.equal(torch.cat([b[0] for b in ours]), torch.cat([b[0] for b in ref]))
     # spawned workers bind the zarrs pipeline themselves
-    loader = DataLoader(ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", **kw),
-                        batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    loader = DataLoader(
+        ZarrIterableInstances(array_path, ids530, codec_pipeline="zarrs", **kw),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context="spawn",
+    )
     assert sorted(r for b in loader for r in b[2].tolist()) == list(range(530))
 
 
@@ -89,14 +110,27 @@ def _codecs(name):
     from zarr.codecs import BloscCodec, ZstdCodec
 
     v3 = {"none": None, "zstd": ZstdCodec(level=1), "blosc": BloscCodec(cname="lz4")}
-    v2 = {"none": None, "zstd": numcodecs.Zstd(level=1), "blosc": numcodecs.Blosc("lz4"),
-          "zlib": numcodecs.Zlib(1)}
+    v2 = {
+        "none": None,
+        "zstd": numcodecs.Zstd(level=1),
+        "blosc": numcodecs.Blosc("lz4"),
+        "zlib": numcodecs.Zlib(1),
+    }
     return v3, v2
 
 
-@pytest.mark.parametrize(("zarr_format", "codec"), [
-    (3, "none"), (3, "zstd"), (3, "blosc"), (2, "none"), (2, "zstd"), (2, "blosc"), (2, "zlib"),
-])
+@pytest.mark.parametrize(
+    ("zarr_format", "codec"),
+    [
+        (3, "none"),
+        (3, "zstd"),
+        (3, "blosc"),
+        (2, "none"),
+        (2, "zstd"),
+        (2, "blosc"),
+        (2, "zlib"),
+    ],
+)
 def test_direct_chunk_decode_equals_zarr(tmp_path, zarr_format, codec):
     from zarr_instances._reader import chunk_decoder, read_chunks
 
@@ -104,8 +138,7 @@ def test_direct_chunk_decode_equals_zarr(tmp_path, zarr_format, codec):
     comp = (v3 if zarr_format == 3 else v2)[codec]
     path = tmp_path / "a.zarr"
     # 95 rows in chunks of 20: the last stored chunk is partial
-    arr = make_instance_array(path, n=95, chunk_i=20, zarr_format=zarr_format,
-                              compressors=comp)
+    arr = make_instance_array(path, n=95, chunk_i=20, zarr_format=zarr_format, compressors=comp)
     decoder = chunk_decoder(arr)
     assert decoder is not None
     out = np.zeros((3 * 20, *arr.shape[1:]), dtype=arr.dtype)
@@ -124,16 +157,26 @@ def test_direct_decode_not_used_where_zarr_must_decode(tmp_path):
 
     sharded = make_instance_array(tmp_path / "s.zarr", n=100, chunk_i=10, shards=50)
     assert chunk_decoder(sharded) is None
-    inner = zarr.create_array(tmp_path / "i.zarr", shape=(10, 2, 1, 8, 8),
-                              chunks=(5, 1, 1, 8, 8), dtype="uint16")
+    inner = zarr.create_array(
+        tmp_path / "i.zarr", shape=(10, 2, 1, 8, 8), chunks=(5, 1, 1, 8, 8), dtype="uint16"
+    )
     assert chunk_decoder(inner) is None  # chunked along channels too
     transposed = zarr.create_array(
-        tmp_path / "t.zarr", shape=(10, 2, 1, 8, 8), chunks=(5, 2, 1, 8, 8), dtype="uint16",
-        serializer=BytesCodec(), filters=[TransposeCodec(order=(0, 1, 2, 4, 3))],
+        tmp_path / "t.zarr",
+        shape=(10, 2, 1, 8, 8),
+        chunks=(5, 2, 1, 8, 8),
+        dtype="uint16",
+        serializer=BytesCodec(),
+        filters=[TransposeCodec(order=(0, 1, 2, 4, 3))],
     )
     assert chunk_decoder(transposed) is None
-    big_endian = zarr.create_array(tmp_path / "b.zarr", shape=(10, 2, 1, 8, 8),
-                                   chunks=(5, 2, 1, 8, 8), dtype=">u2", zarr_format=2)
+    big_endian = zarr.create_array(
+        tmp_path / "b.zarr",
+        shape=(10, 2, 1, 8, 8),
+        chunks=(5, 2, 1, 8, 8),
+        dtype=">u2",
+        zarr_format=2,
+    )
     assert chunk_decoder(big_endian) is None
 
 
@@ -141,8 +184,13 @@ def test_direct_decode_not_used_where_zarr_must_decode(tmp_path):
 def test_direct_and_pipeline_routes_yield_the_same(tmp_path, zarr_format):
     path = tmp_path / "d.zarr"
     make_instance_array(path, n=230, chunk_i=20, zarr_format=zarr_format)
-    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 3,
-          "batch_size": 32, "buffer_chunks": 3}
+    kw = {
+        "shuffle_chunks": True,
+        "shuffle_within_chunk": True,
+        "buffer_seed": 3,
+        "batch_size": 32,
+        "buffer_chunks": 3,
+    }
     direct = ZarrIterableInstances(str(path), np.arange(230), **kw)
     assert direct._opened() and direct._decoder is not None
     # chunk_i other than the stored chunks goes through zarr's pipeline

@@ -24,8 +24,7 @@ from zarr_instances.cli import main
 from zarr_instances.testing import make_image_and_mask, make_instance_array
 
 # Fail fast: one attempt, 1 s to connect (the test server is local).
-FAST = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 5,
-                          "retries": {"max_attempts": 1}}}
+FAST = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 5, "retries": {"max_attempts": 1}}}
 
 
 def _rows(loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,11 +71,15 @@ def test_extract_to_s3_then_stream_equals_local(s3_server, tmp_path):
 
     def stream(path, **kw):
         ds = ZarrIterableInstances(
-            path, batch_size=16, buffer_chunks=3, shuffle_chunks=True, normalize=None,
-            x_dtype=torch.float64, **kw,
+            path,
+            batch_size=16,
+            buffer_chunks=3,
+            shuffle_chunks=True,
+            normalize=None,
+            x_dtype=torch.float64,
+            **kw,
         )
-        loader = ZarrDataLoader(ds, batch_size=None, num_workers=2,
-                                multiprocessing_context="fork")
+        loader = ZarrDataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
         return _rows(loader)
 
     xr, ir, rr = stream(url, storage_options=opts)
@@ -92,24 +95,42 @@ def test_extract_to_s3_then_stream_equals_local(s3_server, tmp_path):
 def test_stream_bare_array_url_sharded(s3_server):
     url = f"s3://{s3_server.bucket}/bare.zarr"
     opts = s3_server.options()
-    arr = zarr.create_array(url, shape=(90, 2, 1, 8, 8), chunks=(10, 2, 1, 8, 8),
-                            shards=(30, 2, 1, 8, 8), dtype="uint16", storage_options=opts)
+    arr = zarr.create_array(
+        url,
+        shape=(90, 2, 1, 8, 8),
+        chunks=(10, 2, 1, 8, 8),
+        shards=(30, 2, 1, 8, 8),
+        dtype="uint16",
+        storage_options=opts,
+    )
     data = np.random.default_rng(0).integers(0, 5000, size=arr.shape).astype("uint16")
     arr[...] = data
-    ds = ZarrIterableInstances(url, np.arange(90) + 5, storage_options=opts, batch_size=20,
-                               buffer_chunks=4, normalize=None, x_dtype=torch.float64)
+    ds = ZarrIterableInstances(
+        url,
+        np.arange(90) + 5,
+        storage_options=opts,
+        batch_size=20,
+        buffer_chunks=4,
+        normalize=None,
+        x_dtype=torch.float64,
+    )
     x, ids, _ = _rows(ds)
     np.testing.assert_array_equal(x, data.astype(np.float64))
     np.testing.assert_array_equal(ids, np.arange(90) + 5)
     # forked workers after the parent has read: the inherited remote client is bound to
     # the parent's event loop, so workers reopen (also an opened zarr.Array)
-    opened = ZarrIterableInstances(zarr.open_array(url, mode="r", storage_options=opts),
-                                   np.arange(90) + 5, batch_size=20, normalize=None,
-                                   x_dtype=torch.float64)
+    opened = ZarrIterableInstances(
+        zarr.open_array(url, mode="r", storage_options=opts),
+        np.arange(90) + 5,
+        batch_size=20,
+        normalize=None,
+        x_dtype=torch.float64,
+    )
     for d in (ds, opened):
         next(iter(d))
-        loader = ZarrDataLoader(d, batch_size=None, num_workers=1,
-                                multiprocessing_context="fork", timeout=60)
+        loader = ZarrDataLoader(
+            d, batch_size=None, num_workers=1, multiprocessing_context="fork", timeout=60
+        )
         x, ids, _ = _rows(loader)
         np.testing.assert_array_equal(x, data.astype(np.float64))
 
@@ -133,8 +154,13 @@ def test_wrong_credentials_name_the_url(s3_server, bad):
         ZarrIterableInstances(url, storage_options=s3_server.options(**bad, **FAST))
     image, mask = make_image_and_mask((32, 32), 3, 8)
     with pytest.raises(PermissionError, match="out='s3://"):
-        extract_instances(image, mask, 8, out=f"s3://{s3_server.bucket}/denied.zarr",
-                          storage_options=s3_server.options(**bad, **FAST))
+        extract_instances(
+            image,
+            mask,
+            8,
+            out=f"s3://{s3_server.bucket}/denied.zarr",
+            storage_options=s3_server.options(**bad, **FAST),
+        )
 
 
 def test_unreachable_endpoint_fails_fast_with_the_url(s3_server):
@@ -169,8 +195,7 @@ def test_buffer_chunks_are_read_concurrently(tmp_path):
     make_instance_array(tmp_path / "a.zarr", 80, (1, 1, 4, 4), chunk_i=10)
     store = Counting(LocalStore(tmp_path / "a.zarr", read_only=True), get_latency=0.05)
     arr = zarr.open_array(store, mode="r")
-    ds = ZarrIterableInstances(arr, np.arange(80), batch_size=80, buffer_chunks=8,
-                               read_ahead=False)
+    ds = ZarrIterableInstances(arr, np.arange(80), batch_size=80, buffer_chunks=8, read_ahead=False)
     t0 = time.perf_counter()
     (batch,) = list(ds)
     dt = time.perf_counter() - t0
@@ -205,8 +230,9 @@ def test_stream_store_over_http(http_dir, tmp_path):
     from zarr_instances.testing import make_instance_store
 
     group = make_instance_store(tmp_path / "s.zarr", 100, (1, 1, 4, 4), chunk_i=10)
-    ds = ZarrIterableInstances(f"{http_dir}/s.zarr", batch_size=30, buffer_chunks=2,
-                               normalize=None, x_dtype=torch.float64)
+    ds = ZarrIterableInstances(
+        f"{http_dir}/s.zarr", batch_size=30, buffer_chunks=2, normalize=None, x_dtype=torch.float64
+    )
     x, ids, rows = _rows(ds)
     np.testing.assert_array_equal(x, np.asarray(group["image"][...], dtype=np.float64))
     np.testing.assert_array_equal(ids, 1000 + rows)

@@ -31,9 +31,15 @@ SAMPLING = {
 def stream(sel, epoch, rank, world, worker, k, resume=None, **sampling):
     resume = resume or resolve(sel, sampling, epoch, None, world, k, worker)
     plan = plan_worker(
-        sel, epoch=epoch, rank=rank, world=world,
-        worker=worker if resume.role is None else resume.role, num_workers=k,
-        domain=resume.domain, generation=resume.generation, **sampling,
+        sel,
+        epoch=epoch,
+        rank=rank,
+        world=world,
+        worker=worker if resume.role is None else resume.role,
+        num_workers=k,
+        domain=resume.domain,
+        generation=resume.generation,
+        **sampling,
     )
     parts = [b.rows for b in plan.buffers(resume.start)]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
@@ -52,8 +58,9 @@ def test_elastic_resume_sees_every_row_once(n, chunk, old, new, frac, drop_last)
     sampling = {**SAMPLING, "drop_last": drop_last}
     sel = select_rows(n, chunk)
     (w_old, k_old), (w_new, k_new) = old, new
-    full = [stream(sel, 2, r, w_old, w, k_old, **sampling) for r in range(w_old)
-            for w in range(k_old)]
+    full = [
+        stream(sel, 2, r, w_old, w, k_old, **sampling) for r in range(w_old) for w in range(k_old)
+    ]
     counts = [len(s) for s in full[:k_old]]
     consumed = tuple(int(c * frac) for c in counts)  # lockstep: the same on every rank
     prefix = np.concatenate([s[: consumed[i % k_old]] for i, s in enumerate(full)])
@@ -64,13 +71,13 @@ def test_elastic_resume_sees_every_row_once(n, chunk, old, new, frac, drop_last)
             res = resolve(sel, sampling, 2, state, w_new, k_new, w)
             rest.append(stream(sel, 2, r, w_new, w, k_new, resume=res, **sampling))
     # equal per-rank counts after the resume
-    per_rank = [sum(len(s) for s in rest[r * k_new:(r + 1) * k_new]) for r in range(w_new)]
+    per_rank = [sum(len(s) for s in rest[r * k_new : (r + 1) * k_new]) for r in range(w_new)]
     assert len(set(per_rank)) == 1
     seen = np.concatenate([prefix, *rest])
     if (w_new, k_new) == (w_old, k_old):
         # exact: the rest of every stream is the uninterrupted stream's suffix
         assert all(
-            np.array_equal(rest[i], full[i][consumed[i % k_old]:]) for i in range(len(full))
+            np.array_equal(rest[i], full[i][consumed[i % k_old] :]) for i in range(len(full))
         )
     if not drop_last:
         assert set(seen.tolist()) == set(range(n))
@@ -106,8 +113,12 @@ def test_domain_after_two_interruptions_removes_consumed():
 # ------------------------------------------------------------------ dataset level
 def _ds(store, **kw):
     path = str(store.store_path.store.root)
-    base = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 5,
-            "buffer_chunks": 2}
+    base = {
+        "shuffle_chunks": True,
+        "shuffle_within_chunk": True,
+        "buffer_seed": 5,
+        "buffer_chunks": 2,
+    }
     return ZarrIterableInstances(path, None, store["labels"][...], **{**base, **kw})
 
 
@@ -153,11 +164,18 @@ def _resume_child(path, labels, state_file, workers, batched, out_file):
     """Fresh process: load the torch.save'd state, finish the epoch and run the next."""
     state = torch.load(state_file, weights_only=False)
     ds = ZarrIterableInstances(
-        path, None, labels, shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=5,
-        buffer_chunks=2, batch_size=32 if batched else None,
+        path,
+        None,
+        labels,
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_seed=5,
+        buffer_chunks=2,
+        batch_size=32 if batched else None,
     )
-    loader = ZarrDataLoader(ds, batch_size=None if batched else 32, num_workers=workers,
-                            multiprocessing_context="fork")
+    loader = ZarrDataLoader(
+        ds, batch_size=None if batched else 32, num_workers=workers, multiprocessing_context="fork"
+    )
     loader.load_state_dict(state)
     rest = _batches_rows(loader)
     nxt = _batches_rows(loader)
@@ -166,11 +184,18 @@ def _resume_child(path, labels, state_file, workers, batched, out_file):
 
 def _make_loader(path, labels, workers, batched, start_epoch=1):
     ds = ZarrIterableInstances(
-        path, None, labels, shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=5,
-        buffer_chunks=2, batch_size=32 if batched else None,
+        path,
+        None,
+        labels,
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_seed=5,
+        buffer_chunks=2,
+        batch_size=32 if batched else None,
     )
-    return ZarrDataLoader(ds, batch_size=None if batched else 32, num_workers=workers,
-                          start_epoch=start_epoch)
+    return ZarrDataLoader(
+        ds, batch_size=None if batched else 32, num_workers=workers, start_epoch=start_epoch
+    )
 
 
 def _interrupt(loader, cut):

@@ -31,8 +31,9 @@ def test_clear_message_without_spatialdata(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_SPATIALDATA, reason="needs the [spatialdata] extra")
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                            "ignore::UserWarning")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
+)
 def test_spatialdata_object_elements_and_store(tmp_path):
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, Labels2DModel
@@ -55,8 +56,13 @@ def test_spatialdata_object_elements_and_store(tmp_path):
         np.testing.assert_array_equal(ids, ids_ref)
         np.testing.assert_array_equal(crops.compute(), expected)
     # the elements, written to a store with channel names recorded
-    ids, _ = extract_instances(sdata.images["img"], sdata.labels["cells"], 10,
-                               out=str(tmp_path / "crops.zarr"), progress=False)
+    ids, _ = extract_instances(
+        sdata.images["img"],
+        sdata.labels["cells"],
+        10,
+        out=str(tmp_path / "crops.zarr"),
+        progress=False,
+    )
     import zarr
 
     group = zarr.open_group(str(tmp_path / "crops.zarr"), mode="r")
@@ -64,8 +70,11 @@ def test_spatialdata_object_elements_and_store(tmp_path):
     np.testing.assert_array_equal(group["image"][...], expected)
     # element paths inside a written SpatialData store (OME-Zarr)
     sdata.write(tmp_path / "sdata.zarr")
-    ids, crops = extract_instances(str(tmp_path / "sdata.zarr" / "images" / "img"),
-                                   str(tmp_path / "sdata.zarr" / "labels" / "cells"), 10)
+    ids, crops = extract_instances(
+        str(tmp_path / "sdata.zarr" / "images" / "img"),
+        str(tmp_path / "sdata.zarr" / "labels" / "cells"),
+        10,
+    )
     np.testing.assert_array_equal(crops.compute(), expected)
     # errors name the parameter and list what exists
     with pytest.raises(ValueError, match=r"labels_name='nuclei'.*\['cells'\]"):
