@@ -76,7 +76,8 @@ data = src[...]
 base = rss()
 t0 = time.perf_counter()
 dst = zarr.create_array(args["out"], shape=src.shape, chunks=src.chunks, dtype=src.dtype,
-                        compressors=src.compressors, filters=src.filters, overwrite=True)
+                        compressors=src.compressors, filters=src.filters, overwrite=True,
+                        config={"write_empty_chunks": True})
 step = src.chunks[0] * 32
 for a in range(0, src.shape[0], step):
     dst[a:a + step] = data[a:a + step]

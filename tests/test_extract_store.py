@@ -430,3 +430,19 @@ def test_fourth_positional_only_for_spatialdata(inputs):
     img, msk, _, _ = inputs
     with pytest.raises(TypeError, match="a 4th is only for SpatialData input"):
         extract_instances(img, msk, D, 5)
+
+
+def test_all_zero_crops_are_written_and_stream(tmp_path):
+    # zarr leaves all-fill chunks out by default; a reader could not tell such a chunk
+    # from a lost write, so every chunk of the crops is stored
+    from zarr_instances import ZarrIterableInstances, extract_instances
+
+    image = np.zeros((1, 40, 40), dtype=np.uint16)
+    mask = np.zeros((40, 40), dtype=np.int32)
+    mask[5:9, 5:9], mask[20:25, 30:35] = 1, 2
+    out = tmp_path / "zeros.zarr"
+    extract_instances(image, mask, 8, out=out, chunk_i=1, progress=False)
+    assert sorted(p.name for p in (out / "image" / "c").iterdir()) == ["0", "1"]
+    ds = ZarrIterableInstances(str(out), normalize=None, batch_size=2)
+    ((x, ids, _rows),) = list(ds)
+    assert ids.tolist() == [1, 2] and int(x.abs().sum()) == 0

@@ -394,6 +394,12 @@ def extract_instances(
         storage_options=storage_options,
     )
     arr, marr, prog = group[IMAGE_KEY], group.get(MASK_KEY), group[PROGRESS_KEY]
+    # Every chunk is written, even an all-zero one: zarr would otherwise compare each
+    # chunk with the fill value first (a full pass over the crops) and leave the chunk
+    # out, which readers cannot tell from a lost write.
+    arr = arr.with_config({"write_empty_chunks": True})
+    if marr is not None:
+        marr = marr.with_config({"write_empty_chunks": True})
     write = functools.partial(_write_units, arr, marr, prog)
     unit_bytes = layout.unit * crop_bytes * (2 if extract_mask else 1)
     per_task = max(1, _TASK_BYTES // unit_bytes)
