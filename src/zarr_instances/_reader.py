@@ -207,7 +207,6 @@ def read_pieces(
     selection: RowSelection,
     pieces: Sequence[Piece],
     where: str = "",
-    order: np.ndarray | None = None,
     out: np.ndarray | None = None,
     check_missing: bool = True,
 ) -> np.ndarray:
@@ -227,10 +226,6 @@ def read_pieces(
         What to read.
     where
         Name of the array for error messages.
-    order
-        Optional: return row ``order[j]`` of the concatenated pieces as row ``j``
-        (a permutation, possibly with a prefix cut off). Applied while copying the
-        decoded blocks, so the buffer is copied once.
     out
         Optional destination of the right shape and dtype (a reusable buffer).
     check_missing
@@ -244,18 +239,10 @@ def read_pieces(
     """
     rows = [piece_rows(selection, p) for p in pieces]
     n_read = sum(r.size for r in rows)
-    identity = order is None or (order.size == n_read and bool(np.all(order == np.arange(n_read))))
-    n = n_read if order is None else int(order.size)
     if out is None:
-        out = np.empty((n, *array.shape[1:]), dtype=array.dtype)
-    if n == 0:
+        out = np.empty((n_read, *array.shape[1:]), dtype=array.dtype)
+    if n_read == 0:
         return out
-    # where each read row goes in `out` (-1: not wanted, e.g. already yielded)
-    dest = None
-    if not identity:
-        assert order is not None
-        dest = np.full(n_read, -1, dtype=np.int64)
-        dest[order] = np.arange(n, dtype=np.int64)
     aarr = array.async_array
 
     async def _one(r: np.ndarray) -> np.ndarray:
@@ -293,12 +280,6 @@ def read_pieces(
         block = np.asarray(res)
         a, b = _row_span(r)
         local = None if r.size == b - a else r - a
-        if dest is None:
-            out[pos : pos + r.size] = block if local is None else block[local]
-        else:
-            d = dest[pos : pos + r.size]
-            keep = d >= 0
-            src = np.arange(r.size) if local is None else local
-            out[d[keep]] = block[src[keep]]
+        out[pos : pos + r.size] = block if local is None else block[local]
         pos += r.size
     return out

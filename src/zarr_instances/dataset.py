@@ -113,9 +113,10 @@ class ZarrIterableInstances(IterableDataset):
         does not survive ``fork``: if the dataset was iterated in the parent, start
         workers with ``spawn`` or ``forkserver``.
     check_missing_chunks
-        Raise :class:`ChunkReadError` naming the chunk when a read comes back as fill
-        values only and its stored chunk does not exist (zarr silently returns fill
-        values for missing chunks). The existence check runs only for all-fill reads.
+        Raise :class:`ChunkReadError` naming the chunk when a stored chunk does not
+        exist (zarr silently returns fill values for missing chunks). On the direct
+        decode route this costs nothing; through zarr's pipeline the existence check
+        runs only for reads that come back as fill values only.
     """
 
     def __init__(
