@@ -38,7 +38,7 @@ def _rows(loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x[order], i[order], r[order]
 
 
-def test_cli_extract_local_inputs_to_s3_with_storage_options(s3_server, tmp_path):
+def test_cli_extract_local_inputs_to_s3_with_storage_options(s3_server, tmp_path, capsys):
     image, mask = make_image_and_mask((64, 64), 12, 10, seed=2)
     img, msk = str(tmp_path / "img.zarr"), str(tmp_path / "mask.zarr")
     zarr.create_array(img, data=image, chunks=(2, 32, 32))
@@ -52,6 +52,11 @@ def test_cli_extract_local_inputs_to_s3_with_storage_options(s3_server, tmp_path
     np.testing.assert_array_equal(remote["instance_ids"][...], ids)
     np.testing.assert_array_equal(remote["image"][...], ref.compute())
     assert remote.attrs["zarr_instances"]["complete"] is True
+    # inspect reads the remote store with the same options
+    capsys.readouterr()
+    assert main(["inspect", url, "--json", "--storage-options", json.dumps(opts)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_instances"] == ids.size and info["complete"] is True
 
 
 def test_extract_to_s3_then_stream_equals_local(s3_server, tmp_path):

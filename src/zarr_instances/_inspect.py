@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._store import ZarrPath, open_instances
+from ._store import ZarrPath, open_instances, open_zarr
 from ._write import ATTRS_KEY, PROGRESS_KEY
 from .errors import ArgumentError
 
@@ -66,7 +66,7 @@ def summarize(path: ZarrPath, storage_options: dict[str, Any] | None = None) -> 
         vals, counts = np.unique(opened.labels, return_counts=True)
         info["labels"] = {int(v): int(c) for v, c in zip(vals, counts, strict=True)}
     node = (
-        zarr.open(os.fspath(path), mode="r", storage_options=storage_options)
+        open_zarr(path, storage_options, name="store")
         if isinstance(path, (str, os.PathLike))
         else path
     )

@@ -194,13 +194,19 @@ def _add_extract(sub: Any) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from ._inspect import format_summary, montage, summarize
 
-    info = summarize(args.store)
+    info = summarize(args.store, args.storage_options)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(format_summary(info))
     if args.montage:
-        k = montage(args.store, args.montage, n=args.n, channel=args.channel)
+        k = montage(
+            args.store,
+            args.montage,
+            n=args.n,
+            channel=args.channel,
+            storage_options=args.storage_options,
+        )
         print(f"montage: {k} crops (channel {args.channel}) -> {args.montage}")
     return 0
 
@@ -212,6 +218,14 @@ def _add_inspect(sub: Any) -> None:
     p.add_argument("--n", type=int, default=64, help="crops in the montage")
     p.add_argument("--channel", type=int, default=0, help="channel shown in the montage")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for a STORE URL (s3://, gs://, https://), as a JSON object; "
+        "not used for local paths",
+    )
     p.set_defaults(func=_inspect)
 
 
