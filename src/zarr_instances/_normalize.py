@@ -13,7 +13,6 @@ __all__ = [
     "NORMALIZE_MODES",
     "check_normalize",
     "empty_output",
-    "normalize_batch",
     "normalize_rows",
 ]
 
@@ -60,16 +59,6 @@ def empty_output(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> to
     return torch.empty(shape, dtype=dtype)
 
 
-def normalize_batch(
-    x: np.ndarray, mode: str, x_dtype: torch.dtype, shared: bool = False
-) -> torch.Tensor:
-    """Normalise a batch of crops ``(n, c, z, y, x)`` and cast it to ``x_dtype``.
-
-    Same as :func:`normalize_rows` with ``index=None``.
-    """
-    return normalize_rows(x, None, mode, x_dtype, shared)
-
-
 def normalize_rows(
     src: np.ndarray,
     index: np.ndarray | None,
@@ -92,7 +81,8 @@ def normalize_rows(
         Rows of ``src`` to take, in output order; ``None`` takes all rows in order.
     mode
         Canonical mode from :func:`check_normalize`. ``"minmax01"`` scales each
-        instance and channel to ``(x - min) / (max - min + 1e-8)`` in float32;
+        instance and channel to ``(x - min) / (max - min + 1e-8)`` in float32
+        (multiplying by the reciprocal: within a float32 rounding of the division);
         ``"unit"`` divides integers by the maximum of their dtype (floats unchanged);
         ``"none"`` casts only.
     x_dtype
