@@ -31,6 +31,26 @@ __all__ = ["chunk_decoder", "read_chunks", "read_pieces"]
 Decoder = Callable[[object, np.ndarray], None]
 
 
+def _missing_error(keys: Sequence[str]) -> FileNotFoundError:
+    msg = (
+        f"stored chunk(s) {', '.join(keys)} are missing from the store (zarr would silently "
+        "return fill values). If the data really is all fill value and was not written "
+        "(write_empty_chunks=False), pass check_missing_chunks=False"
+    )
+    return FileNotFoundError(msg)
+
+
+def _read_error(
+    array: zarr.Array, where: str, a: int, b: int, chunk: int, stored: str, exc: BaseException
+) -> ChunkReadError:
+    """Error for rows ``[a, b)`` of logical chunk ``chunk`` (``stored``: where they are)."""
+    msg = (
+        f"Could not read rows {a}-{b - 1} (logical chunk {chunk}, stored chunk index {stored}) "
+        f"of Zarr array {where or str(array.store_path)}: {type(exc).__name__}: {exc}"
+    )
+    return ChunkReadError(msg)
+
+
 def _numcodecs_decoder(codec: object) -> Decoder | None:
     """Return ``decode(src, dest)`` for a numcodecs compressor we can decode in place."""
     decode = getattr(codec, "decode", None)
@@ -149,13 +169,7 @@ def read_chunks(
         buf = await (aarr.store_path / keys[j]).get(prototype=proto)
         if buf is None:
             if check_missing:
-                msg = (
-                    f"stored chunk(s) {keys[j]} are missing from the store (zarr would "
-                    "silently return fill values). If the data really is all fill value "
-                    "and was not written (write_empty_chunks=False), pass "
-                    "check_missing_chunks=False"
-                )
-                raise FileNotFoundError(msg)
+                raise _missing_error([keys[j]])
             dest[...] = array.fill_value
             return
         await asyncio.to_thread(decoder, buf.as_numpy_array(), dest)
@@ -171,12 +185,8 @@ def read_chunks(
                 mine = rows[(rows >= a) & (rows < b)]
                 if mine.size:
                     a, b = int(mine.min()), int(mine.max()) + 1
-            msg = (
-                f"Could not read rows {a}-{b - 1} (logical chunk {k}, stored chunk index {k} "
-                f"along axis 0, key {keys[j]}) of Zarr array {where or str(array.store_path)}: "
-                f"{type(res).__name__}: {res}"
-            )
-            raise ChunkReadError(msg) from res
+            stored = f"{k} along axis 0, key {keys[j]}"
+            raise _read_error(array, where, a, b, k, stored, res) from res
 
 
 def _row_span(rows: np.ndarray) -> tuple[int, int]:
@@ -251,13 +261,7 @@ def read_pieces(
         if check_missing and _all_fill(block, array.fill_value):
             missing = await _missing_keys(array, a, b)
             if missing:
-                msg = (
-                    f"stored chunk(s) {', '.join(missing)} are missing from the store "
-                    "(zarr would silently return fill values). If the data really is all "
-                    "fill value and was not written (write_empty_chunks=False), pass "
-                    "check_missing_chunks=False"
-                )
-                raise FileNotFoundError(msg)
+                raise _missing_error(missing)
         return block
 
     async def _all() -> list[np.ndarray | BaseException]:
@@ -271,12 +275,8 @@ def read_pieces(
             stored = array.chunks[0]
             first, last = a // stored, (b - 1) // stored
             span = f"{first}" if first == last else f"{first}-{last}"
-            msg = (
-                f"Could not read rows {a}-{b - 1} (logical chunk {piece.chunk}, stored chunk "
-                f"index {span} along axis 0) of Zarr array {where or str(array.store_path)}: "
-                f"{type(res).__name__}: {res}"
-            )
-            raise ChunkReadError(msg) from res
+            stored_at = f"{span} along axis 0"
+            raise _read_error(array, where, a, b, piece.chunk, stored_at, res) from res
         block = np.asarray(res)
         a, b = _row_span(r)
         local = None if r.size == b - a else r - a

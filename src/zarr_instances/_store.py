@@ -173,7 +173,7 @@ def open_zarr(
         raise StoreNotFoundError(msg)
     opener = zarr.open_group if group else zarr.open
     try:
-        options = storage_options if url else None  # zarr refuses options for local paths
+        options = url_options(spath, storage_options)
         return opener(spath, mode=mode, storage_options=options, **kwargs)
     except Exception as exc:
         if not url:

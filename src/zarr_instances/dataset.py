@@ -427,7 +427,8 @@ class ZarrIterableInstances(IterableDataset):
         decoder = self._decoder
         if decoder is not None:
             size = self.chunk_i
-            chunks, inverse = np.unique(buffer.rows // size, return_inverse=True)
+            chunk_of, offset = np.divmod(buffer.rows, size)
+            chunks, inverse = np.unique(chunk_of, return_inverse=True)
             src = slot(chunks.size * size)
             read_chunks(
                 opened.array,
@@ -438,7 +439,7 @@ class ZarrIterableInstances(IterableDataset):
                 check_missing=self.check_missing_chunks,
                 rows=buffer.rows,
             )
-            return src, inverse.reshape(-1) * size + buffer.rows % size
+            return src, inverse.reshape(-1) * size + offset
         n_read = sum(p.size for p in buffer.pieces)
         src = slot(n_read)[:n_read]
         read_pieces(
