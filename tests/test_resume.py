@@ -163,18 +163,8 @@ def _batches_rows(batches):
 def _resume_child(path, labels, state_file, workers, batched, out_file):
     """Fresh process: load the torch.save'd state, finish the epoch and run the next."""
     state = torch.load(state_file, weights_only=False)
-    ds = ZarrIterableInstances(
-        path,
-        None,
-        labels,
-        shuffle_chunks=True,
-        shuffle_within_chunk=True,
-        buffer_seed=5,
-        buffer_chunks=2,
-        batch_size=32 if batched else None,
-    )
-    loader = ZarrDataLoader(
-        ds, batch_size=None if batched else 32, num_workers=workers, multiprocessing_context="fork"
+    loader = _make_loader(
+        path, labels, workers, batched, start_epoch=0, multiprocessing_context="fork"
     )
     loader.load_state_dict(state)
     rest = _batches_rows(loader)
@@ -182,7 +172,7 @@ def _resume_child(path, labels, state_file, workers, batched, out_file):
     torch.save({"rest": rest, "next": nxt}, out_file)
 
 
-def _make_loader(path, labels, workers, batched, start_epoch=1):
+def _make_loader(path, labels, workers, batched, start_epoch=1, **loader_kw):
     ds = ZarrIterableInstances(
         path,
         None,
@@ -194,7 +184,11 @@ def _make_loader(path, labels, workers, batched, start_epoch=1):
         batch_size=32 if batched else None,
     )
     return ZarrDataLoader(
-        ds, batch_size=None if batched else 32, num_workers=workers, start_epoch=start_epoch
+        ds,
+        batch_size=None if batched else 32,
+        num_workers=workers,
+        start_epoch=start_epoch,
+        **loader_kw,
     )
 
 
