@@ -47,3 +47,108 @@ def test_empty_selection():
     src = np.zeros((4, 2, 1, 8, 8), np.uint16)
     out = normalize_rows(src, np.zeros(0, np.int64), "minmax01", torch.float32)
     assert tuple(out.shape) == (0, 2, 1, 8, 8)
+
+
+# ----------------------------------------------------------------- compiled kernels
+
+numba = pytest.importorskip("numba")
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def route(request, monkeypatch):
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1" if request.param == "numba" else "0")
+    return request.param
+
+
+def test_kernel_switch_follows_environment(route):
+    from zarr_instances import _kernels
+
+    assert _kernels.enabled() is (route == "numba")
+
+
+@pytest.mark.parametrize("mode", ["minmax01", "unit", "none"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("shape", [(2, 1, 9, 7), (3, 4, 5, 6), (1, 1, 1, 1)])
+def test_kernel_is_bit_identical_to_numpy(mode, dtype, shape, monkeypatch):
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    lo, hi = max(info.min, -(2**40)), min(info.max, 2**40)
+    src = rng.integers(lo, hi, (31, *shape), dtype=dtype, endpoint=True)
+    src[3] = 5  # constant crop
+    src[4, 0] = info.min  # extremes of the dtype
+    src[4, -1] = info.max
+    index = rng.permutation(31)[:29]
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("ZARR_INSTANCES_NUMBA", flag)
+        results[flag] = [
+            normalize_rows(src, index, mode, torch.float32),
+            normalize_rows(src, None, mode, torch.float32),
+        ]
+    for got, want in zip(results["1"], results["0"], strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)  # bit for bit, not just close
+
+
+def test_kernel_skips_float_and_non_contiguous_input(monkeypatch):
+    from zarr_instances import _kernels
+
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
+    out = np.empty((4, 2, 3, 3), np.float32)
+    floats = np.ones((4, 2, 3, 3), np.float32)
+    assert not _kernels.gather_scale(floats, None, "minmax01", out)
+    strided = np.ones((4, 2, 3, 6), np.uint16)[..., ::2]
+    assert not _kernels.gather_scale(strided, None, "minmax01", out)
+    ints = np.arange(72, dtype=np.uint16).reshape(4, 2, 3, 3)
+    assert _kernels.gather_scale(ints, np.array([3, 0, 1, 2]), "minmax01", out)
+    assert out[0, 0].min() == 0 and out[0, 0].max() == pytest.approx(1)
+
+
+# ----------------------------------------------------------------- output pool
+
+
+def test_pool_reuses_only_tensors_nobody_holds():
+    from zarr_instances._normalize import OutputPool
+
+    pool = OutputPool(size=3)
+    assert pool.enabled
+    a = pool.take((4, 5), torch.float32)
+    ptr = a.data_ptr()
+    del a
+    b = pool.take((4, 5), torch.float32)
+    assert b.data_ptr() == ptr  # released: reused
+
+    # held in any of these ways: never handed out again
+    holders = {
+        "tensor": lambda t: t,
+        "view": lambda t: t[1:],
+        "numpy": lambda t: t.numpy(),
+        "tuple": lambda t: (t, 1),
+        "autograd": lambda t: (t.requires_grad_(False) * torch.ones(5, requires_grad=True)).sum(),
+    }
+    for name, hold in holders.items():
+        pool = OutputPool(size=3)
+        t = pool.take((4, 5), torch.float32)
+        ptr = t.data_ptr()
+        kept = hold(t)
+        del t
+        other = pool.take((4, 5), torch.float32)
+        assert other.data_ptr() != ptr, name
+        del kept, other
+        again = pool.take((4, 5), torch.float32)
+        assert again.data_ptr() in {ptr} | {x.data_ptr() for x in pool._items}, name
+
+
+def test_pool_never_overwrites_kept_batches(tmp_path):
+    from zarr_instances import ZarrIterableInstances
+    from zarr_instances.testing import make_instance_store
+
+    path = tmp_path / "s.zarr"
+    make_instance_store(path, n=300, chunk_i=32, seed=3)
+    ds = ZarrIterableInstances(str(path), batch_size=16, buffer_chunks=2, normalize="minmax01")
+    kept = [(x.clone(), x) for x, *_ in ds]  # the loader keeps every batch alive
+    assert len({x.data_ptr() for _, x in kept}) == len(kept)
+    assert all(torch.equal(a, b) for a, b in kept)
+    # the same epoch again, batches dropped as they come: pooled tensors are reused
+    ptrs = {x.data_ptr() for x, *_ in ds}
+    assert len(ptrs) < len(kept)

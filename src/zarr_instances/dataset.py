@@ -15,7 +15,7 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset
 
-from ._normalize import check_normalize, empty_output, normalize_rows
+from ._normalize import OutputPool, check_normalize, empty_output, normalize_rows
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
 from ._prefetch import in_background
 from ._reader import Decoder, chunk_decoder, read_chunks, read_pieces
@@ -213,6 +213,7 @@ class ZarrIterableInstances(IterableDataset):
         self._array: OpenedInstances | None = None
         self._array_pid = 0
         self._decoder: Decoder | None = None
+        self._pool: OutputPool | None = None  # batch tensors reused (main process)
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._iter_epoch = 0
@@ -275,7 +276,7 @@ class ZarrIterableInstances(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         self._refresh_rank_world()
         state = self.__dict__.copy()
-        state["_array"] = state["_decoder"] = None
+        state["_array"] = state["_decoder"] = state["_pool"] = None
         state["instance_ids"] = state["labels"] = None
         state["_selection"] = replace(self._selection, keep=None)
         return state
@@ -494,8 +495,14 @@ class ZarrIterableInstances(IterableDataset):
 
     def _normalized(self, src: np.ndarray, index: np.ndarray | None) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
-        shared = self.batch_size is not None and self._in_worker
-        return normalize_rows(src, index, self._mode, self.x_dtype, shared)
+        batched = self.batch_size is not None
+        shared = batched and self._in_worker
+        pool = None
+        if batched and not shared:
+            if self._pool is None:
+                self._pool = OutputPool(_BATCHES_AHEAD + 4)
+            pool = self._pool
+        return normalize_rows(src, index, self._mode, self.x_dtype, shared, pool)
 
     def _pack_batch(self, x: torch.Tensor, rows: np.ndarray) -> Any:
         """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
