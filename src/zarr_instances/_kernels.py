@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["enabled", "gather_scale"]
+__all__ = ["enabled", "gather_scale", "prepare"]
 
 _KERNELS: dict[str, Callable[..., Any]] | None = None
 _TRIED = False
@@ -84,6 +84,22 @@ def enabled() -> bool:
     if os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no"):
         return False
     return _kernels() is not None
+
+
+def prepare(dtype: np.dtype) -> None:
+    """Import numba and compile (or load from its cache) the kernels for ``dtype``.
+
+    The loader calls this while its first buffer is being read, so that the one-off
+    cost (about half a second) overlaps the first read instead of delaying the first
+    batch. No-op without numba, when switched off, or for non-integer dtypes.
+    """
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.integer) or not enabled():
+        return
+    src = np.zeros((1, 1, 1), dtype)
+    out = np.empty((1, 1, 1), np.float32)
+    gather_scale(src, None, "minmax01", out)
+    gather_scale(src, None, "unit", out, 1.0)
 
 
 def gather_scale(

@@ -15,6 +15,7 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset
 
+from . import _kernels
 from ._normalize import OutputPool, check_normalize, empty_output, normalize_rows
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
 from ._prefetch import in_background
@@ -485,6 +486,8 @@ class ZarrIterableInstances(IterableDataset):
             pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
             for k, buf in enumerate(buffers):
                 fut = pool.submit(self._load, buf, slot_for(k))
+                if k == 0 and self.x_dtype == torch.float32:
+                    _kernels.prepare(self.dtype)  # overlaps the first read
                 if pending is not None:
                     yield pending[0], pending[1].result()
                 pending = (buf, fut)
