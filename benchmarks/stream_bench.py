@@ -260,9 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         path = store["path"]
         rows: list[dict[str, Any]] = results["rows"]
 
-        def measure(kind: str, label: str, w: int, cfg: dict[str, Any], python: str) -> None:
+        def measure(
+            kind: str,
+            label: str,
+            w: int,
+            cfg: dict[str, Any],
+            python: str,
+            extra_env: dict[str, str] | None = None,
+        ) -> None:
             """Run one loader configuration in a subprocess, record and print it."""
-            rows.append(loader_row(kind, label, w, run_loader(cfg, python, env)))
+            run_env = {**env, **(extra_env or {})}
+            rows.append(loader_row(kind, label, w, run_loader(cfg, python, run_env)))
             print(f"  {label}: {rows[-1]['rate']:,.0f}/s", flush=True)
 
         results["loadavg_start"] = os.getloadavg()
@@ -354,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{tstore['ratio']:.2f}){tag}, {w} workers"
                     )
                     measure("ours-target", label, w, cfg, sys.executable)
+            # the same without the numba kernels (NumPy normalisation), for the ratio
+            cfg = {**base, "path": tstore["path"], "impl": "ours", "workers": 0, **rec}
+            label = f"5. ours batched, {args.target_codec} store, NumPy normalisation, 0 workers"
+            measure("ours-target", label, 0, cfg, sys.executable, {"ZARR_INSTANCES_NUMBA": "0"})
             raw = raw_decode(tstore["path"], args.chunk, 16, zarrs_available(), args.repeats)
             results["target_raw_decode"] = raw
             print(f"  (target store raw decode, 16-chunk slabs: {raw['rate_median']:,.0f}/s)")
