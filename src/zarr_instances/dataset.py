@@ -214,7 +214,7 @@ class ZarrIterableInstances(IterableDataset):
         self._array: OpenedInstances | None = None
         self._array_pid = 0
         self._decoder: Decoder | None = None
-        self._pool: OutputPool | None = None  # batch tensors reused (main process)
+        self._pool: OutputPool | None = None  # output tensors reused (main process)
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._iter_epoch = 0
@@ -498,10 +498,9 @@ class ZarrIterableInstances(IterableDataset):
 
     def _normalized(self, src: np.ndarray, index: np.ndarray | None) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
-        batched = self.batch_size is not None
-        shared = batched and self._in_worker
+        shared = self.batch_size is not None and self._in_worker
         pool = None
-        if batched and not shared:
+        if not self._in_worker:  # a worker's tensors leave the process: no reuse
             if self._pool is None:
                 self._pool = OutputPool(_BATCHES_AHEAD + 4)
             pool = self._pool
