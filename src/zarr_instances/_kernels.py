@@ -7,22 +7,29 @@ to write the float32 output, with no temporaries. They give bit-identical result
 the NumPy path in :mod:`._normalize` (same float32 operations in the same order), which
 is what runs without numba, for float input, or with ``ZARR_INSTANCES_NUMBA=0``.
 
-numba is imported lazily, on the first batch, and the kernels are compiled then (once
-per stored dtype; cached on disk by numba where it can write its cache).
+numba is imported lazily and the kernels compiled once per process and stored dtype
+(cached on disk by numba where it can write its cache): about half a second. The
+loader does that in a background thread (:func:`warm_up`) and normalises with NumPy
+until the kernels are ready, so the first batches are not delayed; results are the
+same either way.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["enabled", "gather_scale", "prepare"]
+__all__ = ["enabled", "gather_scale", "prepare", "warm_up"]
 
 _KERNELS: dict[str, Callable[..., Any]] | None = None
 _TRIED = False
+_READY: set[str] = set()  # dtypes (``dtype.str``) whose kernels are compiled
+_LOCK = threading.Lock()
+_WARMING: threading.Thread | None = None
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:
@@ -70,10 +77,15 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
 
 def _kernels() -> dict[str, Callable[..., Any]] | None:
     global _KERNELS, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _KERNELS = _compile()
+    with _LOCK:
+        if not _TRIED:
+            _KERNELS = _compile()
+            _TRIED = True
     return _KERNELS
+
+
+def _switched_off() -> bool:
+    return os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no")
 
 
 def enabled() -> bool:
@@ -81,25 +93,51 @@ def enabled() -> bool:
 
     ``ZARR_INSTANCES_NUMBA=0`` in the environment switches them off.
     """
-    if os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no"):
-        return False
-    return _kernels() is not None
+    return not _switched_off() and _kernels() is not None
+
+
+def _applies(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.integer) and not _switched_off()
 
 
 def prepare(dtype: np.dtype) -> None:
-    """Import numba and compile (or load from its cache) the kernels for ``dtype``.
+    """Import numba and compile (or load from its cache) the kernels for ``dtype``, now.
 
-    The loader calls this while its first buffer is being read, so that the one-off
-    cost (about half a second) overlaps the first read instead of delaying the first
-    batch. No-op without numba, when switched off, or for non-integer dtypes.
+    No-op without numba, when switched off, or for non-integer dtypes.
     """
     dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.integer) or not enabled():
+    if dtype.str in _READY or not _applies(dtype):
+        return
+    kernels = _kernels()
+    if kernels is None:
         return
     src = np.zeros((1, 1, 1), dtype)
     out = np.empty((1, 1, 1), np.float32)
-    gather_scale(src, None, "minmax01", out)
-    gather_scale(src, None, "unit", out, 1.0)
+    rows = np.zeros(1, np.int64)
+    kernels["minmax01"](src, rows, out)
+    kernels["unit"](src, rows, out, np.float32(1.0))
+    _READY.add(dtype.str)
+
+
+def warm_up(dtype: np.dtype) -> threading.Thread | None:
+    """Start :func:`prepare` in a background thread; return it (the caller joins it).
+
+    While it runs, :func:`gather_scale` declines (the caller normalises with NumPy)
+    instead of waiting. Returns ``None`` when there is nothing to do. The caller joins
+    the thread before its iteration ends, so that no thread is importing when the
+    process forks DataLoader workers later.
+    """
+    global _WARMING
+    dtype = np.dtype(dtype)
+    if dtype.str in _READY or not _applies(dtype) or (_TRIED and _KERNELS is None):
+        return None
+    with _LOCK:
+        if _WARMING is None or not _WARMING.is_alive():
+            _WARMING = threading.Thread(
+                target=prepare, args=(dtype,), name="zarr_instances_jit", daemon=True
+            )
+            _WARMING.start()
+        return _WARMING
 
 
 def gather_scale(
@@ -128,18 +166,25 @@ def gather_scale(
     -------
     bool
         ``True`` when the kernel wrote ``out``; ``False`` when the caller must use
-        the NumPy path (no numba, switched off, float or non-contiguous input).
+        the NumPy path (no numba, switched off, float or non-contiguous input, or the
+        kernels still compiling in :func:`warm_up`'s thread).
     """
     if (
-        not np.issubdtype(src.dtype, np.integer)
+        not _applies(src.dtype)
         or out.dtype != np.float32
         or not src.flags.c_contiguous
         or not out.flags.c_contiguous
         or src.ndim < 2
-        or not enabled()
     ):
         return False
-    kernels = _kernels()
+    if src.dtype.str not in _READY:
+        warming = _WARMING
+        if warming is not None and warming.is_alive():
+            return False
+        prepare(src.dtype)
+        if src.dtype.str not in _READY:  # no numba
+            return False
+    kernels = _KERNELS
     assert kernels is not None
     n, c = src.shape[0], src.shape[1]
     rows = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)

@@ -477,24 +477,29 @@ class ZarrIterableInstances(IterableDataset):
 
             return get
 
-        if not self.read_ahead:
-            for buf in buffers:
-                yield buf, self._load(buf, slot_for(0))
-            return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
+        # numba's kernels load in a thread meanwhile (NumPy normalises until then);
+        # joined before this generator ends, so no thread outlives the iteration
+        warming = _kernels.warm_up(self.dtype) if self.x_dtype == torch.float32 else None
         try:
-            pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
-            for k, buf in enumerate(buffers):
-                fut = pool.submit(self._load, buf, slot_for(k))
-                if k == 0 and self.x_dtype == torch.float32:
-                    _kernels.prepare(self.dtype)  # overlaps the first read
+            if not self.read_ahead:
+                for buf in buffers:
+                    yield buf, self._load(buf, slot_for(0))
+                return
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
+            try:
+                pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
+                for k, buf in enumerate(buffers):
+                    fut = pool.submit(self._load, buf, slot_for(k))
+                    if pending is not None:
+                        yield pending[0], pending[1].result()
+                    pending = (buf, fut)
                 if pending is not None:
                     yield pending[0], pending[1].result()
-                pending = (buf, fut)
-            if pending is not None:
-                yield pending[0], pending[1].result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if warming is not None:
+                warming.join()
 
     def _normalized(self, src: np.ndarray, index: np.ndarray | None) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
