@@ -170,3 +170,22 @@ def test_pool_never_overwrites_kept_samples(tmp_path):
     assert n == 700 and len(kept) == 8
     assert all(torch.equal(a, b) for a, b in kept)
     assert len(ds._pool._items) >= 1
+
+
+def test_kernel_warm_up_thread_is_joined_by_the_iteration(tmp_path, monkeypatch):
+    import threading
+
+    from zarr_instances import ZarrIterableInstances, _kernels
+    from zarr_instances.testing import make_instance_store
+
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
+    monkeypatch.setattr(_kernels, "_READY", set())  # as in a fresh process
+    path = tmp_path / "s.zarr"
+    make_instance_store(path, n=200, chunk_i=50, dtype="uint8", seed=5)
+    for batch_size in (None, 32):
+        ds = ZarrIterableInstances(str(path), batch_size=batch_size)
+        it = iter(ds)
+        next(it)
+        del it  # stopped early: the generator's cleanup joins the thread
+        assert not any(t.name == "zarr_instances_jit" for t in threading.enumerate())
+    assert "|u1" in _kernels._READY
