@@ -5,7 +5,9 @@ baseline venv for harpy. Usage::
 
     python _loader_runner.py '{"impl": "ours", "path": "...", "workers": 2, ...}'
 
-Config keys: ``impl`` (``ours`` | ``harpy``), ``path``, ``workers``, ``repeats``,
+Config keys: ``impl`` (``ours`` | ``harpy`` | ``ipc``: a dataset that reads nothing and
+yields freshly filled shared-memory batches of the store's shape, the DataLoader's
+worker-to-main transfer cost alone), ``path``, ``workers``, ``repeats``,
 ``loader_batch`` (DataLoader batch size for per-sample mode), ``batch_size``
 (ours, batched mode: dataset batch size, DataLoader(batch_size=None)),
 ``buffer_chunks``, ``read_ahead``, ``zarrs`` (use the zarrs codec pipeline),
@@ -75,6 +77,39 @@ class RssMonitor:
         self._thread.join()
 
 
+def _ipc_only_class() -> Any:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+
+    from zarr_instances._normalize import empty_output
+
+    class IpcOnly(IterableDataset):
+        """Yields ``(x, y, id, row)`` batches like ours, filled with ones: no reading."""
+
+        def __init__(self, n: int, batch_size: int) -> None:
+            self.n, self.batch_size = n, batch_size
+
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+        def __iter__(self) -> Any:
+            info = get_worker_info()
+            k, w = (0, 1) if info is None else (info.id, info.num_workers)
+            shared = info is not None
+            for a in range(k * self.batch_size, self.n, w * self.batch_size):
+                m = min(self.batch_size, self.n - a)
+                x = empty_output((m, 2, 1, 64, 64), torch.float32, shared)
+                x.numpy()[...] = 1.0
+                cols = empty_output((3, m), torch.int64, shared)
+                yield (x, *cols.unbind(0))
+
+    return IpcOnly
+
+
+def _ipc_only(n: int, batch_size: int) -> Any:
+    return _ipc_only_class()(n, batch_size)
+
+
 def _dataset(cfg: dict[str, Any], n: int) -> Any:
     import torch
 
@@ -88,6 +123,8 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
         "normalize": "minmax01",
         "x_dtype": torch.float32,
     }
+    if cfg["impl"] == "ipc":
+        return _ipc_only(n, int(cfg["batch_size"]))
     if cfg["impl"] == "harpy":
         spec = importlib.util.spec_from_file_location("_harpy_zii", cfg["harpy_module"])
         assert spec is not None

@@ -342,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             measure("annbatch", label, 0, cfg, args.annbatch_python)
         elif not args.only_sweep:
             print(f"  annbatch: no Python at {args.annbatch_python}; row skipped", file=sys.stderr)
+        # the DataLoader's own ceiling with workers: batches of the same shape made
+        # in the workers without reading anything, sent to the main process
+        for w in [x for x in args.workers if x > 0 and not args.only_sweep]:
+            cfg = {**base, "impl": "ipc", "workers": w, "batch_size": RECOMMENDED["batch_size"]}
+            label = f"DataLoader transfer alone (no reading, bs={cfg['batch_size']}), {w} workers"
+            measure("ipc", label, w, cfg, sys.executable)
         # 4b. target store: our default codec
         if not args.no_target:
             tstore = make_store(root, args.n, args.chunk, args.target_codec, "crops-target.zarr")
