@@ -189,3 +189,28 @@ def test_kernel_warm_up_thread_is_joined_by_the_iteration(tmp_path, monkeypatch)
         del it  # stopped early: the generator's cleanup joins the thread
         assert not any(t.name == "zarr_instances_jit" for t in threading.enumerate())
     assert "|u1" in _kernels._READY
+
+
+def _child_kernel_state(q):
+    from zarr_instances import _kernels
+
+    q.put((_kernels._switched_off(), _kernels._LOCK.acquire(timeout=5)))
+
+
+def test_fork_during_kernel_compile_falls_back_to_numpy_in_the_child(monkeypatch):
+    import multiprocessing
+
+    from zarr_instances import _kernels
+
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
+    ctx = multiprocessing.get_context("fork")
+    # as if another thread were importing numba / compiling, holding our lock
+    monkeypatch.setattr(_kernels, "_IN_PROGRESS", 1)
+    with _kernels._LOCK:
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_kernel_state, args=(q,))
+        p.start()
+    off, lock_free = q.get(timeout=60)
+    p.join(60)
+    assert off and lock_free  # NumPy in the child, and its lock is usable
+    assert not _kernels._switched_off()  # the parent is unchanged

@@ -28,8 +28,28 @@ __all__ = ["enabled", "gather_scale", "prepare", "warm_up"]
 _KERNELS: dict[str, Callable[..., Any]] | None = None
 _TRIED = False
 _READY: set[str] = set()  # dtypes (``dtype.str``) whose kernels are compiled
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # guards _WARMING
+_COMPILE_LOCK = threading.Lock()  # one import/compile at a time
 _WARMING: threading.Thread | None = None
+_IN_PROGRESS = 0  # imports/compiles running now (in any thread)
+_OFF_AFTER_FORK = False
+
+
+def _after_fork_in_child() -> None:
+    """Reset the locks in a forked child; no kernels there if a compile was cut short.
+
+    A thread of the parent that was importing numba or compiling holds locks (ours,
+    numba's, the import system's) that nobody releases in the child: the child then
+    normalises with NumPy instead of risking a deadlock.
+    """
+    global _LOCK, _COMPILE_LOCK, _WARMING, _OFF_AFTER_FORK
+    _LOCK, _COMPILE_LOCK, _WARMING = threading.Lock(), threading.Lock(), None
+    if _IN_PROGRESS:
+        _OFF_AFTER_FORK = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:
@@ -77,7 +97,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
 
 def _kernels() -> dict[str, Callable[..., Any]] | None:
     global _KERNELS, _TRIED
-    with _LOCK:
+    with _COMPILE_LOCK:
         if not _TRIED:
             _KERNELS = _compile()
             _TRIED = True
@@ -85,6 +105,8 @@ def _kernels() -> dict[str, Callable[..., Any]] | None:
 
 
 def _switched_off() -> bool:
+    if _OFF_AFTER_FORK:
+        return True
     return os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no")
 
 
@@ -105,18 +127,26 @@ def prepare(dtype: np.dtype) -> None:
 
     No-op without numba, when switched off, or for non-integer dtypes.
     """
+    global _IN_PROGRESS
     dtype = np.dtype(dtype)
     if dtype.str in _READY or not _applies(dtype):
         return
-    kernels = _kernels()
-    if kernels is None:
-        return
-    src = np.zeros((1, 1, 1), dtype)
-    out = np.empty((1, 1, 1), np.float32)
-    rows = np.zeros(1, np.int64)
-    kernels["minmax01"](src, rows, out)
-    kernels["unit"](src, rows, out, np.float32(1.0))
-    _READY.add(dtype.str)
+    with _LOCK:
+        _IN_PROGRESS += 1
+    try:
+        kernels = _kernels()
+        if kernels is None:
+            return
+        src = np.zeros((1, 1, 1), dtype)
+        out = np.empty((1, 1, 1), np.float32)
+        rows = np.zeros(1, np.int64)
+        with _COMPILE_LOCK:
+            kernels["minmax01"](src, rows, out)
+            kernels["unit"](src, rows, out, np.float32(1.0))
+        _READY.add(dtype.str)
+    finally:
+        with _LOCK:
+            _IN_PROGRESS -= 1
 
 
 def warm_up(dtype: np.dtype) -> threading.Thread | None:
