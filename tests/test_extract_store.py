@@ -197,16 +197,30 @@ def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeyp
     img, msk, image, mask = inputs
     kwargs = {"chunk_i": 3, "order": order, "seed": 2, "extract_mask": True}
     extract_instances(img, msk, D, out=tmp_path / "one.zarr", tile_size=10_000, **kwargs)
-    segments = []
+    segments, packed = [], []
     real = tiles.cut_tile
-    monkeypatch.setattr(tiles, "cut_tile", lambda *a: (segments.append(len(a[-1])), real(*a))[1])
+
+    def cut_tile(*a):
+        out = real(*a)
+        segments.append(len(out))
+        packed.extend(isinstance(part[1], tiles.Packed) for part in out)
+        return out
+
+    monkeypatch.setattr(tiles, "cut_tile", cut_tile)
     monkeypatch.setattr(ex, "_TASK_BYTES", 1)  # one output chunk per write task
     extract_instances(img, msk, D, out=tmp_path / "split.zarr", tile_size=40, **kwargs)
     assert max(segments) > 1  # tiles handed write tasks parts of their own
-    expected, got = _read_all(tmp_path / "one.zarr"), _read_all(tmp_path / "split.zarr")
-    assert got.keys() == expected.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert not any(packed)  # a small pass holds its crops as they are
+    monkeypatch.setattr(ex, "_PACK_ABOVE", 0)  # ... a large one compresses waiting parts
+    extract_instances(img, msk, D, out=tmp_path / "packed.zarr", tile_size=40, **kwargs)
+    if order == "id":  # ids in raster order: parts of a group wait for later tiles
+        assert any(packed)
+    expected = _read_all(tmp_path / "one.zarr")
+    for name in ("split.zarr", "packed.zarr"):
+        got = _read_all(tmp_path / name)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name}: {key}")
     _, ref = extract_instances(image, mask, D, order=order, seed=2)
     np.testing.assert_array_equal(got["image"], ref.compute())
 

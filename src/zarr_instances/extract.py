@@ -52,8 +52,9 @@ from ._tiles import (
     Plan,
     as_delayed,
     assemble_crops,
-    passes,
+    plan_passes,
     tile_tasks,
+    write_groups,
     write_units,
 )
 from ._validate import check_int
@@ -72,6 +73,9 @@ __all__ = ["extract_instances"]
 _ORDERS = ("id", "random")
 # Bytes of crops written by one task (whole units; zarr encodes a task's chunks concurrently).
 _TASK_BYTES = 8 * 2**20
+# A pass expected to hold more crops than this holds the ones waiting for other tiles
+# compressed (see ``tile_tasks``), so that memory barely grows with the image width.
+_PACK_ABOVE = 32 * 2**20
 # Looked up at call time, so tests can wrap it (e.g. to kill a process mid-write).
 _write_units = write_units
 
@@ -401,28 +405,33 @@ def extract_instances(
     if marr is not None:
         marr = marr.with_config({"write_empty_chunks": True})
     write = functools.partial(_write_units, arr, marr, prog)
-    unit_bytes = layout.unit * crop_bytes * (2 if extract_mask else 1)
-    per_task = max(1, _TASK_BYTES // unit_bytes)
+    row_bytes = crop_bytes * (2 if extract_mask else 1)
+    per_task = max(1, min(_TASK_BYTES, memory_limit) // (layout.unit * row_bytes))
+    groups = write_groups(todo, per_task)
     with tqdm(
         total=int(todo.size),
         desc="extract_instances",
         unit="chunk",
         disable=None if progress is None else not progress,
     ) as bar:
-        for run in passes(todo, unit_bytes, memory_limit):
-            groups = [
-                range(int(run[u0]), int(run[min(u0 + per_task, run.size) - 1]) + 1)
-                for u0 in range(0, run.size, per_task)
-            ]
-            bounds = [g.start * layout.unit for g in groups]
-            bounds.append(min(n, groups[-1].stop * layout.unit))
+        for pass_groups, peak in plan_passes(plan, groups, layout.unit, n, row_bytes, memory_limit):
+            bounds = [g.start * layout.unit for g in pass_groups]
+            bounds.append(min(n, pass_groups[-1].stop * layout.unit))
             graph = {}
             parts = tile_tasks(
-                plan, iblocks, mblocks, bounds, remove_background, extract_mask, token, graph
+                plan,
+                iblocks,
+                mblocks,
+                bounds,
+                remove_background,
+                extract_mask,
+                token,
+                graph,
+                pack=peak > _PACK_ABOVE,
             )
-            keys = [f"zi-write-{token}-{units.start}" for units in groups]
+            keys = [f"zi-write-{token}-{units.start}" for units in pass_groups]
             for key, units, a, b, p in zip(
-                keys, groups, bounds[:-1], bounds[1:], parts, strict=True
+                keys, pass_groups, bounds[:-1], bounds[1:], parts, strict=True
             ):
                 graph[key] = (write, units, a, b, *p)
             writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, iblocks, mblocks)
