@@ -29,7 +29,7 @@ FIELDS = ("labels", "count", "sum_z", "sum_y", "sum_x")
 
 @pytest.fixture(autouse=True)
 def _numba_on(monkeypatch):
-    monkeypatch.delenv("ZARR_INSTANCES_NUMBA", raising=False)
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
     assert _extract_kernels.enabled()
 
 
@@ -160,7 +160,7 @@ def test_kernels_switch_off_and_missing_numba(monkeypatch):
         ids1, slow = extract_instances(image, mask, 12, tile_size=32, chunk_i=5)
         slow = slow.compute()
         # numba not installed: the kernels module cannot be imported
-        monkeypatch.delenv("ZARR_INSTANCES_NUMBA")
+        monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
         monkeypatch.setitem(sys.modules, "numba", None)
         monkeypatch.delitem(sys.modules, "zarr_instances._extract_numba", raising=False)
         monkeypatch.delattr(zarr_instances, "_extract_numba", raising=False)
@@ -175,3 +175,13 @@ def test_kernels_switch_off_and_missing_numba(monkeypatch):
     np.testing.assert_array_equal(ids0, ids2)
     assert _same(fast, slow)
     assert _same(fast, none)
+
+
+def test_kernels_default_only_where_numba_is_imported(monkeypatch):
+    monkeypatch.delenv("ZARR_INSTANCES_NUMBA")
+    assert "numba" in sys.modules  # imported by this test module
+    assert _extract_kernels.enabled()
+    monkeypatch.delitem(sys.modules, "numba")
+    assert not _extract_kernels.enabled()
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
+    assert _extract_kernels.enabled()

@@ -12,14 +12,17 @@ extraction run through these kernels:
 
 Both give exactly the results of the NumPy code in :mod:`._geometry` (integer sums;
 the same element copies), which runs without numba, for dtypes the kernels do not
-handle, or with ``ZARR_INSTANCES_NUMBA=0`` in the environment. numba is imported
-lazily on first use; the kernels are compiled then (once per dtype) and cached on
-disk by numba where it can write its cache.
+handle, or when switched off (see :func:`enabled`: by default they run only where
+numba is already imported, e.g. by the dataset's kernels; ``ZARR_INSTANCES_NUMBA=1``
+forces them, ``0`` switches them off). numba is imported lazily on first use; the
+kernels are compiled then (once per dtype) and cached on disk by numba where it can
+write its cache.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +54,18 @@ def _kernels() -> dict[str, Callable[..., Any]] | None:
 
 
 def enabled() -> bool:
-    """Whether the compiled kernels are used (numba importable, not switched off).
+    """Whether the compiled kernels are used.
 
-    ``ZARR_INSTANCES_NUMBA=0`` in the environment switches them off.
+    ``ZARR_INSTANCES_NUMBA`` in the environment decides: ``0`` never, ``1`` whenever
+    numba is installed. Unset (or any other value), the kernels are used only when
+    numba is already imported in this process: importing numba and loading the
+    cached kernels costs about 0.85 s of CPU and 100 MiB of memory per process
+    (measured, BENCHMARKS.md), more than the kernels save on an 8k x 8k image.
     """
-    if os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no"):
+    flag = os.environ.get("ZARR_INSTANCES_NUMBA", "").strip().lower()
+    if flag in ("0", "false", "no"):
+        return False
+    if flag not in ("1", "true", "yes") and "numba" not in sys.modules:
         return False
     return _kernels() is not None
 
