@@ -460,3 +460,33 @@ def test_all_zero_crops_are_written_and_stream(tmp_path):
     ds = ZarrIterableInstances(str(out), normalize=None, batch_size=2)
     ((x, ids, _rows),) = list(ds)
     assert ids.tolist() == [1, 2] and int(x.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
+    from zarr.storage import MemoryStore
+
+    from zarr_instances._write import _plain_flag_root, flag_done
+
+    def make(name):
+        store = str(tmp_path / name) if where == "local" else MemoryStore()
+        kw = {"shape": (9,), "chunks": (1,), "dtype": "uint8", "fill_value": 0}
+        return zarr.create_array(store, compressors=None, zarr_format=zarr_format, **kw)
+
+    ref, got = make("ref.zarr"), make("got.zarr")
+    assert (_plain_flag_root(got) is not None) == (where == "local")
+    ref[2:5] = 1
+    ref[7:8] = 1
+    flag_done(got, range(2, 5))
+    flag_done(got, range(7, 8))
+    np.testing.assert_array_equal(got[...], ref[...])
+    if where == "local":
+        files = {
+            p.relative_to(tmp_path / "ref.zarr"): p.read_bytes()
+            for p in (tmp_path / "ref.zarr").rglob("*")
+            if p.is_file()
+        }
+        for rel, data in files.items():
+            assert (tmp_path / "got.zarr" / rel).read_bytes() == data, rel
+        assert not list((tmp_path / "got.zarr").rglob("*.partial"))

@@ -23,6 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numcodecs import Blosc
 
 from ._geometry import crop_windows, pad_box, window_starts
+from ._write import flag_done
 
 __all__ = [
     "Blocks",
@@ -252,7 +253,7 @@ def write_units(
     image[r0:r1] = buf
     if mask is not None:
         mask[r0:r1] = mbuf
-    progress[units.start : units.stop] = 1
+    flag_done(progress, units)
     return units
 
 

@@ -26,6 +26,7 @@ consolidated metadata until ``zarr.consolidate_metadata`` is called again.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,15 @@ def default_compressors(dtype: np.dtype, zarr_format: int) -> Any:
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize)
 
 
-__all__ = ["ATTRS_KEY", "CENTROIDS_KEY", "MASK_KEY", "PROGRESS_KEY", "StoreLayout", "prepare_store"]
+__all__ = [
+    "ATTRS_KEY",
+    "CENTROIDS_KEY",
+    "MASK_KEY",
+    "PROGRESS_KEY",
+    "StoreLayout",
+    "flag_done",
+    "prepare_store",
+]
 
 ATTRS_KEY = "zarr_instances"
 CENTROIDS_KEY = "centroids"
@@ -225,3 +234,44 @@ def finish_store(group: zarr.Group) -> None:
         zarr.consolidate_metadata(
             group.store, path=group.path, zarr_format=group.metadata.zarr_format
         )
+
+
+def flag_done(progress: zarr.Array, units: range) -> None:
+    """Set the ``progress`` flags of ``units`` to 1 (each flag is a chunk of its own).
+
+    In a local store each flag is written as its one-byte chunk file, atomically
+    (a temporary file renamed), which is the file zarr writes for it; anywhere else
+    through zarr. zarr's pipeline costs ~6 ms per call for these one-byte chunks
+    (0.3 s of CPU for the 49 write tasks of the 8k benchmark).
+    """
+    root = _plain_flag_root(progress)
+    if root is None:
+        progress[units.start : units.stop] = 1
+        return
+    meta = progress.metadata
+    for u in units:
+        path = os.path.join(root, meta.encode_chunk_key((u,)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"
+        with open(tmp, "wb") as f:
+            f.write(b"\x01")
+        os.replace(tmp, path)
+
+
+def _plain_flag_root(progress: zarr.Array) -> str | None:
+    """Directory of a ``progress`` array whose chunks are stored as raw bytes in a local store."""
+    from zarr.codecs import BytesCodec
+    from zarr.storage import LocalStore
+
+    store = progress.store_path.store
+    if type(store) is not LocalStore or progress.dtype != np.uint8 or progress.shards is not None:
+        return None
+    if tuple(progress.chunks) != (1,):
+        return None
+    meta = progress.metadata
+    if meta.zarr_format == 2:
+        if meta.compressor is not None or meta.filters:
+            return None
+    elif len(meta.codecs) != 1 or not isinstance(meta.codecs[0], BytesCodec):
+        return None
+    return os.path.join(str(store.root), progress.store_path.path)
