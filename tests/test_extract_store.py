@@ -490,3 +490,43 @@ def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
         for rel, data in files.items():
             assert (tmp_path / "got.zarr" / rel).read_bytes() == data, rel
         assert not list((tmp_path / "got.zarr").rglob("*.partial"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # the default layout: Blosc-lz4, Zarr format 3
+        {"compressors": zarr.codecs.ZstdCodec(level=3, checksum=True), "extract_mask": True},
+        {"compressors": zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle")},
+        {"compressors": None},  # no codec: through zarr
+        {"zarr_format": 2, "extract_mask": True},  # through zarr
+        {"shards": 8, "chunk_i": 4},  # through zarr
+    ],
+)
+def test_direct_chunk_writes_are_the_bytes_zarr_writes(inputs, tmp_path, monkeypatch, kwargs):
+    import zarr_instances._write as write
+
+    img, msk, _, _ = inputs
+    kwargs = {"chunk_i": 7, **kwargs}  # 7 rows per chunk: the last chunk is partial
+    direct = write._direct_chunks
+    used = []
+    monkeypatch.setattr(write, "_direct_chunks", lambda a: used.append(direct(a)) or used[-1])
+    extract_instances(img, msk, D, out=tmp_path / "direct.zarr", **kwargs)
+    expect_direct = kwargs.get("zarr_format", 3) == 3 and "shards" not in kwargs
+    expect_direct = expect_direct and kwargs.get("compressors", "auto") is not None
+    assert used and all((u is not None) == expect_direct for u in used)
+    monkeypatch.setattr(write, "_direct_chunks", lambda a: None)
+    extract_instances(img, msk, D, out=tmp_path / "zarr.zarr", **kwargs)
+
+    def files(root):
+        return {
+            p.relative_to(root): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name not in ("zarr.json", ".zattrs", ".zmetadata")
+        }
+
+    got, expected = files(tmp_path / "direct.zarr"), files(tmp_path / "zarr.zarr")
+    assert got.keys() == expected.keys()
+    assert len(got) > 10
+    for key, data in expected.items():
+        assert got[key] == data, key

@@ -23,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numcodecs import Blosc
 
 from ._geometry import crop_windows, pad_box, window_starts
-from ._write import flag_done
+from ._write import flag_done, write_rows
 
 __all__ = [
     "Blocks",
@@ -250,9 +250,9 @@ def write_units(
     mshape = None if mask is None else mask.shape[1:]
     mdtype = None if mask is None else mask.dtype
     buf, mbuf = assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
-    image[r0:r1] = buf
+    write_rows(image, r0, r1, buf)
     if mask is not None:
-        mask[r0:r1] = mbuf
+        write_rows(mask, r0, r1, mbuf)
     flag_done(progress, units)
     return units
 
