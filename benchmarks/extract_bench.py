@@ -13,7 +13,8 @@ Rows:
   write limit   only writing the same output array (same chunks and codec) with zarr,
                 from memory: the ceiling for any extractor writing this store with zarr
   direct write  the same, with the chunk encoding and file writes extract_instances does
-                itself for a local store's default layout (byte-identical chunks)
+                itself for a local store's default layout (byte-identical chunks), 4
+                chunks per call on a thread per CPU (as its write tasks)
   numpy loop    read image + mask into memory, bincount centroids, one crop at a time
   harpy         harpy.tb.extract_instances on a SpatialData object (separate venv)
   before        (--before-src DIR) ours from another source tree, e.g. main's src
@@ -87,9 +88,14 @@ dst = zarr.create_array(args["out"], shape=src.shape, chunks=src.chunks, dtype=s
                         config={"write_empty_chunks": True})
 step = src.chunks[0] * 32
 if args.get("direct"):  # the chunk writes extract_instances does itself (no zarr pipeline)
+    # as its write tasks: 4 chunks per call, one call per thread, a thread per CPU
+    from concurrent.futures import ThreadPoolExecutor
     from zarr_instances._write import write_rows
-    for a in range(0, src.shape[0], step):
+    step = src.chunks[0] * 4
+    def one(a):
         write_rows(dst, a, min(a + step, src.shape[0]), data[a:a + step])
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(0, src.shape[0], step)))
 else:
     for a in range(0, src.shape[0], step):
         dst[a:a + step] = data[a:a + step]
