@@ -11,9 +11,17 @@ chunked (1024, 1024), both Zarr v3 with zarr's default codec).
 Rows:
   ours          extract_instances(image path, mask path, 64, out=...) on Dask threads
   write limit   only writing the same output array (same chunks and codec) with zarr,
-                from memory: the ceiling for any extractor writing this store
+                from memory: the ceiling for any extractor writing this store with zarr
+  direct write  the same, with the chunk encoding and file writes extract_instances does
+                itself for a local store's default layout (byte-identical chunks), 4
+                chunks per call on a thread per CPU (as its write tasks)
   numpy loop    read image + mask into memory, bincount centroids, one crop at a time
   harpy         harpy.tb.extract_instances on a SpatialData object (separate venv)
+  before        (--before-src DIR) ours from another source tree, e.g. main's src
+  ours (numba)  (--numba) ours with the compiled kernels forced on
+
+With --repeats N every row runs N times, the rows interleaved (so that load from
+other jobs hits them alike); each row reports its median run.
 """
 
 from __future__ import annotations
@@ -79,8 +87,18 @@ dst = zarr.create_array(args["out"], shape=src.shape, chunks=src.chunks, dtype=s
                         compressors=src.compressors, filters=src.filters, overwrite=True,
                         config={"write_empty_chunks": True})
 step = src.chunks[0] * 32
-for a in range(0, src.shape[0], step):
-    dst[a:a + step] = data[a:a + step]
+if args.get("direct"):  # the chunk writes extract_instances does itself (no zarr pipeline)
+    # as its write tasks: 4 chunks per call, one call per thread, a thread per CPU
+    from concurrent.futures import ThreadPoolExecutor
+    from zarr_instances._write import write_rows
+    step = src.chunks[0] * 4
+    def one(a):
+        write_rows(dst, a, min(a + step, src.shape[0]), data[a:a + step])
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(0, src.shape[0], step)))
+else:
+    for a in range(0, src.shape[0], step):
+        dst[a:a + step] = data[a:a + step]
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n": int(src.shape[0]), "rss_mib": rss(), "base_mib": base}))
 """
@@ -153,8 +171,16 @@ print(json.dumps({"seconds": dt, "n": int(len(ids)), "rss_mib": rss(), "base_mib
 )
 
 
-def _child(python: str, code: str, args: dict, timeout: float = 3600) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
+def _child(
+    python: str,
+    code: str,
+    args: dict,
+    timeout: float = 3600,
+    src: str | None = None,
+    env_extra: dict | None = None,
+) -> dict:
+    env = {**os.environ, "PYTHONPATH": src or str(SRC), "PYTHONWARNINGS": "ignore"}
+    env.update(env_extra or {})
     res = subprocess.run(
         [python, "-c", textwrap.dedent(code), json.dumps(args)],
         env=env,
@@ -198,11 +224,23 @@ def main() -> int:
     p.add_argument("--diameter", type=int, default=64)
     p.add_argument("--order", default="id", choices=("id", "random"))
     p.add_argument("--data", default=str(HERE.parent / "bench-data"))
-    p.add_argument("--repeats", type=int, default=1, help="best of N for ours / write limit")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="median of N runs (rows interleaved) for each row"
+    )
     p.add_argument("--harpy-python", default=None, help="python of a venv with harpy-analysis")
     p.add_argument("--skip-numpy", action="store_true")
     p.add_argument("--skip-limit", action="store_true", help="do not run the write limit")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--numba",
+        action="store_true",
+        help="add a row 'ours (numba)': the compiled kernels forced on (ZARR_INSTANCES_NUMBA=1)",
+    )
+    p.add_argument(
+        "--before-src",
+        default=None,
+        help="add a row 'before': ours from another source tree (e.g. a checkout of main's src)",
+    )
     args = p.parse_args()
 
     data = Path(args.data)
@@ -228,25 +266,37 @@ def main() -> int:
     common = {"image": image, "mask": mask, "diameter": args.diameter, "order": args.order}
     rows: dict[str, dict] = {}
     try:
-        runs = [("ours (threads)", _OURS, {"scheduler": "threads", "out": str(tmp / "ours.zarr")})]
+        ours = {"scheduler": "threads", "out": str(tmp / "ours.zarr")}
+        runs = [("ours (threads)", _OURS, ours, None, None)]
+        if args.before_src:
+            before = {**ours, "out": str(tmp / "before.zarr")}
+            runs.insert(0, ("before (threads)", _OURS, before, args.before_src, None))
+        if args.numba:
+            on = {"ZARR_INSTANCES_NUMBA": "1"}
+            numba_run = {**ours, "out": str(tmp / "numba.zarr")}
+            runs.append(("ours (numba)", _OURS, numba_run, None, on))
         if not args.skip_limit:
-            runs.append(
-                (
-                    "write limit",
-                    _WRITE_LIMIT,
-                    {"src": str(tmp / "ours.zarr/image"), "out": str(tmp / "limit.zarr")},
-                )
-            )
+            limit = {"src": str(tmp / "ours.zarr/image"), "out": str(tmp / "limit.zarr")}
+            runs.append(("write limit", _WRITE_LIMIT, limit, None, None))
+            direct = {**limit, "out": str(tmp / "direct.zarr"), "direct": True}
+            runs.append(("direct write", _WRITE_LIMIT, direct, None, None))
+        times: dict[str, list[dict]] = {}
         for r in range(args.repeats):
-            for name, code, extra in runs:
+            for name, code, extra, src, env in runs:
                 shutil.rmtree(extra["out"], ignore_errors=True)
-                res = _child(py, code, {**common, **extra})
-                if name not in rows or res["seconds"] < rows[name]["seconds"]:
-                    rows[name] = res
+                res = _child(py, code, {**common, **extra}, src=src, env_extra=env)
+                times.setdefault(name, []).append(res)
+                done = sorted(times[name], key=lambda x: x["seconds"])
+                rows[name] = done[(len(done) - 1) // 2]  # the median (lower one if even)
                 print(
                     f"[{r}] {name}: {res['seconds']:.2f} s, {res['n'] / res['seconds']:.0f} "
                     f"crops/s, peak RSS {res['rss_mib']:.0f} MiB",
                     flush=True,
+                )
+        for name, out in (("before (threads)", "before.zarr"), ("ours (numba)", "numba.zarr")):
+            if name in rows:
+                rows[name]["check"] = _compare(
+                    str(tmp / "ours.zarr/image"), str(tmp / out / "image")
                 )
         if not args.skip_numpy:
             rows["numpy loop"] = _child(py, _NUMPY, {**common, "out": str(tmp / "np.zarr")})

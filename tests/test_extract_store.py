@@ -197,16 +197,30 @@ def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeyp
     img, msk, image, mask = inputs
     kwargs = {"chunk_i": 3, "order": order, "seed": 2, "extract_mask": True}
     extract_instances(img, msk, D, out=tmp_path / "one.zarr", tile_size=10_000, **kwargs)
-    segments = []
+    segments, packed = [], []
     real = tiles.cut_tile
-    monkeypatch.setattr(tiles, "cut_tile", lambda *a: (segments.append(len(a[-1])), real(*a))[1])
+
+    def cut_tile(*a):
+        out = real(*a)
+        segments.append(len(out))
+        packed.extend(isinstance(part[1], tiles.Packed) for part in out)
+        return out
+
+    monkeypatch.setattr(tiles, "cut_tile", cut_tile)
     monkeypatch.setattr(ex, "_TASK_BYTES", 1)  # one output chunk per write task
     extract_instances(img, msk, D, out=tmp_path / "split.zarr", tile_size=40, **kwargs)
     assert max(segments) > 1  # tiles handed write tasks parts of their own
-    expected, got = _read_all(tmp_path / "one.zarr"), _read_all(tmp_path / "split.zarr")
-    assert got.keys() == expected.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert not any(packed)  # a small pass holds its crops as they are
+    monkeypatch.setattr(ex, "_PACK_ABOVE", 0)  # ... a large one compresses waiting parts
+    extract_instances(img, msk, D, out=tmp_path / "packed.zarr", tile_size=40, **kwargs)
+    if order == "id":  # ids in raster order: parts of a group wait for later tiles
+        assert any(packed)
+    expected = _read_all(tmp_path / "one.zarr")
+    for name in ("split.zarr", "packed.zarr"):
+        got = _read_all(tmp_path / name)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name}: {key}")
     _, ref = extract_instances(image, mask, D, order=order, seed=2)
     np.testing.assert_array_equal(got["image"], ref.compute())
 
@@ -446,3 +460,73 @@ def test_all_zero_crops_are_written_and_stream(tmp_path):
     ds = ZarrIterableInstances(str(out), normalize=None, batch_size=2)
     ((x, ids, _rows),) = list(ds)
     assert ids.tolist() == [1, 2] and int(x.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
+    from zarr.storage import MemoryStore
+
+    from zarr_instances._write import _plain_flag_root, flag_done
+
+    def make(name):
+        store = str(tmp_path / name) if where == "local" else MemoryStore()
+        kw = {"shape": (9,), "chunks": (1,), "dtype": "uint8", "fill_value": 0}
+        return zarr.create_array(store, compressors=None, zarr_format=zarr_format, **kw)
+
+    ref, got = make("ref.zarr"), make("got.zarr")
+    assert (_plain_flag_root(got) is not None) == (where == "local")
+    ref[2:5] = 1
+    ref[7:8] = 1
+    flag_done(got, range(2, 5))
+    flag_done(got, range(7, 8))
+    np.testing.assert_array_equal(got[...], ref[...])
+    if where == "local":
+        files = {
+            p.relative_to(tmp_path / "ref.zarr"): p.read_bytes()
+            for p in (tmp_path / "ref.zarr").rglob("*")
+            if p.is_file()
+        }
+        for rel, data in files.items():
+            assert (tmp_path / "got.zarr" / rel).read_bytes() == data, rel
+        assert not list((tmp_path / "got.zarr").rglob("*.partial"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # the default layout: Blosc-lz4, Zarr format 3
+        {"compressors": zarr.codecs.ZstdCodec(level=3, checksum=True), "extract_mask": True},
+        {"compressors": zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle")},
+        {"compressors": None},  # no codec: through zarr
+        {"zarr_format": 2, "extract_mask": True},  # through zarr
+        {"shards": 8, "chunk_i": 4},  # through zarr
+    ],
+)
+def test_direct_chunk_writes_are_the_bytes_zarr_writes(inputs, tmp_path, monkeypatch, kwargs):
+    import zarr_instances._write as write
+
+    img, msk, _, _ = inputs
+    kwargs = {"chunk_i": 7, **kwargs}  # 7 rows per chunk: the last chunk is partial
+    direct = write._direct_chunks
+    used = []
+    monkeypatch.setattr(write, "_direct_chunks", lambda a: used.append(direct(a)) or used[-1])
+    extract_instances(img, msk, D, out=tmp_path / "direct.zarr", **kwargs)
+    expect_direct = kwargs.get("zarr_format", 3) == 3 and "shards" not in kwargs
+    expect_direct = expect_direct and kwargs.get("compressors", "auto") is not None
+    assert used and all((u is not None) == expect_direct for u in used)
+    monkeypatch.setattr(write, "_direct_chunks", lambda a: None)
+    extract_instances(img, msk, D, out=tmp_path / "zarr.zarr", **kwargs)
+
+    def files(root):
+        return {
+            p.relative_to(root): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name not in ("zarr.json", ".zattrs", ".zmetadata")
+        }
+
+    got, expected = files(tmp_path / "direct.zarr"), files(tmp_path / "zarr.zarr")
+    assert got.keys() == expected.keys()
+    assert len(got) > 10
+    for key, data in expected.items():
+        assert got[key] == data, key

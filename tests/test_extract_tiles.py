@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_edges
-from zarr_instances._tiles import Blocks, Plan, tile_tasks
+from zarr_instances._tiles import (
+    Blocks,
+    Plan,
+    held_bytes,
+    plan_passes,
+    tile_tasks,
+    write_groups,
+)
 from zarr_instances.testing import make_image_and_mask
 
 
@@ -84,3 +91,44 @@ def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks):
 def _blocks(n: int, chunk: int) -> list[int]:
     """Block sizes of an axis of ``n`` pixels in chunks of ``chunk`` (the last may be short)."""
     return [min(chunk, n - a) for a in range(0, n, chunk)]
+
+
+@pytest.mark.parametrize("order", ["id", "random"])
+def test_passes_bounded_by_crops_held(order):
+    # ids in raster order close their write groups tile row by tile row: one pass
+    # holds about one tile row of crops whatever the output size; a random order
+    # keeps every group open to the end, so a pass holds all its crops.
+    _, mask = make_image_and_mask((256, 256), 300, 12, seed=3)
+    sums = combine_sums([label_sums(mask)])
+    ids, cents = sums.labels, centroids(sums)
+    edges = tile_edges([32] * 8, 32)
+    plan = Plan(ids, cents, order, 0, 12, edges, edges, (256, 256))
+    unit, row_bytes = 4, 100
+    n_units = -(-ids.size // unit)
+    groups = write_groups(np.arange(n_units), 2)
+    limit = 40 * unit * row_bytes  # 40 units: about a third of the output
+    passes = plan_passes(plan, groups, unit, ids.size, row_bytes, limit)
+    assert [g for p, _ in passes for g in p] == groups  # every group once, in order
+    for p, peak in passes:
+        held = held_bytes(plan, p, unit, ids.size, row_bytes)
+        assert peak == held.max() <= limit
+    if order == "id":
+        assert len(passes) == 1
+        assert passes[0][1] < ids.size * row_bytes / 3
+    else:  # most groups stay open until late tiles: several passes
+        assert len(passes) >= 2
+        for p, peak in passes:
+            rows = min(ids.size, p[-1].stop * unit) - p[0].start * unit
+            assert peak > rows * row_bytes / 2
+
+
+def test_write_groups_split_runs():
+    todo = np.array([0, 1, 2, 3, 4, 7, 8, 10])
+    assert write_groups(todo, 2) == [
+        range(0, 2),
+        range(2, 4),
+        range(4, 5),
+        range(7, 9),
+        range(10, 11),
+    ]
+    assert write_groups(np.zeros(0, dtype=np.int64), 3) == []

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import _extract_kernels as _kernels
+
 __all__ = [
     "LabelSums",
     "centroids",
     "combine_sums",
     "crop_windows",
+    "crop_windows_numpy",
     "default_chunk_rows",
     "label_sums",
+    "label_sums_numpy",
     "pad_box",
     "round_half_even_div",
     "tile_edges",
@@ -63,6 +67,37 @@ def _group_sum(keys: np.ndarray, values: Sequence[np.ndarray]) -> tuple[np.ndarr
 
 def label_sums(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> LabelSums:
     """Count pixels and sum their ``(z, y, x)`` coordinates for every non-zero label.
+
+    Runs the compiled kernel of :mod:`._extract_kernels` when numba is installed (one
+    pass over the pixels into a hash table of labels), else :func:`label_sums_numpy`;
+    both return the same exact sums.
+
+    Parameters
+    ----------
+    block
+        Integer mask ``(z, y, x)`` (or ``(y, x)``); ``0`` is background.
+    offset
+        Global ``(z, y, x)`` coordinate of ``block[0, 0, 0]``.
+
+    Returns
+    -------
+    LabelSums
+        Exact ``int64`` sums, labels ascending.
+    """
+    m = np.asarray(block)
+    if m.ndim == 2:
+        m = m[None]
+    if m.size == 0:
+        return LabelSums.empty()
+    got = _kernels.label_sums(m, (int(offset[0]), int(offset[1]), int(offset[2])))
+    if got is None:
+        return label_sums_numpy(m, offset)
+    labels, sums = got
+    return LabelSums(labels, sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3])
+
+
+def label_sums_numpy(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> LabelSums:
+    """:func:`label_sums` in NumPy (the reference of the compiled kernel).
 
     The mask is scanned once, as runs of equal labels along ``x``: each run adds
     its length, ``length * z``, ``length * y`` and the arithmetic series of its ``x``
@@ -191,6 +226,10 @@ def crop_windows(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Cut ``diameter x diameter`` windows out of a region of the image.
 
+    Runs the compiled kernel of :mod:`._extract_kernels` when numba is installed (one
+    pass per window, background removed while copying), else
+    :func:`crop_windows_numpy`; both return the same arrays.
+
     Parameters
     ----------
     image
@@ -216,6 +255,49 @@ def crop_windows(
     tuple
         Crops ``(n, c, z, d, d)`` and the mask crops (or ``None``).
     """
+    starts_yx = np.asarray(starts_yx, dtype=np.int64).reshape(-1, 2)
+    if starts_yx.size:
+        lo = starts_yx.min(axis=0) - np.asarray(origin_yx)
+        hi = starts_yx.max(axis=0) - np.asarray(origin_yx) + diameter
+        if lo.min() < 0 or hi[0] > image.shape[-2] or hi[1] > image.shape[-1]:
+            msg = f"windows reach past the region: starts {lo} .. {hi} of {image.shape}"
+            raise IndexError(msg)
+    got = _kernels.cut_windows(
+        image,
+        mask,
+        origin_yx,
+        starts_yx,
+        labels,
+        diameter,
+        remove_background=remove_background,
+        with_mask=with_mask,
+    )
+    if got is not None:
+        return got
+    return crop_windows_numpy(
+        image,
+        mask,
+        origin_yx,
+        starts_yx,
+        labels,
+        diameter,
+        remove_background=remove_background,
+        with_mask=with_mask,
+    )
+
+
+def crop_windows_numpy(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    origin_yx: tuple[int, int],
+    starts_yx: np.ndarray,
+    labels: np.ndarray,
+    diameter: int,
+    *,
+    remove_background: bool,
+    with_mask: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`crop_windows` in NumPy (the reference of the compiled kernel)."""
     ys = starts_yx[:, 0] - origin_yx[0]
     xs = starts_yx[:, 1] - origin_yx[1]
     win = sliding_window_view(image, (diameter, diameter), axis=(-2, -1))

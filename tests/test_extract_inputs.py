@@ -1,0 +1,104 @@
+"""Direct chunk reads of Zarr inputs (``CheckedZarr``) against zarr's own reads."""
+
+from __future__ import annotations
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
+from zarr.storage import MemoryStore
+
+from zarr_instances import ChunkReadError
+from zarr_instances._inputs import CheckedZarr, _decoded_size, _from_zarr
+
+V3 = [
+    ("zstd", [ZstdCodec(level=3)]),
+    ("zstd-checksum", [ZstdCodec(level=1, checksum=True)]),
+    ("blosc", [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]),
+    ("raw", []),
+    ("gzip", [GzipCodec()]),  # not decoded directly: zarr's pipeline
+]
+V2 = [
+    ("blosc", numcodecs.Blosc()),
+    ("zstd", numcodecs.Zstd()),
+    ("lz4", numcodecs.LZ4()),
+    ("zlib", numcodecs.Zlib()),
+    ("gzip", numcodecs.GZip()),
+    ("raw", None),
+]
+
+
+def _make(store, fmt, codecs, dtype):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 200, (3, 50, 45)).astype(dtype)
+    data[:, :20, :20] = 0  # a chunk of fill value (not stored by zarr)
+    kw = {"chunks": (2, 16, 20), "fill_value": 0, "zarr_format": fmt}
+    if fmt == 3:
+        kw["compressors"] = codecs or None
+        kw["serializer"] = BytesCodec()
+    else:
+        kw["compressors"] = codecs
+    arr = zarr.create_array(store, shape=data.shape, dtype=dtype, **kw)
+    arr[...] = data
+    return arr, data
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32", "uint8"])
+@pytest.mark.parametrize(("fmt", "name"), [(3, n) for n, _ in V3] + [(2, n) for n, _ in V2])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_direct_reads_equal_zarr(tmp_path, dtype, fmt, name, where):
+    codecs = dict(V3 if fmt == 3 else V2)[name]
+    store = str(tmp_path / "a.zarr") if where == "local" else MemoryStore()
+    arr, data = _make(store, fmt, codecs, dtype)
+    checked = CheckedZarr(arr, "image")
+    assert (checked._decode is not None) == (name != "gzip" or fmt == 2)
+    assert (checked._file is not None) == (where == "local" and checked._decode is not None)
+    got = _from_zarr("image", arr).compute(scheduler="synchronous")  # one block per chunk
+    np.testing.assert_array_equal(got, data)
+    assert got.dtype == data.dtype
+    # regions that are not one whole chunk go through zarr
+    np.testing.assert_array_equal(checked[1:3, 5:40, 3:7], data[1:3, 5:40, 3:7])
+    np.testing.assert_array_equal(
+        checked[(slice(2, 3), slice(48, 50), slice(40, 45))], data[2:, 48:, 40:]
+    )
+
+
+def test_direct_read_of_a_chunk_with_the_wrong_size_fails(tmp_path):
+    arr, _ = _make(str(tmp_path / "a.zarr"), 3, [ZstdCodec()], "uint16")
+    other = numcodecs.Zstd().encode(np.zeros(10, dtype=np.uint16))
+    (tmp_path / "a.zarr" / arr.metadata.encode_chunk_key((0, 1, 1))).write_bytes(other)
+    checked = CheckedZarr(arr, "image")
+    with pytest.raises(ChunkReadError, match=r"chunk 'c/0/1/1' \(chunk index \(0, 1, 1\)\)"):
+        checked[0:2, 16:32, 20:40]
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 300, 65791, 65792, 2**20, 2**33])
+def test_zstd_frame_content_size(size):
+    # frames written by the zstd library (numcodecs) for the sizes zarr chunks have
+    if size <= 2**20:
+        frame = numcodecs.Zstd(level=1).encode(np.zeros(size, dtype=np.uint8))
+        assert _decoded_size("zstd", frame) == size
+    # hand-made headers: every field size combination of the frame header descriptor
+    for fcs_flag, width in ((1, 2), (2, 4), (3, 8)):
+        if width == 2 and not 256 <= size < 65536 + 256:
+            continue
+        if width == 4 and size >= 2**32:
+            continue
+        for single in (0, 1):
+            for dict_flag, dict_bytes in ((0, 0), (1, 1), (2, 2), (3, 4)):
+                fhd = (fcs_flag << 6) | (single << 5) | dict_flag
+                value = size - 256 if width == 2 else size
+                header = (
+                    b"\x28\xb5\x2f\xfd"
+                    + bytes([fhd])
+                    + (b"" if single else b"\x50")
+                    + b"\x07" * dict_bytes
+                    + value.to_bytes(width, "little")
+                    + b"\x00" * 8
+                )
+                assert _decoded_size("zstd", header) == size
+    no_size = b"\x28\xb5\x2f\xfd" + bytes([0]) + b"\x50" + b"\x00" * 8
+    assert _decoded_size("zstd", no_size) is None
+    assert _decoded_size("zstd", b"garbage-garbage") is None
+    assert _decoded_size("lz4", b"\x00" * 20) is None
