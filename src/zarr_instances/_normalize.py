@@ -74,7 +74,8 @@ class OutputPool:
     is never overwritten: it simply stays out of the pool.
 
     Not for tensors that leave the process (DataLoader workers): their receiver's
-    references are invisible here.
+    references are invisible here. Not thread-safe: one pool per iteration, used by the
+    one thread that produces its outputs.
 
     Parameters
     ----------

@@ -214,7 +214,6 @@ class ZarrIterableInstances(IterableDataset):
         self._array: OpenedInstances | None = None
         self._array_pid = 0
         self._decoder: Decoder | None = None
-        self._pool: OutputPool | None = None  # output tensors reused (main process)
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._iter_epoch = 0
@@ -277,7 +276,7 @@ class ZarrIterableInstances(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         self._refresh_rank_world()
         state = self.__dict__.copy()
-        state["_array"] = state["_decoder"] = state["_pool"] = None
+        state["_array"] = state["_decoder"] = None
         state["instance_ids"] = state["labels"] = None
         state["_selection"] = replace(self._selection, keep=None)
         return state
@@ -501,14 +500,18 @@ class ZarrIterableInstances(IterableDataset):
             if warming is not None:
                 warming.join()
 
-    def _normalized(self, src: np.ndarray, index: np.ndarray | None) -> torch.Tensor:
+    def _output_pool(self) -> OutputPool | None:
+        """Return a pool of output tensors for one iteration (used by its one producing thread).
+
+        ``None`` in a DataLoader worker, whose tensors leave the process.
+        """
+        return None if self._in_worker else OutputPool(_BATCHES_AHEAD + 4)
+
+    def _normalized(
+        self, src: np.ndarray, index: np.ndarray | None, pool: OutputPool | None
+    ) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
         shared = self.batch_size is not None and self._in_worker
-        pool = None
-        if not self._in_worker:  # a worker's tensors leave the process: no reuse
-            if self._pool is None:
-                self._pool = OutputPool(_BATCHES_AHEAD + 4)
-            pool = self._pool
         return normalize_rows(src, index, self._mode, self.x_dtype, shared, pool)
 
     def _pack_batch(self, x: torch.Tensor, rows: np.ndarray) -> Any:
@@ -553,13 +556,14 @@ class ZarrIterableInstances(IterableDataset):
     def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
         labels, ids = self.labels, self.instance_ids
         with_id, with_row = self.return_instance_id, self.return_row_index
+        pool = self._output_pool()
         for buf, (src, index) in self._loaded(plan, start):
             rows = buf.rows
             ys = None if labels is None else torch.from_numpy(labels[rows])
             id_list = ids[rows].tolist()
             row_list = rows.tolist()
             for a in range(0, rows.size, _SAMPLE_BLOCK):
-                x = self._normalized(src, index[a : a + _SAMPLE_BLOCK])
+                x = self._normalized(src, index[a : a + _SAMPLE_BLOCK], pool)
                 for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
                     out: list[Any] = [x[j - a]]
                     if ys is not None:
@@ -591,6 +595,7 @@ class ZarrIterableInstances(IterableDataset):
         assert bs is not None
         carry_x: np.ndarray | None = None
         carry_r: np.ndarray | None = None
+        pool = self._output_pool()
         for buf, (src, index) in self._loaded(plan, start):
             rows = buf.rows
             n = index.size
@@ -602,16 +607,16 @@ class ZarrIterableInstances(IterableDataset):
                 pos = min(need, n)
                 if carry_x.shape[0] < bs:
                     continue
-                yield self._pack_batch(self._normalized(carry_x, None), carry_r), bs
+                yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r), bs
                 carry_x = carry_r = None
             while pos + bs <= n:
-                x = self._normalized(src, index[pos : pos + bs])
+                x = self._normalized(src, index[pos : pos + bs], pool)
                 yield self._pack_batch(x, rows[pos : pos + bs]), bs
                 pos += bs
             if pos < n:  # the slot is reused: keep a copy of the tail
                 carry_x, carry_r = src[index[pos:]], rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
-            yield self._pack_batch(self._normalized(carry_x, None), carry_r), carry_x.shape[0]
+            yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r), carry_x.shape[0]
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"
