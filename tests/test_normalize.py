@@ -213,3 +213,20 @@ def test_fork_during_kernel_compile_falls_back_to_numpy_in_the_child(monkeypatch
     p.join(60)
     assert off and lock_free  # NumPy in the child, and its lock is usable
     assert not _kernels._switched_off()  # the parent is unchanged
+
+
+def test_two_concurrent_iterations_do_not_share_output_memory(tmp_path):
+    from zarr_instances import ZarrIterableInstances
+    from zarr_instances.testing import make_instance_store
+
+    path = tmp_path / "s.zarr"
+    make_instance_store(path, n=400, chunk_i=40, seed=6)
+    ds = ZarrIterableInstances(str(path), batch_size=16, buffer_chunks=2, buffer_seed=2)
+    want = [x.clone() for x, *_ in ds]
+    pairs = []
+    for (a, *_), (b, *_) in zip(ds, ds, strict=True):  # two read-ahead threads at once
+        pairs.append((a, b))  # both kept alive while the iterations go on
+    assert len(pairs) == len(want)
+    for (a, b), w in zip(pairs, want, strict=True):
+        assert a.data_ptr() != b.data_ptr()
+        assert torch.equal(a, w) and torch.equal(b, w)
