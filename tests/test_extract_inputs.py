@@ -10,7 +10,8 @@ from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
 from zarr_instances import ChunkReadError
-from zarr_instances._inputs import CheckedZarr, _decoded_size, _from_zarr
+from zarr_instances._inputs import CheckedZarr, _from_zarr
+from zarr_instances._reader import _decoded_size
 
 V3 = [
     ("zstd", [ZstdCodec(level=3)]),

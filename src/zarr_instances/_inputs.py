@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
+from ._reader import local_dir, stored_chunk_decoder
 from ._store import open_zarr, url_options
 from .errors import ArgumentError, ArgumentTypeError, ChunkReadError
 
@@ -55,8 +55,8 @@ class CheckedZarr:
         self.shape = tuple(array.shape)
         self.dtype = array.dtype
         self.ndim = array.ndim
-        self._decode = _chunk_decoder(array)
-        self._file = _local_root(array) if self._decode is not None else None
+        self._decode = stored_chunk_decoder(array)
+        self._file = local_dir(array) if self._decode is not None else None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
@@ -155,107 +155,6 @@ class CheckedZarr:
 # and codec pipeline costs a zero-filled output array, a decoded temporary and a copy,
 # plus hand-offs between Dask's thread, zarr's event loop and its codec threads; for
 # the common plain layouts the chunk is fetched and decoded straight into the block.
-
-
-def _chunk_decoder(array: zarr.Array) -> Any:
-    """``decode(raw, out)`` for one stored chunk of ``array``, or ``None`` (use zarr).
-
-    Plain layouts only: no sharding, C order, native byte order, and (Zarr format 3) a
-    ``BytesCodec`` plus at most one Zstd or Blosc codec, or (format 2) no filters and at
-    most one Blosc, Zstd, LZ4, GZip or Zlib compressor. The decoded size is checked.
-    """
-    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-
-    dtype = np.dtype(array.dtype)
-    if array.shards is not None or dtype.hasobject or not dtype.isnative:
-        return None
-    meta = array.metadata
-    if meta.zarr_format == 2:
-        if meta.filters or meta.order != "C":
-            return None
-        comp = meta.compressor
-        if comp is None:
-            return _decode_raw
-        if getattr(comp, "codec_id", None) not in {"blosc", "zstd", "lz4", "gzip", "zlib"}:
-            return None
-        return _CheckedDecoder(comp)
-    codecs = list(meta.codecs)
-    if not codecs or not isinstance(codecs[0], BytesCodec):
-        return None
-    endian = codecs[0].endian
-    if endian is not None and dtype.itemsize > 1 and endian.value != sys.byteorder:
-        return None
-    if len(codecs) == 1:
-        return _decode_raw
-    if len(codecs) != 2:
-        return None
-    import numcodecs
-
-    if isinstance(codecs[1], BloscCodec):
-        return _CheckedDecoder(numcodecs.Blosc())
-    if isinstance(codecs[1], ZstdCodec):
-        return _CheckedDecoder(numcodecs.Zstd())
-    return None
-
-
-def _decode_raw(raw: Any, out: np.ndarray) -> None:
-    data = np.frombuffer(raw, dtype=np.uint8)
-    if data.size != out.nbytes:
-        msg = f"uncompressed chunk has {data.size} bytes, expected {out.nbytes}"
-        raise ValueError(msg)
-    out.reshape(-1).view(np.uint8)[...] = data
-
-
-class _CheckedDecoder:
-    """``codec.decode(raw, out=out)`` after checking the decoded size, when it is known.
-
-    numcodecs accepts an ``out`` larger than the data and leaves the rest untouched, so
-    the size the chunk decodes to is read from its header first (Blosc; a Zstd frame
-    with its content size); where it cannot be known, the chunk is decoded on its own
-    and copied. A class (not a closure), so that Dask can pickle it.
-    """
-
-    def __init__(self, codec: Any) -> None:
-        self.codec = codec
-
-    def __call__(self, raw: Any, out: np.ndarray) -> None:
-        size = _decoded_size(self.codec.codec_id, raw)
-        if size is None:
-            _decode_raw(np.frombuffer(self.codec.decode(raw), dtype=np.uint8), out)
-            return
-        if size != out.nbytes:
-            msg = f"chunk decodes to {size} bytes, expected {out.nbytes}"
-            raise ValueError(msg)
-        self.codec.decode(raw, out=out)
-
-
-def _decoded_size(codec_id: str, raw: Any) -> int | None:
-    """Bytes a Blosc buffer or a single Zstd frame decodes to, from its header; else ``None``."""
-    buf = memoryview(raw).cast("B")
-    if codec_id == "blosc":
-        if len(buf) < 16:
-            return None
-        return int.from_bytes(buf[4:8], "little")
-    if codec_id != "zstd" or len(buf) < 6 or bytes(buf[:4]) != b"\x28\xb5\x2f\xfd":
-        return None
-    fhd = buf[4]
-    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
-    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
-    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
-    if width == 0 or len(buf) < pos + width:
-        return None
-    size = int.from_bytes(buf[pos : pos + width], "little")
-    return size + 256 if width == 2 else size
-
-
-def _local_root(array: zarr.Array) -> str | None:
-    """Directory of ``array`` when it lives in a local store (chunks read as plain files)."""
-    from zarr.storage import LocalStore
-
-    store = array.store_path.store
-    if type(store) is not LocalStore:
-        return None
-    return os.path.join(str(store.root), array.store_path.path)
 
 
 def _fetch(array: zarr.Array, key: str, root: str | None) -> Any:

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -28,7 +29,7 @@ from zarr.core.sync import sync
 from ._plan import Piece, RowSelection, piece_rows
 from .errors import ChunkReadError
 
-__all__ = ["chunk_decoder", "read_chunks", "read_pieces"]
+__all__ = ["chunk_decoder", "local_dir", "read_chunks", "read_pieces", "stored_chunk_decoder"]
 
 Decoder = Callable[[object, np.ndarray], None]
 
@@ -53,85 +54,120 @@ def _read_error(
     return ChunkReadError(msg)
 
 
-def _numcodecs_decoder(codec: object) -> Decoder | None:
-    """Return ``decode(src, dest)`` for a numcodecs compressor we can decode in place."""
-    decode = getattr(codec, "decode", None)
-    if decode is None or getattr(codec, "codec_id", None) not in {
-        "blosc",
-        "zstd",
-        "lz4",
-        "gzip",
-        "zlib",
-    }:
-        return None
-
-    def run(src: object, dest: np.ndarray) -> None:
-        decode(src, out=dest)
-
-    return run
-
-
-def _raw_decoder(src: object, dest: np.ndarray) -> None:
-    raw = np.frombuffer(src, dtype=np.uint8)  # type: ignore[call-overload]
-    if raw.size != dest.nbytes:
-        msg = f"uncompressed chunk has {raw.size} bytes, expected {dest.nbytes}"
-        raise ValueError(msg)
-    dest.reshape(-1).view(np.uint8)[...] = raw
-
-
 def chunk_decoder(array: zarr.Array) -> Decoder | None:
     """Return a function decoding one stored chunk straight into a buffer, or ``None``.
 
-    Only for arrays whose chunks span every axis but the first, without sharding,
-    with native byte order, C order, and at most one plain compressor (v3: a
-    ``BytesCodec`` plus Blosc or Zstd; v2: no filters and a Blosc, Zstd, LZ4, GZip or
-    Zlib compressor). Anything else returns ``None`` and goes through zarr's pipeline.
+    For crop arrays whose chunks span every axis but the first, with a plain codec
+    layout (:func:`stored_chunk_decoder`). Anything else returns ``None`` and goes
+    through zarr's pipeline.
+    """
+    if tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+        return None
+    return stored_chunk_decoder(array)
+
+
+def stored_chunk_decoder(array: zarr.Array) -> Decoder | None:
+    """``decode(raw, out)`` for one stored chunk of ``array``, or ``None`` (use zarr).
+
+    Plain layouts only: no sharding, C order, native byte order, and (Zarr format 3) a
+    ``BytesCodec`` plus at most one Zstd or Blosc codec, or (format 2) no filters and at
+    most one Blosc, Zstd, LZ4, GZip or Zlib compressor. The decoded size is checked.
     """
     from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
-    if array.shards is not None or tuple(array.chunks[1:]) != tuple(array.shape[1:]):
-        return None
     dtype = np.dtype(array.dtype)
-    if dtype.byteorder not in ("=", "|") and dtype.byteorder != (
-        "<" if sys.byteorder == "little" else ">"
-    ):
+    if array.shards is not None or dtype.hasobject or not dtype.isnative:
         return None
     meta = array.metadata
     if meta.zarr_format == 2:
         if meta.filters or meta.order != "C":
             return None
-        return _raw_decoder if meta.compressor is None else _numcodecs_decoder(meta.compressor)
+        comp = meta.compressor
+        if comp is None:
+            return _decode_raw
+        if getattr(comp, "codec_id", None) not in {"blosc", "zstd", "lz4", "gzip", "zlib"}:
+            return None
+        return _CheckedDecoder(comp)
     codecs = list(meta.codecs)
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return None
     endian = codecs[0].endian
     if endian is not None and dtype.itemsize > 1 and endian.value != sys.byteorder:
         return None
-    rest = codecs[1:]
-    if not rest:
-        return _raw_decoder
-    if len(rest) != 1:
+    if len(codecs) == 1:
+        return _decode_raw
+    if len(codecs) != 2:
         return None
     import numcodecs
 
-    if isinstance(rest[0], BloscCodec):
-        return _numcodecs_decoder(numcodecs.Blosc())
-    if isinstance(rest[0], ZstdCodec):
-        return _numcodecs_decoder(numcodecs.Zstd())
+    if isinstance(codecs[1], BloscCodec):
+        return _CheckedDecoder(numcodecs.Blosc())
+    if isinstance(codecs[1], ZstdCodec):
+        return _CheckedDecoder(numcodecs.Zstd())
     return None
 
 
-_SCRATCH = threading.local()  # per I/O thread: the file bytes of the chunk it decodes
+def _decode_raw(raw: Any, out: np.ndarray) -> None:
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if data.size != out.nbytes:
+        msg = f"uncompressed chunk has {data.size} bytes, expected {out.nbytes}"
+        raise ValueError(msg)
+    out.reshape(-1).view(np.uint8)[...] = data
 
 
-def _local_dir(array: zarr.Array) -> str | None:
-    """Directory of ``array`` when it lives in a plain local store, else ``None``."""
+class _CheckedDecoder:
+    """``codec.decode(raw, out=out)`` after checking the decoded size, when it is known.
+
+    numcodecs accepts an ``out`` larger than the data and leaves the rest untouched, so
+    the size the chunk decodes to is read from its header first (Blosc; a Zstd frame
+    with its content size); where it cannot be known, the chunk is decoded on its own
+    and copied. A class (not a closure), so that Dask can pickle it.
+    """
+
+    def __init__(self, codec: Any) -> None:
+        self.codec = codec
+
+    def __call__(self, raw: Any, out: np.ndarray) -> None:
+        size = _decoded_size(self.codec.codec_id, raw)
+        if size is None:
+            _decode_raw(np.frombuffer(self.codec.decode(raw), dtype=np.uint8), out)
+            return
+        if size != out.nbytes:
+            msg = f"chunk decodes to {size} bytes, expected {out.nbytes}"
+            raise ValueError(msg)
+        self.codec.decode(raw, out=out)
+
+
+def _decoded_size(codec_id: str, raw: Any) -> int | None:
+    """Bytes a Blosc buffer or a single Zstd frame decodes to, from its header; else ``None``."""
+    buf = memoryview(raw).cast("B")
+    if codec_id == "blosc":
+        if len(buf) < 16:
+            return None
+        return int.from_bytes(buf[4:8], "little")
+    if codec_id != "zstd" or len(buf) < 6 or bytes(buf[:4]) != b"\x28\xb5\x2f\xfd":
+        return None
+    fhd = buf[4]
+    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if width == 0 or len(buf) < pos + width:
+        return None
+    size = int.from_bytes(buf[pos : pos + width], "little")
+    return size + 256 if width == 2 else size
+
+
+def local_dir(array: zarr.Array) -> str | None:
+    """Directory of ``array`` in a plain local store (its chunks are files), else ``None``."""
     from zarr.storage import LocalStore
 
     store = array.store_path.store
     if type(store) is not LocalStore:
         return None
     return os.path.join(str(store.root), array.store_path.path)
+
+
+_SCRATCH = threading.local()  # per I/O thread: the file bytes of the chunk it decodes
 
 
 def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
@@ -206,7 +242,7 @@ def read_chunks(
     aarr = array.async_array
     keys = [aarr.metadata.encode_chunk_key((int(k),) + (0,) * (array.ndim - 1)) for k in chunks]
     proto = default_buffer_prototype()
-    local = _local_dir(array)
+    local = local_dir(array)
 
     async def _one(j: int) -> None:
         dest = out[j * size : (j + 1) * size]
