@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from .errors import ArgumentError
 __all__ = [
     "NORMALIZE_MODES",
     "OutputPool",
+    "TensorSource",
     "check_normalize",
     "empty_output",
     "normalize_rows",
@@ -60,6 +62,14 @@ def empty_output(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> to
         storage = torch.UntypedStorage._new_shared(math.prod(shape) * itemsize)
         return torch.empty(0, dtype=dtype).set_(storage).view(shape)
     return torch.empty(shape, dtype=dtype)
+
+
+class TensorSource(Protocol):
+    """Anything handing out output tensors: ``take(shape, dtype)``."""
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Return a tensor of ``shape``/``dtype`` to write a result into."""
+        ...
 
 
 class OutputPool:
@@ -136,7 +146,7 @@ def normalize_rows(
     mode: str,
     x_dtype: torch.dtype,
     shared: bool = False,
-    pool: OutputPool | None = None,
+    pool: TensorSource | None = None,
 ) -> torch.Tensor:
     """Gather rows ``src[index]`` of crops ``(n, c, z, y, x)``, normalise, cast.
 
@@ -162,7 +172,8 @@ def normalize_rows(
     shared
         Allocate the result in shared memory (inside DataLoader workers).
     pool
-        Take the result from this pool (not with ``shared``).
+        Take the result from this pool (an :class:`OutputPool`, or a worker's pool
+        of shared-memory segments); not with ``shared``.
 
     Returns
     -------

@@ -27,6 +27,7 @@ from ._resume import (
     per_worker_counts,
     resolve,
 )
+from ._shared_batches import WorkerBatchPool
 from ._store import OpenedInstances, ZarrPath, codec_pipeline_config, open_instances
 from ._validate import as_int_vector, check_int
 from ._world import current_rank_world, current_worker, in_worker
@@ -37,6 +38,9 @@ __all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
 STATE_KEY = "zarr_instances_state"
 _SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
 _BATCHES_AHEAD = 2  # batches normalised ahead of the consumer (with read_ahead)
+# shared-memory segments a worker reuses beyond those: the DataLoader's prefetch
+# (2 per worker by default), the consumer's current and previous batch, and slack
+_WORKER_SEGMENTS = 6
 STATE_VERSION = 1
 
 
@@ -500,21 +504,36 @@ class ZarrIterableInstances(IterableDataset):
             if warming is not None:
                 warming.join()
 
-    def _output_pool(self) -> OutputPool | None:
+    def _output_pool(self) -> OutputPool | WorkerBatchPool | None:
         """Return a pool of output tensors for one iteration (used by its one producing thread).
 
-        ``None`` in a DataLoader worker, whose tensors leave the process.
+        In the main process an :class:`OutputPool`. In a DataLoader worker, whose
+        batches leave the process, a :class:`WorkerBatchPool` of shared-memory
+        segments the main process hands back (batched mode with per-row columns,
+        whose tuple carries the segment); otherwise ``None``: fresh shared memory.
         """
-        return None if self._in_worker else OutputPool(_BATCHES_AHEAD + 4)
+        if not self._in_worker:
+            return OutputPool(_BATCHES_AHEAD + 4)
+        if self.batch_size is not None and self._columns():
+            return WorkerBatchPool(_BATCHES_AHEAD + _WORKER_SEGMENTS)
+        return None
+
+    def _columns(self) -> int:
+        """Per-row columns of a yielded tuple besides ``x`` (y, instance id, row index)."""
+        return (
+            (self.labels is not None) + bool(self.return_instance_id) + bool(self.return_row_index)
+        )
 
     def _normalized(
-        self, src: np.ndarray, index: np.ndarray | None, pool: OutputPool | None
+        self, src: np.ndarray, index: np.ndarray | None, pool: OutputPool | WorkerBatchPool | None
     ) -> torch.Tensor:
         # batches leave a worker through shared memory: allocate them there
-        shared = self.batch_size is not None and self._in_worker
+        shared = self.batch_size is not None and self._in_worker and pool is None
         return normalize_rows(src, index, self._mode, self.x_dtype, shared, pool)
 
-    def _pack_batch(self, x: torch.Tensor, rows: np.ndarray) -> Any:
+    def _pack_batch(
+        self, x: torch.Tensor, rows: np.ndarray, pool: OutputPool | WorkerBatchPool | None
+    ) -> Any:
         """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
         cols: list[np.ndarray] = []
         if self.labels is not None:
@@ -525,6 +544,8 @@ class ZarrIterableInstances(IterableDataset):
             cols.append(rows.astype(np.int64))
         if not cols:
             return x
+        if isinstance(pool, WorkerBatchPool):
+            return pool.pack(x, cols)
         if self._in_worker:
             # One shared-memory block for all per-row columns: a batch crosses to the
             # main process with two file-descriptor handshakes instead of up to four
@@ -607,16 +628,17 @@ class ZarrIterableInstances(IterableDataset):
                 pos = min(need, n)
                 if carry_x.shape[0] < bs:
                     continue
-                yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r), bs
+                yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r, pool), bs
                 carry_x = carry_r = None
             while pos + bs <= n:
                 x = self._normalized(src, index[pos : pos + bs], pool)
-                yield self._pack_batch(x, rows[pos : pos + bs]), bs
+                yield self._pack_batch(x, rows[pos : pos + bs], pool), bs
                 pos += bs
             if pos < n:  # the slot is reused: keep a copy of the tail
                 carry_x, carry_r = src[index[pos:]], rows[pos:]
         if carry_x is not None and carry_r is not None and not self.drop_last:
-            yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r), carry_x.shape[0]
+            x = self._normalized(carry_x, None, pool)
+            yield self._pack_batch(x, carry_r, pool), carry_x.shape[0]
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"

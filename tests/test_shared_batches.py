@@ -1,0 +1,186 @@
+"""Batches from DataLoader workers travel in reused shared-memory segments."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing
+from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data._utils.collate import default_convert
+
+from zarr_instances import ZarrIterableInstances
+from zarr_instances import _shared_batches as sb
+
+KW = {
+    "batch_size": 32,
+    "buffer_chunks": 2,
+    "shuffle_chunks": True,
+    "shuffle_within_chunk": True,
+    "buffer_seed": 5,
+}
+
+
+def reference(path: str, **kw) -> dict[int, torch.Tensor]:
+    ref: dict[int, torch.Tensor] = {}
+    for x, _iid, rows in ZarrIterableInstances(path, **{**KW, **kw}):
+        ref.update(zip(rows.tolist(), x.clone(), strict=True))
+    return ref
+
+
+def segment(t: torch.Tensor) -> tuple[int, int]:
+    """(device, inode) of the shared-memory segment behind ``t``."""
+    fd, _size = t.untyped_storage()._share_fd_cpu_()
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_segments_are_reused_and_batches_exact(store, ctx):
+    path = str(store.store_path.store.root)
+    ref = reference(path)
+    loader = DataLoader(
+        ZarrIterableInstances(path, **KW),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=ctx,
+    )
+    segments, batches, seen = set(), 0, 0
+    for batch in loader:
+        x, _iid, rows = batch
+        assert isinstance(batch, list)  # as the DataLoader makes of a plain tuple
+        segments.add(segment(x))
+        batches += 1
+        for r, xi in zip(rows.tolist(), x, strict=True):
+            assert torch.equal(xi, ref[r])
+            seen += 1
+    assert seen == len(ref) == 1050
+    assert batches == 34
+    # a worker keeps at most its pool; a prompt consumer lets it cycle through them
+    assert len(segments) < batches
+    assert len(segments) <= 2 * (2 + 6)
+
+
+def test_batches_the_consumer_keeps_are_never_overwritten(store):
+    path = str(store.store_path.store.root)
+    ref = reference(path)
+    loader = DataLoader(
+        ZarrIterableInstances(path, **KW), batch_size=None, num_workers=2, persistent_workers=True
+    )
+    kept_tensors, kept_views, kept_arrays = [], [], []
+    for k, (x, _iid, rows) in enumerate(loader):
+        if k % 3 == 0:
+            kept_tensors.append((x, rows))
+        elif k % 3 == 1:
+            kept_views.append((x[1:], rows[1:]))  # only a view of the batch survives
+        else:
+            kept_arrays.append((x.numpy(), rows.numpy()))  # only a NumPy array survives
+    for _epoch in range(2):  # more batches through the same workers meanwhile
+        for _batch in loader:
+            pass
+    n = 0
+    for x, rows in kept_tensors + kept_views:
+        for r, xi in zip(rows.tolist(), x, strict=True):
+            assert torch.equal(xi, ref[r])
+            n += 1
+    for x, rows in kept_arrays:
+        for r, xi in zip(rows.tolist(), x, strict=True):
+            assert np.array_equal(xi, ref[r].numpy())
+            n += 1
+    assert n == 1050 - len(kept_views)  # each view left out one row
+
+
+class _KeepsPrevious(IterableDataset):
+    """Inside the worker, keeps the previous batch and checks it is unchanged."""
+
+    def __init__(self, inner: ZarrIterableInstances) -> None:
+        self.inner = inner
+
+    def __iter__(self):
+        prev = None
+        for batch in self.inner:
+            if prev is not None and not torch.equal(prev[0], prev[1]):
+                raise AssertionError("a batch held inside the worker was overwritten")
+            prev = (batch[0], batch[0].clone())
+            yield batch
+
+
+def test_batches_held_inside_the_worker_are_not_reused(store):
+    path = str(store.store_path.store.root)
+    loader = DataLoader(
+        _KeepsPrevious(ZarrIterableInstances(path, **KW)), batch_size=None, num_workers=2
+    )
+    assert sum(int(b[0].shape[0]) for b in loader) == 1050
+
+
+def test_crops_only_batches_from_workers(store):
+    path = str(store.store_path.store.root)
+    kw = {**KW, "return_instance_id": False, "return_row_index": False}
+    loader = DataLoader(ZarrIterableInstances(path, **kw), batch_size=None, num_workers=2)
+    xs = list(loader)
+    assert all(isinstance(x, torch.Tensor) for x in xs)
+    assert sum(int(x.shape[0]) for x in xs) == 1050
+
+
+def test_worker_pool_reuses_only_released_unheld_segments():
+    pool = sb.WorkerBatchPool(size=2)
+    x = pool.take((4, 3), torch.float32)
+    x.fill_(1.5)
+    batch = pool.pack(x, [np.arange(4), np.arange(4) + 10])
+    assert isinstance(batch, sb.SharedBatch) and isinstance(batch, tuple)
+    assert isinstance(default_convert(batch), sb.SharedBatch)  # not turned into a list
+    assert batch[2].tolist() == [10, 11, 12, 13]
+    seg = pool._segments[0]
+    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    # sent and not released: the next batches get the second segment, then fresh memory
+    y = pool.take((4, 3), torch.float32)
+    z = pool.take((4, 3), torch.float32)
+    assert len(pool._segments) == 2
+    assert z.untyped_storage().data_ptr() not in pool._by_ptr
+    assert not isinstance(pool.pack(z, [np.arange(4)]), sb.SharedBatch)
+    # released by the receiver but still held in the worker: not reused
+    sb._state(seg.data.data_ptr()).value = sb._FREE
+    assert not seg.free()
+    held = batch[1][1:]  # a view of the column block is enough
+    del batch, x
+    assert not seg.free()
+    del held
+    assert seg.free()
+    again = pool.take((2, 3), torch.float32)  # a smaller last batch fits too
+    assert again.untyped_storage().data_ptr() == seg.data.data_ptr()
+    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    del y
+
+
+def test_receiver_releases_a_segment_once_nothing_references_it():
+    first = _dummy_batch()
+    sb._state(first[0].untyped_storage().data_ptr()).value = sb._SENT
+    # the segment's state, read through a mapping of its own (no tensor reference)
+    fd = os.dup(first[0].untyped_storage()._share_fd_cpu_()[0])
+
+    def state() -> int:
+        with mmap.mmap(fd, 4) as m:
+            return int.from_bytes(m[:4], sys.byteorder)
+
+    received = sb._received(first)
+    del first
+    assert isinstance(received, list) and sb.held_segments() >= 1
+    view = received[0][0, 1:]
+    del received
+    sb._received(_dummy_batch())  # every arrival releases what is unused: not this one
+    assert state() == sb._SENT
+    del view
+    sb._received(_dummy_batch())
+    assert state() == sb._FREE
+    os.close(fd)
+
+
+def _dummy_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as a worker pool lays it out: the crops 64 bytes into their segment."""
+    storage = torch.UntypedStorage._new_shared(64 + 16)
+    x = torch.empty(0, dtype=torch.float32).set_(storage, 16, (1, 4))
+    return x, torch.zeros(1, dtype=torch.int64).share_memory_()
