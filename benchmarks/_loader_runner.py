@@ -86,12 +86,17 @@ def _ipc_only_class() -> Any:
     from torch.utils.data import IterableDataset, get_worker_info
 
     from zarr_instances._normalize import empty_output
+    from zarr_instances._shared_batches import WorkerBatchPool
 
     class IpcOnly(IterableDataset):
-        """Yields ``(x, y, id, row)`` batches like ours, filled with ones: no reading."""
+        """Yields ``(x, y, id, row)`` batches like ours, filled with ones: no reading.
 
-        def __init__(self, n: int, batch_size: int) -> None:
-            self.n, self.batch_size = n, batch_size
+        ``pooled``: in segments reused as ours are (``WorkerBatchPool``), otherwise in
+        a fresh shared-memory segment per batch, as torch's own collation does.
+        """
+
+        def __init__(self, n: int, batch_size: int, pooled: bool) -> None:
+            self.n, self.batch_size, self.pooled = n, batch_size, pooled
 
         def set_epoch(self, epoch: int) -> None:
             pass
@@ -100,8 +105,14 @@ def _ipc_only_class() -> Any:
             info = get_worker_info()
             k, w = (0, 1) if info is None else (info.id, info.num_workers)
             shared = info is not None
+            pool = WorkerBatchPool(8) if shared and self.pooled else None
             for a in range(k * self.batch_size, self.n, w * self.batch_size):
                 m = min(self.batch_size, self.n - a)
+                if pool is not None:
+                    x = pool.take((m, 2, 1, 64, 64), torch.float32)
+                    x.numpy()[...] = 1.0
+                    yield pool.pack(x, [np.ones(m, np.int64)] * 3)
+                    continue
                 x = empty_output((m, 2, 1, 64, 64), torch.float32, shared)
                 x.numpy()[...] = 1.0
                 cols = empty_output((3, m), torch.int64, shared)
@@ -110,8 +121,8 @@ def _ipc_only_class() -> Any:
     return IpcOnly
 
 
-def _ipc_only(n: int, batch_size: int) -> Any:
-    return _ipc_only_class()(n, batch_size)
+def _ipc_only(n: int, batch_size: int, pooled: bool = False) -> Any:
+    return _ipc_only_class()(n, batch_size, pooled)
 
 
 def _dataset(cfg: dict[str, Any], n: int) -> Any:
@@ -128,7 +139,7 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
         "x_dtype": torch.float32,
     }
     if cfg["impl"] == "ipc":
-        return _ipc_only(n, int(cfg["batch_size"]))
+        return _ipc_only(n, int(cfg["batch_size"]), bool(cfg.get("pooled")))
     if cfg["impl"] == "harpy":
         spec = importlib.util.spec_from_file_location("_harpy_zii", cfg["harpy_module"])
         assert spec is not None

@@ -348,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = {**base, "impl": "ipc", "workers": w, "batch_size": RECOMMENDED["batch_size"]}
             label = f"DataLoader transfer alone (no reading, bs={cfg['batch_size']}), {w} workers"
             measure("ipc", label, w, cfg, sys.executable)
+            cfg = {**cfg, "pooled": True}
+            label = (
+                f"DataLoader transfer alone, reused segments (no reading, bs={cfg['batch_size']}), "
+                f"{w} workers"
+            )
+            measure("ipc", label, w, cfg, sys.executable)
         # 4b. target store: our default codec
         if not args.no_target:
             tstore = make_store(root, args.n, args.chunk, args.target_codec, "crops-target.zarr")
