@@ -139,6 +139,20 @@ def test_pool_reuses_only_tensors_nobody_holds():
         assert again.data_ptr() in {ptr} | {x.data_ptr() for x in pool._items}, name
 
 
+def test_pool_never_reuses_a_tensor_sent_to_another_process():
+    from zarr_instances._normalize import OutputPool
+
+    pool = OutputPool(size=3)
+    t = pool.take((4, 5), torch.float32)
+    queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    queue.put(t)  # pickling moves the storage to shared memory, as sending it does
+    assert t.untyped_storage().is_shared()
+    ptr = t.data_ptr()
+    del t
+    assert pool.take((4, 5), torch.float32).data_ptr() != ptr
+    queue.close()
+
+
 def test_pool_never_overwrites_kept_batches(tmp_path):
     from zarr_instances import ZarrIterableInstances
     from zarr_instances.testing import make_instance_store

@@ -84,7 +84,8 @@ class OutputPool:
     is never overwritten: it simply stays out of the pool.
 
     Not for tensors that leave the process (DataLoader workers): their receiver's
-    references are invisible here. Not thread-safe: one pool per iteration, used by the
+    references are invisible here. A tensor the caller sends to another process anyway
+    (a ``torch.multiprocessing`` queue moves it to shared memory) is never reused. Not thread-safe: one pool per iteration, used by the
     one thread that produces its outputs.
 
     Parameters
@@ -122,6 +123,9 @@ class OutputPool:
             and tuple(t.shape) == shape
             and t._use_count() == 1  # type: ignore[attr-defined]
             and self._storage_refs(t) == self._base_storage
+            # sent to another process (moved to shared memory on the way): its
+            # receiver's mapping is invisible here, so never reuse it
+            and not t.untyped_storage().is_shared()
         )
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

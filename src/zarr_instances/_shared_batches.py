@@ -28,6 +28,11 @@ the main process has released, so its pages are already there:
 A batch that never reaches :func:`_received` (a wrapping dataset that builds its
 own tuple) leaves its segment ``SENT``: that segment is not reused, and the pool
 falls back to fresh segments once all of its segments are stuck.
+
+Not tracked: a batch the main process sends on to yet another process (a
+``torch.multiprocessing`` queue passes the same segment along). Once the main
+process drops it, the worker may refill the segment while that process still reads
+it; ``clone()`` a batch before sending it on.
 """
 
 from __future__ import annotations
