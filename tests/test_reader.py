@@ -211,3 +211,41 @@ def test_corrupt_chunk_on_direct_route_names_the_key(tmp_path):
     ds = ZarrIterableInstances(str(path), np.arange(100), batch_size=10)
     with pytest.raises(ChunkReadError, match=r"rows 30-39 .*key c/3/0/0/0/0\) of Zarr array"):
         list(ds)
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd", "blosc"])
+def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
+    import mmap
+
+    from zarr_instances import ChunkReadError, _reader
+    from zarr_instances._reader import chunk_decoder, read_chunks
+
+    if not _reader._MMAP:
+        pytest.skip("no mmap flags on this platform")
+    mapped: list[int] = []
+    real_mmap = mmap.mmap
+
+    def counting_mmap(*args, **kwargs):
+        mapped.append(args[1])
+        return real_mmap(*args, **kwargs)
+
+    v3, _v2 = _codecs(codec)
+    path = tmp_path / "m.zarr"
+    arr = make_instance_array(path, n=95, chunk_i=20, compressors=v3[codec])
+    decoder = chunk_decoder(arr)
+    assert decoder is not None
+    outs = []
+    for mmap_from in (1 << 40, 1):  # never mapped, then every chunk file mapped
+        monkeypatch.setattr(_reader, "_MMAP_FROM", mmap_from)
+        monkeypatch.setattr(_reader.mmap, "mmap", counting_mmap)
+        out = np.zeros((3 * 20, *arr.shape[1:]), dtype=arr.dtype)
+        read_chunks(arr, [4, 0, 2], out, decoder)
+        outs.append(out)
+    assert len(mapped) == 3
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1][20:40], arr[0:20])
+    # a corrupt mapped chunk still names its key
+    (path / "c" / "3" / "0" / "0" / "0" / "0").write_bytes(b"garbage" * 100)
+    ds = ZarrIterableInstances(str(path), np.arange(95), batch_size=10)
+    with pytest.raises(ChunkReadError, match=r"rows 60-79 .*key c/3/0/0/0/0\) of Zarr array"):
+        list(ds)

@@ -85,8 +85,8 @@ class OutputPool:
 
     Not for tensors that leave the process (DataLoader workers): their receiver's
     references are invisible here. A tensor the caller sends to another process anyway
-    (a ``torch.multiprocessing`` queue moves it to shared memory) is never reused. Not thread-safe: one pool per iteration, used by the
-    one thread that produces its outputs.
+    (a ``torch.multiprocessing`` queue moves it to shared memory) is never reused. Not
+    thread-safe: one pool per iteration, used by the one thread that produces its outputs.
 
     Parameters
     ----------
