@@ -12,7 +12,8 @@ worker-to-main transfer cost alone), ``path``, ``workers``, ``repeats``,
 (ours, batched mode: dataset batch size, DataLoader(batch_size=None)),
 ``buffer_chunks``, ``read_ahead``, ``zarrs`` (use the zarrs codec pipeline),
 ``harpy_module`` (path of harpy's dataset module file, imported directly so that
-harpy's heavy package ``__init__`` is not imported).
+harpy's heavy package ``__init__`` is not imported), ``touch`` (the consumer reads every
+value of each batch, ``float(x.sum())``, as a training step would; default: counts only).
 
 Every epoch: ``set_epoch(e)``, iterate the whole DataLoader, count samples. Workers
 are persistent, so epoch 0 includes starting them; the cold first-batch latency
@@ -248,6 +249,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             persistent_workers=workers > 0,
         )
         rates, firsts, counts, secs = [], [], [], []
+        touch = bool(cfg.get("touch"))
         shape = dtype = None
         for epoch in range(int(cfg.get("repeats", 3))):
             ds.set_epoch(epoch)
@@ -257,6 +259,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             first = None
             for batch in it:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if touch:  # read every value, as a training step would
+                    float(x.sum())
                 if first is None:
                     first = time.perf_counter() - t0
                     shape, dtype = tuple(x.shape), str(x.dtype)

@@ -170,11 +170,16 @@ def build_table(rows: list[dict[str, Any]]) -> str:
     harpy_by_w = {r["workers"]: r["rate"] for r in rows if r["kind"] == "harpy"}
     # rows on the target store compare with harpy on that same store, where measured
     target_by_w = {r["workers"]: r["rate"] for r in rows if r["kind"] == "harpy-target"}
+    touch_by_w = {r["workers"]: r["rate"] for r in rows if r["kind"] == "harpy-target-touch"}
     out = []
     for r in rows:
-        by_w = target_by_w if r["kind"] == "ours-target" and target_by_w else harpy_by_w
+        by_w = harpy_by_w
+        if r["kind"] == "ours-target" and target_by_w:
+            by_w = target_by_w
+        elif r["kind"] == "ours-target-touch" and touch_by_w:
+            by_w = touch_by_w
         hr = by_w.get(r.get("workers"))
-        no_h = hr is None or hr != hr or r["kind"] in ("raw", "harpy", "harpy-target")
+        no_h = hr is None or hr != hr or r["kind"].startswith(("raw", "harpy"))
         vs_h = "-" if no_h else f"{r['rate'] / hr:.2f}x"
         first = r.get("first")
         out.append(
@@ -388,6 +393,23 @@ def main(argv: list[str] | None = None) -> int:
                         f"{tstore['ratio']:.2f}){tag}, {w} workers"
                     )
                     measure("ours-target", label, w, cfg, sys.executable)
+            # a consumer that reads every batch (as training does), 2 workers: the
+            # main process then also pays for mapping each batch's memory
+            for w in [x for x in args.workers if x > 0]:
+                common = {**base, "path": tstore["path"], "workers": w, "touch": True}
+                if hmod:
+                    cfg = {**common, "impl": "harpy", "loader_batch": 256, "harpy_module": hmod}
+                    label = (
+                        f"5. harpy, {args.target_codec} store, consumer reads every batch, "
+                        f"{w} workers"
+                    )
+                    measure("harpy-target-touch", label, w, cfg, args.harpy_python)
+                cfg = {**common, "impl": "ours", **rec}
+                label = (
+                    f"5. ours batched, {args.target_codec} store, consumer reads every batch, "
+                    f"{w} workers"
+                )
+                measure("ours-target-touch", label, w, cfg, sys.executable)
             # the same without the numba kernels (NumPy normalisation), for the ratio
             cfg = {**base, "path": tstore["path"], "impl": "ours", "workers": 0, **rec}
             label = f"5. ours batched, {args.target_codec} store, NumPy normalisation, 0 workers"

@@ -184,3 +184,23 @@ def _dummy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     storage = torch.UntypedStorage._new_shared(64 + 16)
     x = torch.empty(0, dtype=torch.float32).set_(storage, 16, (1, 4))
     return x, torch.zeros(1, dtype=torch.int64).share_memory_()
+
+
+def test_receiver_keeps_released_segments_mapped_within_bounds(monkeypatch):
+    sb.drop_kept_segments()
+    assert sb.kept_segments() == 0
+    first = _dummy_batch()
+    sb._received(first)
+    del first
+    sb._received(_dummy_batch())  # releases the first: kept mapped for its next batch
+    assert sb.kept_segments() >= 1
+    # kept segments that do not come back are dropped after 64 arrivals
+    for _ in range(100):
+        sb._received(_dummy_batch())
+    assert sb.kept_segments() <= sb._KEEP_ARRIVALS + 1
+    # and they never exceed the byte budget (oldest dropped first)
+    monkeypatch.setattr(sb, "_KEEP_BYTES", 3 * (64 + 16 + 8))
+    sb._received(_dummy_batch())
+    assert 1 <= sb.kept_segments() <= 3
+    sb.drop_kept_segments()
+    assert sb.kept_segments() == 0

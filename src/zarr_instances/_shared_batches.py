@@ -16,10 +16,11 @@ the main process has released, so its pages are already there:
   any more).
 * The worker yields a :class:`SharedBatch` (a tuple). Pickled to the main process, it
   unpickles (:func:`_received`) into the list of tensors a plain tuple would have
-  become, after registering
-  the segment. On every arrival, the main process releases each earlier batch that
-  no tensor, view, NumPy array or autograd record references any more: it writes
-  ``FREE`` into the segment and drops its own reference.
+  become, after registering the segment. On every arrival, the main process releases
+  each earlier batch that no tensor, view, NumPy array or autograd record references
+  any more: it writes ``FREE`` into the segment. It keeps the segment mapped (up to
+  256 MiB of them, each until it has not come back for 64 arrivals), so that reading
+  the segment's next batch costs no page faults either.
 * A worker reuses a segment only when it reads ``FREE`` *and* nothing in the worker
   references it (a wrapping dataset that keeps a batch keeps its segment). With no
   segment free and the pool full (the consumer keeps batches), it falls back to a
@@ -40,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -176,18 +178,39 @@ class WorkerBatchPool:
 
 
 # --------------------------------------------------------------------------- main process
+#
+# A released segment stays mapped here for a while: when its worker sends it again,
+# torch finds the mapping still alive and reuses it, so reading the batch costs no
+# page faults (2,048 per 8 MiB). Kept mappings are bounded in bytes, and dropped when
+# their segment has not come back for a while (a finished loader, a new epoch's pool).
 
 _LOCK = threading.Lock()
 # segment address -> (keeper of the batch segment, keeper of its column block)
 _HELD: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+# released segments still mapped: address -> (keepers, arrival count when last seen)
+_KEPT: OrderedDict[int, tuple[tuple[torch.Tensor, torch.Tensor | None], int]] = OrderedDict()
+_KEEP_BYTES = 256 * 2**20  # mapped bytes of released segments kept at most
+_KEEP_ARRIVALS = 64  # a kept segment not back within this many arrivals is dropped
+_ARRIVALS = [0]
+
+
+def _nbytes(keepers: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+    return sum(int(k.untyped_storage().nbytes()) for k in keepers if k is not None)
 
 
 def _release_unused() -> None:
+    now = _ARRIVALS[0]
     for ptr in list(_HELD):
         data, cols = _HELD[ptr]
         if _users(data) == _BASE and (cols is None or _users(cols) == _BASE):
             _state(ptr).value = _FREE
-            del _HELD[ptr]
+            _KEPT[ptr] = (_HELD.pop(ptr), now)
+    for ptr in [p for p, (_k, seen) in _KEPT.items() if now - seen > _KEEP_ARRIVALS]:
+        del _KEPT[ptr]
+    total = sum(_nbytes(k) for k, _seen in _KEPT.values())
+    while _KEPT and total > _KEEP_BYTES:  # oldest first
+        _ptr, (keepers, _seen) = _KEPT.popitem(last=False)
+        total -= _nbytes(keepers)
 
 
 def _received(items: tuple[Any, ...]) -> list[Any]:
@@ -200,12 +223,27 @@ def _received(items: tuple[Any, ...]) -> list[Any]:
     cols = _keeper(items[1].untyped_storage()) if len(items) > 1 else None
     with _LOCK:
         if _USABLE:
+            _ARRIVALS[0] += 1
+            ptr = data.data_ptr()
+            _KEPT.pop(ptr, None)  # back from the worker: held again
             _release_unused()
-            _HELD[data.data_ptr()] = (data, cols)
+            _HELD[ptr] = (data, cols)
     return list(items)
+
+
+def drop_kept_segments() -> None:
+    """Unmap the released segments kept for reuse (they are mapped again when needed)."""
+    with _LOCK:
+        _KEPT.clear()
 
 
 def held_segments() -> int:
     """Segments of received batches the main process has not released yet (for tests)."""
     with _LOCK:
         return len(_HELD)
+
+
+def kept_segments() -> int:
+    """Released segments the main process keeps mapped for reuse (for tests)."""
+    with _LOCK:
+        return len(_KEPT)
