@@ -33,7 +33,6 @@ from .errors import ChunkReadError
 __all__ = [
     "chunk_decoder",
     "local_dir",
-    "read_and_decode",
     "read_chunks",
     "read_pieces",
     "stored_chunk_decoder",
@@ -194,7 +193,7 @@ _MMAP = _mmap_flags()
 _SCRATCH = threading.local()  # per I/O thread: the file bytes of the chunk it decodes
 
 
-def read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
+def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
     """Read the chunk file ``path`` into this thread's reused buffer and decode it.
 
     Returns ``False`` when the file does not exist. Reading into a reused buffer
@@ -285,7 +284,7 @@ def read_chunks(
         dest = out[j * size : (j + 1) * size]
         if local is not None:  # read + decode in one I/O thread, into reused memory
             path = os.path.join(local, *keys[j].split("/"))
-            found = await asyncio.to_thread(read_and_decode, path, dest, decoder)
+            found = await asyncio.to_thread(_read_and_decode, path, dest, decoder)
         else:
             buf = await (aarr.store_path / keys[j]).get(prototype=proto)
             found = buf is not None

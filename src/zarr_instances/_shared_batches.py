@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._normalize import empty_output
+
 __all__ = ["SharedBatch", "WorkerBatchPool"]
 
 _HEADER = 64  # bytes before the batch tensor in its segment (alignment for any dtype)
@@ -126,13 +128,11 @@ class WorkerBatchPool:
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Return a tensor of ``shape``/``dtype`` in shared memory: pooled if one is free."""
-        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        seg = self._free_segment(nbytes) if self.enabled else None
-        if seg is None:
-            storage = torch.UntypedStorage._new_shared(max(1, nbytes))
-            return torch.empty(0, dtype=dtype).set_(storage).view(shape)
-        _state(seg.data.data_ptr()).value = _SENT
         itemsize = torch.empty(0, dtype=dtype).element_size()
+        seg = self._free_segment(math.prod(shape) * itemsize) if self.enabled else None
+        if seg is None:
+            return empty_output(shape, dtype, shared=True)
+        _state(seg.data.data_ptr()).value = _SENT
         return torch.empty(0, dtype=dtype).set_(
             seg.data.untyped_storage(), _HEADER // itemsize, shape
         )
@@ -158,10 +158,7 @@ class WorkerBatchPool:
         m = int(x.shape[0])
         seg = self._by_ptr.get(x.untyped_storage().data_ptr())
         if seg is None:
-            block = torch.empty(0, dtype=torch.int64).set_(
-                torch.UntypedStorage._new_shared(max(1, 8 * len(cols) * m))
-            )
-            block = block[: len(cols) * m].view(len(cols), m)
+            block = empty_output((len(cols), m), torch.int64, shared=True)
         else:
             need = 8 * len(cols) * m
             # the segment was free when taken, so its old block can be replaced
