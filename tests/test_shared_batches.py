@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+from collections import deque
 
 import numpy as np
 import pytest
@@ -95,17 +96,19 @@ def test_batches_the_consumer_keeps_are_never_overwritten(store):
 
 
 class _KeepsPrevious(IterableDataset):
-    """Inside the worker, keeps the previous batch and checks it is unchanged."""
+    """Inside the worker, keeps its last 12 batches (more than a worker's pool of 8
+    segments, so the pool must skip them) and checks they are unchanged."""
 
     def __init__(self, inner: ZarrIterableInstances) -> None:
         self.inner = inner
 
     def __iter__(self):
-        prev = None
+        kept: deque = deque(maxlen=12)
         for batch in self.inner:
-            if prev is not None and not torch.equal(prev[0], prev[1]):
-                raise AssertionError("a batch held inside the worker was overwritten")
-            prev = (batch[0], batch[0].clone())
+            for x, copy in kept:
+                if not torch.equal(x, copy):
+                    raise AssertionError("a batch held inside the worker was overwritten")
+            kept.append((batch[0], batch[0].clone()))
             yield batch
 
 
