@@ -180,3 +180,39 @@ def test_distributed_local_cluster_identical(tmp_path):
     np.testing.assert_array_equal(ids0, ids2)
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(got2, ref)
+
+
+_NO_DISTRIBUTED = """
+import sys, dask, numpy as np, zarr
+from zarr_instances import extract_instances
+from zarr_instances.extract import _scheduler
+from zarr_instances.testing import make_image_and_mask
+image, mask = make_image_and_mask((64, 64), 12, 10, seed=3)
+ids, a = extract_instances(image, mask, 10, tile_size=32, out=sys.argv[1] + "/a.zarr")
+with dask.config.set(scheduler="sync"):
+    assert _scheduler() is dask.local.get_sync, _scheduler()
+    ids2, b = extract_instances(image, mask, 10, tile_size=32, out=sys.argv[1] + "/b.zarr")
+imported = "distributed" in sys.modules
+np.testing.assert_array_equal(ids, ids2)
+np.testing.assert_array_equal(a.compute(scheduler="sync"), b.compute(scheduler="sync"))
+print(imported, ids.size)
+"""
+
+
+def test_default_scheduler_does_not_import_distributed(tmp_path):
+    # Dask imports distributed (~0.13 s) to look for a client unless it is handed the
+    # scheduler; extract_instances hands it over when no client can exist.
+    import subprocess
+    import sys
+
+    got = subprocess.run(
+        [sys.executable, "-c", _NO_DISTRIBUTED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr
+    imported, n = got.stdout.split()
+    assert imported == "False"
+    assert int(n) > 0

@@ -37,13 +37,16 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import dask
 import dask.array as da
+import dask.threaded
 import numpy as np
+from dask.base import named_schedulers
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
@@ -95,6 +98,8 @@ def _library_version() -> str:
 
 
 def _client() -> Any:
+    if "distributed" not in sys.modules:  # no client can exist without it
+        return None
     try:
         from distributed import default_client
     except ImportError:
@@ -103,6 +108,32 @@ def _client() -> Any:
         return default_client()
     except ValueError:
         return None
+
+
+def _scheduler() -> Any:
+    """Return the scheduler Dask would pick, found without importing ``distributed``, or ``None``.
+
+    With no scheduler passed, Dask imports ``distributed`` (~0.13 s) to look for an
+    active client. None can exist when ``distributed`` was never imported: then the
+    default threaded scheduler, or the one named in ``dask.config``, is passed as a
+    function, which Dask uses without that import. ``None``: leave it to Dask.
+    """
+    if "distributed" in sys.modules or dask.config.get("get", None) is not None:
+        return None
+    name = dask.config.get("scheduler", None)
+    if name is None:
+        return dask.threaded.get
+    if isinstance(name, str):
+        return named_schedulers.get(name.lower())
+    return None
+
+
+def _compute(*tasks: Any) -> tuple[Any, ...]:
+    """``dask.compute(*tasks)`` on the scheduler Dask would choose (see :func:`_scheduler`)."""
+    scheduler = _scheduler()
+    if scheduler is None:
+        return dask.compute(*tasks)
+    return dask.compute(*tasks, scheduler=scheduler)
 
 
 class _CountWrites(Callback):
@@ -125,7 +156,7 @@ def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
             bar.update(len(fut.result()))
         return
     with _CountWrites(bar, prefix):
-        dask.compute(*tasks)
+        _compute(*tasks)
 
 
 # --------------------------------------------------------------------------- public
@@ -327,7 +358,7 @@ def extract_instances(
     for k, idx in enumerate(np.ndindex(*mblocks.keys.shape)):
         start = [int(mblocks.edges[a][i]) for a, i in enumerate(idx)]
         graph[f"zi-sums-{token}-{k}"] = (label_sums, mblocks.keys[idx], start)
-    sums = combine_sums(dask.compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), mblocks)))
+    sums = combine_sums(_compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), mblocks)))
     if sums.labels.size == 0:
         msg = (
             f"mask has no labels: every pixel of mask from {msk.source} is 0 (background); "
