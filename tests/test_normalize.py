@@ -204,6 +204,36 @@ def test_kernel_warm_up_thread_is_joined_by_the_iteration(tmp_path, monkeypatch)
     assert "|u1" in _kernels._READY
 
 
+def _child_ready(q):
+    from zarr_instances import _kernels
+
+    q.put(("|u1" in _kernels._READY, _kernels._switched_off()))
+
+
+def test_forked_workers_inherit_kernels_warmed_up_at_construction(tmp_path, monkeypatch):
+    # The dataset starts loading the kernels when it is built; a fork waits for that,
+    # so a forked worker has them ready (and does not import numba itself, which
+    # non-persistent DataLoader workers would otherwise do every epoch).
+    import multiprocessing
+
+    pytest.importorskip("numba")
+    from zarr_instances import ZarrIterableInstances, _kernels
+    from zarr_instances.testing import make_instance_store
+
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
+    monkeypatch.setattr(_kernels, "_READY", set())  # as in a fresh process
+    path = tmp_path / "s.zarr"
+    make_instance_store(path, n=20, chunk_i=10, dtype="uint8", seed=5)
+    ZarrIterableInstances(str(path), batch_size=4)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_ready, args=(q,))
+    p.start()  # at once: the warm-up may still be running
+    ready, off = q.get(timeout=120)
+    p.join(60)
+    assert ready and not off
+
+
 def _child_kernel_state(q):
     from zarr_instances import _kernels
 

@@ -9,13 +9,16 @@ is what runs without numba, for float input, or with ``ZARR_INSTANCES_NUMBA=0``.
 
 numba is imported lazily and the kernels compiled once per process and stored dtype
 (cached on disk by numba where it can write its cache): about half a second. The
-loader does that in a background thread (:func:`warm_up`) and normalises with NumPy
-until the kernels are ready, so the first batches are not delayed; results are the
-same either way.
+dataset starts that in a background thread (:func:`warm_up`) when it is built, and
+normalises with NumPy until the kernels are ready, so the first batches are not
+delayed; results are the same either way. A fork waits for a warm-up in flight, so
+that forked DataLoader workers inherit ready kernels instead of importing numba each
+(which non-persistent workers would do every epoch).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Callable
@@ -48,8 +51,21 @@ def _after_fork_in_child() -> None:
         _OFF_AFTER_FORK = True
 
 
+def _finish_warming() -> None:
+    """Wait for a warm-up in flight (before a fork, and at exit).
+
+    Before a fork, so that the child inherits ready kernels (and no half-done import);
+    at exit, so that the interpreter does not stop while the thread imports. Runs
+    without taking our locks: the forking thread may hold one.
+    """
+    warming = _WARMING
+    if warming is not None and warming.is_alive() and warming is not threading.current_thread():
+        warming.join(timeout=120)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_finish_warming, after_in_child=_after_fork_in_child)
+atexit.register(_finish_warming)
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:
@@ -153,9 +169,9 @@ def warm_up(dtype: np.dtype) -> threading.Thread | None:
     """Start :func:`prepare` in a background thread; return it (the caller joins it).
 
     While it runs, :func:`gather_scale` declines (the caller normalises with NumPy)
-    instead of waiting. Returns ``None`` when there is nothing to do. The caller joins
-    the thread before its iteration ends, so that no thread is importing when the
-    process forks DataLoader workers later.
+    instead of waiting. Returns ``None`` when there is nothing to do. An iteration
+    joins the thread before it ends; a fork (DataLoader workers) and the interpreter's
+    exit wait for it, too.
     """
     global _WARMING
     dtype = np.dtype(dtype)

@@ -225,6 +225,10 @@ class ZarrIterableInstances(IterableDataset):
         self._iter_resume = Resume()
         self._started = False
         self._in_worker = False
+        if self.x_dtype == torch.float32:
+            # numba's kernels load in a background thread from now on: ready before
+            # the first batch in most scripts, and inherited by forked workers
+            _kernels.warm_up(self.dtype)
 
     # ------------------------------------------------------------------ epochs
     @property
