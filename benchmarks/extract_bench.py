@@ -20,8 +20,9 @@ Rows:
   before        (--before-src DIR) ours from another source tree, e.g. main's src
   ours (numba)  (--numba) ours with the compiled kernels forced on
 
-With --repeats N every row runs N times, the rows interleaved (so that load from
-other jobs hits them alike); each row reports its median run.
+With --repeats N every row (harpy's too; not the NumPy loop) runs N times, the rows
+interleaved (so that load from other jobs hits them alike); each row reports its
+median run.
 """
 
 from __future__ import annotations
@@ -267,24 +268,33 @@ def main() -> int:
     rows: dict[str, dict] = {}
     try:
         ours = {"scheduler": "threads", "out": str(tmp / "ours.zarr")}
-        runs = [("ours (threads)", _OURS, ours, None, None)]
+        runs = [("ours (threads)", _OURS, ours, None, None, py)]
         if args.before_src:
             before = {**ours, "out": str(tmp / "before.zarr")}
-            runs.insert(0, ("before (threads)", _OURS, before, args.before_src, None))
+            runs.insert(0, ("before (threads)", _OURS, before, args.before_src, None, py))
         if args.numba:
             on = {"ZARR_INSTANCES_NUMBA": "1"}
             numba_run = {**ours, "out": str(tmp / "numba.zarr")}
-            runs.append(("ours (numba)", _OURS, numba_run, None, on))
+            runs.append(("ours (numba)", _OURS, numba_run, None, on, py))
         if not args.skip_limit:
             limit = {"src": str(tmp / "ours.zarr/image"), "out": str(tmp / "limit.zarr")}
-            runs.append(("write limit", _WRITE_LIMIT, limit, None, None))
+            runs.append(("write limit", _WRITE_LIMIT, limit, None, None, py))
             direct = {**limit, "out": str(tmp / "direct.zarr"), "direct": True}
-            runs.append(("direct write", _WRITE_LIMIT, direct, None, None))
+            runs.append(("direct write", _WRITE_LIMIT, direct, None, None, py))
+        if args.harpy_python:  # interleaved with ours, so that both see the same load
+            hp = {"scheduler": "threads", "out": str(tmp / "harpy")}
+            runs.append(("harpy (threads)", _HARPY, hp, None, None, args.harpy_python))
         times: dict[str, list[dict]] = {}
         for r in range(args.repeats):
-            for name, code, extra, src, env in runs:
+            for name, code, extra, src, env, python in runs:
                 shutil.rmtree(extra["out"], ignore_errors=True)
-                res = _child(py, code, {**common, **extra}, src=src, env_extra=env)
+                try:
+                    res = _child(python, code, {**common, **extra}, src=src, env_extra=env)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    if python == py:
+                        raise
+                    print(f"{name} failed: {exc}")
+                    continue
                 times.setdefault(name, []).append(res)
                 done = sorted(times[name], key=lambda x: x["seconds"])
                 rows[name] = done[(len(done) - 1) // 2]  # the median (lower one if even)
@@ -304,22 +314,13 @@ def main() -> int:
             rows["numpy loop"]["check"] = _compare(
                 str(tmp / "ours.zarr/image"), str(tmp / "np.zarr")
             )
-        if args.harpy_python:
-            try:
-                rows["harpy (threads)"] = _child(
-                    args.harpy_python,
-                    _HARPY,
-                    {**common, "scheduler": "threads", "out": str(tmp / "harpy")},
-                )
-                print(f"harpy: {rows['harpy (threads)']['seconds']:.2f} s", flush=True)
-                rows["harpy (threads)"]["check"] = _compare(
-                    str(tmp / "ours.zarr/image"),
-                    str(tmp / "harpy/image.zarr"),
-                    str(tmp / "ours.zarr/instance_ids"),
-                    str(tmp / "harpy/ids.npy"),
-                )
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                print(f"harpy failed: {exc}")
+        if "harpy (threads)" in rows:
+            rows["harpy (threads)"]["check"] = _compare(
+                str(tmp / "ours.zarr/image"),
+                str(tmp / "harpy/image.zarr"),
+                str(tmp / "ours.zarr/instance_ids"),
+                str(tmp / "harpy/ids.npy"),
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
