@@ -13,11 +13,14 @@ worker-to-main transfer cost alone), ``path``, ``workers``, ``repeats``,
 ``buffer_chunks``, ``read_ahead``, ``zarrs`` (use the zarrs codec pipeline),
 ``harpy_module`` (path of harpy's dataset module file, imported directly so that
 harpy's heavy package ``__init__`` is not imported), ``touch`` (the consumer reads every
-value of each batch, ``float(x.sum())``, as a training step would; default: counts only).
+value of each batch, ``float(x.sum())``, as a training step would; default: counts only),
+``persistent`` (default true: persistent workers; false: the DataLoader's default, new
+workers forked every epoch).
 
 Every epoch: ``set_epoch(e)``, iterate the whole DataLoader, count samples. Workers
-are persistent, so epoch 0 includes starting them; the cold first-batch latency
-is measured on epoch 0 (``iter()`` to first batch, worker start-up included).
+are persistent unless told otherwise, so epoch 0 includes starting them; the cold
+first-batch latency is measured on epoch 0 (``iter()`` to first batch, worker start-up
+included).
 Peak RSS of the main process and of each worker is sampled every 20 ms.
 """
 
@@ -246,7 +249,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             ds,
             batch_size=None if batched else int(cfg.get("loader_batch", 256)),
             num_workers=workers,
-            persistent_workers=workers > 0,
+            persistent_workers=workers > 0 and bool(cfg.get("persistent", True)),
         )
         rates, firsts, counts, secs = [], [], [], []
         touch = bool(cfg.get("touch"))
