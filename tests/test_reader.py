@@ -249,3 +249,33 @@ def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
     ds = ZarrIterableInstances(str(path), np.arange(95), batch_size=10)
     with pytest.raises(ChunkReadError, match=r"rows 60-79 .*key c/3/0/0/0/0\) of Zarr array"):
         list(ds)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_local_chunks_decode_at_most_one_per_core_at_once(tmp_path, monkeypatch, cores):
+    import threading
+    import time
+
+    from zarr_instances import _reader
+    from zarr_instances._reader import chunk_decoder, read_chunks
+
+    arr = make_instance_array(tmp_path / "a.zarr", n=120, chunk_i=20)
+    decoder = chunk_decoder(arr)
+    assert decoder is not None
+    lock = threading.Lock()
+    now, peak = [0], [0]
+
+    def counting(raw, out):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.05)  # long enough for the others to start if they may
+        decoder(raw, out)
+        with lock:
+            now[0] -= 1
+
+    monkeypatch.setattr(_reader, "_cores", lambda: cores)
+    out = np.zeros((6 * 20, *arr.shape[1:]), dtype=arr.dtype)
+    read_chunks(arr, range(6), out, counting)
+    assert 1 <= peak[0] <= cores  # without the bound all 6 run at once
+    assert np.array_equal(out, arr[...])

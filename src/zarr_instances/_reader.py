@@ -232,6 +232,14 @@ def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
     return True
 
 
+def _cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def read_chunks(
     array: zarr.Array,
     chunks: Sequence[int],
@@ -245,10 +253,12 @@ def read_chunks(
 
     Chunk ``chunks[k]`` lands in ``out[k * C:(k + 1) * C]`` where ``C`` is the stored
     chunk size; the last chunk of the array is decoded whole too (zarr stores edge
-    chunks full size), so ``out`` holds ``len(chunks) * C`` rows. All chunks are
-    fetched concurrently and decoded in threads. In a local store each chunk file is
-    read and decoded by one I/O thread, through a buffer that thread reuses (one
-    compressed chunk per thread stays allocated between calls).
+    chunks full size), so ``out`` holds ``len(chunks) * C`` rows. Chunks are fetched
+    concurrently and decoded in threads. In a local store each chunk file is read and
+    decoded by one I/O thread, through a buffer that thread reuses (one compressed
+    chunk per thread stays allocated between calls), at most one chunk per CPU at a
+    time: more would only compete for the cores with the thread that normalises the
+    previous buffer (measured: 5-10 % more samples/s than 4 chunks at once on 2 CPUs).
 
     Parameters
     ----------
@@ -296,7 +306,17 @@ def read_chunks(
             dest[...] = array.fill_value
 
     async def _all() -> list[BaseException | None]:
-        return await asyncio.gather(*(_one(j) for j in range(len(keys))), return_exceptions=True)
+        if local is None:  # remote: every fetch in flight at once (latency-bound)
+            jobs = [_one(j) for j in range(len(keys))]
+        else:  # local read + decode is CPU-bound: one chunk per core at a time
+            slots = asyncio.Semaphore(_cores())
+
+            async def _bounded(j: int) -> None:
+                async with slots:
+                    await _one(j)
+
+            jobs = [_bounded(j) for j in range(len(keys))]
+        return await asyncio.gather(*jobs, return_exceptions=True)
 
     for j, res in enumerate(sync(_all())):
         if isinstance(res, BaseException):
