@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -240,6 +241,61 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _local_pool() -> ThreadPoolExecutor:
+    """Return the decode threads of this process (one per CPU); a forked child makes its own."""
+    global _POOL
+    pid = os.getpid()
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != pid:
+            _POOL = (pid, ThreadPoolExecutor(_cores(), thread_name_prefix="zarr_instances_decode"))
+        return _POOL[1]
+
+
+def _reset_pool_in_child() -> None:
+    # The parent's decode threads do not exist in a forked child, and its lock may
+    # have been held by one of its other threads at the fork.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_in_child)
+
+
+def _decode_local(paths: Sequence[str], out: np.ndarray, size: int, decoder: Decoder) -> list[Any]:
+    """Read and decode local chunk files into consecutive blocks of ``out``.
+
+    One chunk per CPU at a time, each decode thread taking the next file as it
+    finishes one. Returns per file ``None`` (done), ``False`` (no such file) or the
+    exception raised.
+    """
+    results: list[Any] = [None] * len(paths)
+    todo = iter(range(len(paths)))
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                j = next(todo, None)
+            if j is None:
+                return
+            try:
+                found = _read_and_decode(paths[j], out[j * size : (j + 1) * size], decoder)
+                results[j] = None if found else False
+            except Exception as exc:  # reported per chunk by the caller
+                results[j] = exc
+
+    pool = _local_pool()
+    futures = [pool.submit(drain) for _ in range(min(_cores(), len(paths)))]
+    for fut in futures:
+        fut.result()
+    return results
+
+
 def read_chunks(
     array: zarr.Array,
     chunks: Sequence[int],
@@ -290,35 +346,29 @@ def read_chunks(
     proto = default_buffer_prototype()
     local = local_dir(array)
 
-    async def _one(j: int) -> None:
-        dest = out[j * size : (j + 1) * size]
-        if local is not None:  # read + decode in one I/O thread, into reused memory
-            path = os.path.join(local, *keys[j].split("/"))
-            found = await asyncio.to_thread(_read_and_decode, path, dest, decoder)
-        else:
-            buf = await (aarr.store_path / keys[j]).get(prototype=proto)
-            found = buf is not None
-            if found:
-                await asyncio.to_thread(decoder, buf.as_numpy_array(), dest)
-        if not found:
+    async def _one(j: int) -> bool:
+        buf = await (aarr.store_path / keys[j]).get(prototype=proto)
+        if buf is None:
+            return False
+        await asyncio.to_thread(decoder, buf.as_numpy_array(), out[j * size : (j + 1) * size])
+        return True
+
+    async def _all() -> list[Any]:
+        # every fetch in flight at once (remote reads are latency-bound)
+        return await asyncio.gather(*(_one(j) for j in range(len(keys))), return_exceptions=True)
+
+    if local is not None:  # CPU-bound: one chunk per core at a time, into reused memory
+        paths = [os.path.join(local, *k.split("/")) for k in keys]
+        results = _decode_local(paths, out, size, decoder)
+    else:
+        results = sync(_all())
+    for j, res in enumerate(results):
+        if res is False:  # no such chunk
             if check_missing:
-                raise _missing_error([keys[j]])
-            dest[...] = array.fill_value
-
-    async def _all() -> list[BaseException | None]:
-        if local is None:  # remote: every fetch in flight at once (latency-bound)
-            jobs = [_one(j) for j in range(len(keys))]
-        else:  # local read + decode is CPU-bound: one chunk per core at a time
-            slots = asyncio.Semaphore(_cores())
-
-            async def _bounded(j: int) -> None:
-                async with slots:
-                    await _one(j)
-
-            jobs = [_bounded(j) for j in range(len(keys))]
-        return await asyncio.gather(*jobs, return_exceptions=True)
-
-    for j, res in enumerate(sync(_all())):
+                res = _missing_error([keys[j]])
+            else:
+                out[j * size : (j + 1) * size] = array.fill_value
+                continue
         if isinstance(res, BaseException):
             k = int(chunks[j])
             a, b = k * size, min((k + 1) * size, array.shape[0])
