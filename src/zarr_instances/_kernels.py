@@ -60,7 +60,7 @@ def _finish_warming() -> None:
     """
     warming = _WARMING
     if warming is not None and warming.is_alive() and warming is not threading.current_thread():
-        warming.join(timeout=120)
+        warming.join(timeout=30)  # a first compile takes seconds; the child copes if not
 
 
 if hasattr(os, "register_at_fork"):
