@@ -275,6 +275,7 @@ def test_local_chunks_decode_at_most_one_per_core_at_once(tmp_path, monkeypatch,
             now[0] -= 1
 
     monkeypatch.setattr(_reader, "_cores", lambda: cores)
+    monkeypatch.setattr(_reader, "_POOL", None)  # a pool of `cores` threads for this test
     out = np.zeros((6 * 20, *arr.shape[1:]), dtype=arr.dtype)
     read_chunks(arr, range(6), out, counting)
     assert 1 <= peak[0] <= cores  # without the bound all 6 run at once

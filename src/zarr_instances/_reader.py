@@ -241,18 +241,17 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def _local_pool() -> ThreadPoolExecutor:
-    """Return the decode threads of this process (one per CPU); a forked child makes its own."""
+    """Return the decode threads of this process: one per CPU, made on first use."""
     global _POOL
-    pid = os.getpid()
     with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != pid:
-            _POOL = (pid, ThreadPoolExecutor(_cores(), thread_name_prefix="zarr_instances_decode"))
-        return _POOL[1]
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_cores(), thread_name_prefix="zarr_instances_decode")
+        return _POOL
 
 
 def _reset_pool_in_child() -> None:
@@ -269,31 +268,19 @@ if hasattr(os, "register_at_fork"):
 def _decode_local(paths: Sequence[str], out: np.ndarray, size: int, decoder: Decoder) -> list[Any]:
     """Read and decode local chunk files into consecutive blocks of ``out``.
 
-    One chunk per CPU at a time, each decode thread taking the next file as it
-    finishes one. Returns per file ``None`` (done), ``False`` (no such file) or the
-    exception raised.
+    The files are queued on this process's decode threads, so at most one chunk per
+    CPU is decoded at a time. Returns per file ``None`` (done), ``False`` (no such
+    file) or the exception raised.
     """
-    results: list[Any] = [None] * len(paths)
-    todo = iter(range(len(paths)))
-    lock = threading.Lock()
 
-    def drain() -> None:
-        while True:
-            with lock:
-                j = next(todo, None)
-            if j is None:
-                return
-            try:
-                found = _read_and_decode(paths[j], out[j * size : (j + 1) * size], decoder)
-                results[j] = None if found else False
-            except Exception as exc:  # reported per chunk by the caller
-                results[j] = exc
+    def one(j: int) -> Any:
+        try:
+            found = _read_and_decode(paths[j], out[j * size : (j + 1) * size], decoder)
+        except Exception as exc:  # reported per chunk by the caller
+            return exc
+        return None if found else False
 
-    pool = _local_pool()
-    futures = [pool.submit(drain) for _ in range(min(_cores(), len(paths)))]
-    for fut in futures:
-        fut.result()
-    return results
+    return list(_local_pool().map(one, range(len(paths))))
 
 
 def read_chunks(
