@@ -277,7 +277,6 @@ class Plan:
         n = ids.size
         self.perm = np.arange(n) if order == "id" else np.random.default_rng(seed).permutation(n)
         self.ids = ids
-        self.cents = cents
         self.diameter = diameter
         self.image_yx = image_yx
         self.starts = window_starts(cents[:, 1:], diameter)

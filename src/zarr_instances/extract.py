@@ -366,6 +366,7 @@ def extract_instances(
         )
         raise ArgumentError(msg)
     ids, cents = sums.labels, centroids(sums)
+    del sums  # held through the write passes otherwise: 40 bytes per instance
     n = ids.size
 
     # 2. rows, tiles and layout.
@@ -387,8 +388,10 @@ def extract_instances(
         zarr_format=zarr_format,
         compressors=compressors,
     )
-    row_ids = ids[plan.perm]
-    row_cents = cents[plan.perm]
+    # per instance, held to the end: keep no copies in id order (perm is the identity)
+    row_ids = ids if order == "id" else ids[plan.perm]
+    row_cents = cents if order == "id" else cents[plan.perm]
+    del cents
 
     if out is None:
         pieces = []
@@ -435,6 +438,7 @@ def extract_instances(
         overwrite=overwrite,
         storage_options=storage_options,
     )
+    del row_cents  # written to the store
     arr, marr, prog = group[IMAGE_KEY], group.get(MASK_KEY), group[PROGRESS_KEY]
     # Every chunk is written, even an all-zero one: zarr would otherwise compare each
     # chunk with the fill value first (a full pass over the crops) and leave the chunk
