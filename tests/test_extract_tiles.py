@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_edges
 from zarr_instances._tiles import (
     Blocks,
+    Handoff,
     Plan,
+    copy_regions,
     held_bytes,
     plan_passes,
+    take,
     tile_tasks,
     write_groups,
 )
@@ -53,10 +56,12 @@ def test_windows_reach_only_into_earlier_tiles(yx, chunks, tile, diameter, seed)
     assert (tx < n_tx).all()
 
 
+@pytest.mark.parametrize("handoff", [False, True])
 @pytest.mark.parametrize(("image_chunks", "mask_chunks"), [(32, 32), (32, (24, 40))])
-def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks):
+def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks, handoff):
     # Memory: a decoded block is held until every task reading it is done. Each block
-    # must go whole to at most one tile; other tiles get small copies (pieces) of it.
+    # must go whole to at most one tile; other tiles get small copies (pieces) of it:
+    # a task per copy, or (handoff) one task per block taken by each tile.
     image, mask = make_image_and_mask((160, 192), 120, 16, seed=7)
     im = da.from_array(image[:, None], chunks=(2, 1, image_chunks, image_chunks))
     mc = mask_chunks if isinstance(mask_chunks, tuple) else (mask_chunks, mask_chunks)
@@ -68,19 +73,31 @@ def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks):
     plan = Plan(ids, cents, "id", 0, 16, edges_y, edges_x, (160, 192))
     iblocks, mblocks = Blocks(im), Blocks(mk)
     graph: dict = {}
-    tile_tasks(plan, iblocks, mblocks, [0, ids.size], True, False, "t", graph)
+    tile_tasks(plan, iblocks, mblocks, [0, ids.size], True, False, "t", graph, handoff=handoff)
     cuts = [task for key, task in graph.items() if key.startswith("zi-cut")]
     assert len(cuts) > 20  # many tiles, most windows reach into a neighbour
     whole: dict[str, int] = {}
     pieces = 0
+    taken: set[tuple[str, int]] = set()
     for task in cuts:
         for _, key in [*task[1], *task[2]]:  # image and mask pieces: [start, key]
-            if key in graph:
+            if isinstance(key, tuple) and key[0] is take:  # (take, copies task, index)
+                assert handoff
+                assert graph[key[1]][0] is copy_regions
+                assert key[1:] not in taken  # each copy goes to one tile
+                taken.add(key[1:])
+                pieces += 1
+            elif key in graph:
+                assert not handoff
                 assert graph[key][0].__name__ == "_piece"
                 pieces += 1
             else:
                 whole[str(key)] = whole.get(str(key), 0) + 1
     assert pieces > 0
+    if handoff:  # every copy made is taken
+        made = {(k, i) for k, t in graph.items() if t[0] is copy_regions for i in range(len(t[2]))}
+        assert taken == made
+        assert len(made) > sum(t[0] is copy_regions for t in graph.values())  # fewer tasks
     image_blocks = {k for k in whole if k.startswith(f"('{im.name}'")}
     assert len(image_blocks) > im.numblocks[2] * im.numblocks[3] // 2  # tiles with cells
     assert max(v for k, v in whole.items() if k in image_blocks) == 1
@@ -132,3 +149,23 @@ def test_write_groups_split_runs():
         range(10, 11),
     ]
     assert write_groups(np.zeros(0, dtype=np.int64), 3) == []
+
+
+def test_handoff_items_are_taken_once_and_freed():
+    import gc
+    import weakref
+
+    items = [np.arange(4), np.arange(5)]
+    refs = [weakref.ref(a) for a in items]
+    h = Handoff(items)
+    del items
+    assert len(h) == 2
+    np.testing.assert_array_equal(h.peek(1), np.arange(5))  # peek leaves it
+    got = take(h, 0)
+    np.testing.assert_array_equal(got, np.arange(4))
+    del got
+    gc.collect()
+    assert refs[0]() is None  # freed with its reader, while the hand-off lives on
+    assert refs[1]() is not None
+    with pytest.raises(RuntimeError, match="item 0 of this hand-off was taken already"):
+        h.take(0)

@@ -470,6 +470,7 @@ def extract_instances(
                 token,
                 graph,
                 pack=peak > _PACK_ABOVE,
+                handoff=_client() is None,
             )
             keys = [f"zi-write-{token}-{units.start}" for units in pass_groups]
             for key, units, a, b, p in zip(
