@@ -12,6 +12,7 @@ from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_e
 from zarr_instances._tiles import (
     Blocks,
     Handoff,
+    Packed,
     Plan,
     copy_regions,
     held_bytes,
@@ -169,3 +170,20 @@ def test_handoff_items_are_taken_once_and_freed():
     assert refs[1]() is not None
     with pytest.raises(RuntimeError, match="item 0 of this hand-off was taken already"):
         h.take(0)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 1, 8, 8), (3, 2, 1, 8, 8), (400, 2, 1, 64, 64)])
+def test_packed_roundtrip_and_pickle(shape):
+    import mmap
+    import pickle
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 50, size=shape, dtype=np.uint16)
+    p = Packed(a)
+    # large parts live in a mapping of their own, small ones as bytes
+    assert isinstance(p.data, mmap.mmap) == (a.nbytes > 2**20)
+    np.testing.assert_array_equal(p.unpack(), a)
+    q = pickle.loads(pickle.dumps(p))  # a distributed worker sends parts to another
+    assert type(q.data) is type(p.data)
+    np.testing.assert_array_equal(q.unpack(), a)
+    assert q.unpack().dtype == a.dtype
