@@ -81,7 +81,11 @@ def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks, hand
     pieces = 0
     taken: set[tuple[str, int]] = set()
     for task in cuts:
-        for _, key in [*task[1], *task[2]]:  # image and mask pieces: [start, key]
+        _, args, getters = task[1].value  # task_with_parts: starts and getters hidden
+        assert len(args[0]) == len(task) - 2  # a start per piece; the keys are visible
+        keys = task[2:]
+        refs = [k if g is None else (g[0], k, g[1]) for k, g in zip(keys, getters, strict=True)]
+        for key in refs:  # image and mask pieces: a key, or (take, copies task, index)
             if isinstance(key, tuple) and key[0] is take:  # (take, copies task, index)
                 assert handoff
                 assert graph[key[1]][0] is copy_regions

@@ -31,11 +31,13 @@ __all__ = [
     "Handoff",
     "Packed",
     "Plan",
+    "Static",
     "as_delayed",
     "assemble_crops",
     "copy_regions",
     "plan_passes",
     "take",
+    "task_with_parts",
     "tile_tasks",
     "write_groups",
     "write_units",
@@ -134,6 +136,56 @@ _TAKEN = object()
 def take(handoff: Handoff, i: int) -> Any:
     """Take item ``i`` of ``handoff`` (a task argument: ``(take, key, i)``)."""
     return handoff.take(i)
+
+
+class Static:
+    """Task arguments that hold no keys: Dask passes them on without looking inside.
+
+    Dask turns every list, tuple and nested task of a task's arguments into objects
+    of its own (a cut or write task of a large image: ~13 KiB each); wrapped, they
+    are one value.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Static, (self.value,)
+
+
+def task_with_parts(func: Any, args: tuple, refs: Sequence[Any]) -> tuple:
+    """Return the task ``func(*args, *parts)``, where ``refs`` say where the parts come from.
+
+    A ref is a key (the part is that task's result) or ``(getter, key, i)`` with a
+    callable ``getter``, e.g. ``(take, cut, i)``. Only the keys are visible to Dask,
+    as the task's arguments.
+    """
+    keys, getters = [], []
+    for ref in refs:
+        if isinstance(ref, tuple) and callable(ref[0]):  # not a block key (a tuple)
+            getter, key, i = ref
+            keys.append(key)
+            getters.append((getter, i))
+        else:
+            keys.append(ref)
+            getters.append(None)
+    return (_call_with_parts, Static((func, args, getters)), *keys)
+
+
+def _call_with_parts(spec: Static, *values: Any) -> Any:
+    func, args, getters = spec.value
+    parts = [v if g is None else g[0](v, g[1]) for v, g in zip(values, getters, strict=True)]
+    return func(*args, *parts)
+
+
+def _cut_from_pieces(starts: Sequence[tuple[int, ...]], n_image: int, *rest: Any) -> Any:
+    """``cut_tile`` with its image and mask pieces given as starts and values."""
+    n = len(starts)
+    args, values = rest[:-n] if n else rest, rest[len(rest) - n :]
+    pieces = [[s, v] for s, v in zip(starts, values, strict=True)]
+    return cut_tile(pieces[:n_image], pieces[n_image:], *args)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -473,7 +525,10 @@ def tile_tasks(
         mpieces = mask.cover(*src, graph, own, f"{name}-m", copies) if need_mask else []
         args = (plan.starts[inst], plan.ids[inst], rows, plan.diameter)
         flags = (remove_background, with_mask, segments, packs, handoff)
-        graph[cut] = (cut_tile, ipieces, mpieces, shapes, box, padded, *args, *flags)
+        starts = [p[0] for p in (*ipieces, *mpieces)]
+        refs = [p[1] for p in (*ipieces, *mpieces)]
+        static = (starts, len(ipieces), shapes, box, padded, *args, *flags)
+        graph[cut] = task_with_parts(_cut_from_pieces, static, refs)
         for i, groups in enumerate(feeds):
             if handoff:  # inlined in the group's task; read by several: not taken
                 part: Any = (take, cut, i) if len(groups) == 1 else (_item, cut, i)

@@ -59,6 +59,7 @@ from ._tiles import (
     as_delayed,
     assemble_crops,
     plan_passes,
+    task_with_parts,
     tile_tasks,
     write_groups,
     write_units,
@@ -402,7 +403,7 @@ def extract_instances(
                 plan, iblocks, mblocks, [a, b], remove_background, False, token, graph
             )
             key = f"zi-crops-{token}-{a}"
-            graph[key] = (assemble_crops, a, b, crop_shape, im.dtype, *parts)
+            graph[key] = task_with_parts(assemble_crops, (a, b, crop_shape, im.dtype), parts)
             (delayed,) = as_delayed(key, graph, [key], iblocks, mblocks)
             pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=im.dtype))
         return row_ids, da.concatenate(pieces, axis=0)
@@ -476,7 +477,7 @@ def extract_instances(
             for key, units, a, b, p in zip(
                 keys, pass_groups, bounds[:-1], bounds[1:], parts, strict=True
             ):
-                graph[key] = (write, units, a, b, *p)
+                graph[key] = task_with_parts(write, (units, a, b), p)
             writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, iblocks, mblocks)
             _run(writes, bar, f"zi-write-{token}-")
     finish_store(group)
