@@ -8,16 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zarr_instances import _tiles as tiles
+from zarr_instances import extract_instances
 from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_edges
 from zarr_instances._tiles import (
     Blocks,
     Handoff,
     Packed,
     Plan,
+    assemble_crops,
     copy_regions,
     held_bytes,
     plan_passes,
     take,
+    task_with_parts,
     tile_tasks,
     write_groups,
 )
@@ -108,6 +112,49 @@ def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks, hand
     assert max(v for k, v in whole.items() if k in image_blocks) == 1
     if mask_chunks == image_chunks:  # aligned mask blocks go whole to one tile too
         assert max(whole.values()) == 1
+
+
+@pytest.mark.parametrize("handoff", [False, True])
+@pytest.mark.parametrize("pack", [False, True])
+def test_graph_variants_cut_the_same_crops(handoff, pack, monkeypatch):
+    # The graph for a distributed client (a task per part and per copy) and the one for
+    # local schedulers (hand-offs), with crops and strips held packed or not, all give
+    # the crops of the plain lazy extraction; with pack, strips for the row below wait
+    # compressed, and only those.
+    import dask
+
+    image, mask = make_image_and_mask((160, 192), 120, 16, seed=7)
+    im = da.from_array(image[:, None], chunks=(2, 1, 32, 32))
+    mk = da.from_array(mask[None], chunks=(1, 32, 32))
+    sums = combine_sums([label_sums(mask)])
+    ids, cents = sums.labels, centroids(sums)
+    edges = [tile_edges(im.chunks[a], 32) for a in (2, 3)]
+    plan = Plan(ids, cents, "id", 0, 16, *edges, (160, 192))
+    bounds = [*range(0, ids.size, 8), ids.size]  # groups of 8 rows
+    packed: list[bool] = []
+    real = tiles._piece
+
+    def piece(block, yx, pack=False):
+        packed.append(pack)
+        return real(block, yx, pack)
+
+    monkeypatch.setattr(tiles, "_piece", piece)  # before the graph holds it
+    graph: dict = {}
+    parts = tile_tasks(
+        plan, Blocks(im), Blocks(mk), bounds, True, False, "t", graph, pack=pack, handoff=handoff
+    )
+    shape = (2, 1, 16, 16)
+    keys = [f"out-{g}" for g in range(len(bounds) - 1)]
+    for g, key in enumerate(keys):
+        args = (bounds[g], bounds[g + 1], shape, image.dtype)
+        graph[key] = task_with_parts(assemble_crops, args, parts[g])
+    graph.update(dict(im.__dask_graph__()))
+    graph.update(dict(mk.__dask_graph__()))
+    got = np.concatenate(dask.get(graph, keys))
+    _, ref = extract_instances(image, mask, 16, tile_size=32)
+    np.testing.assert_array_equal(got, ref.compute())
+    assert any(packed) == pack
+    assert not all(packed)  # strips for the tile to the right are used at once
 
 
 def _blocks(n: int, chunk: int) -> list[int]:

@@ -216,7 +216,8 @@ class Blocks:
         graph: dict[Hashable, Any],
         own: tuple[slice, slice] | None = None,
         name: str = "zi-piece",
-        copies: dict[Hashable, tuple[str, list[tuple[slice, slice]]]] | None = None,
+        copies: dict[Hashable, tuple[str, list[Any]]] | None = None,
+        pack: bool = False,
     ) -> list[list[Any]]:
         """Return ``[global start, key or task]`` for every block meeting ``[ys, xs]``.
 
@@ -228,6 +229,9 @@ class Blocks:
         With ``copies``, the part is instead added to ``copies[block key]`` =
         ``(task key, regions)`` and passed as ``(take, task key, index)``: one task
         per block then copies all its regions (see :func:`copy_regions`).
+
+        With ``pack``, a copy from a block above ``own`` (made a tile row before it is
+        used) is held compressed (:class:`Packed`).
         """
         ey, ex = self.edges[-2], self.edges[-1]
         by0 = int(np.searchsorted(ey, ys.start, side="right")) - 1
@@ -247,12 +251,13 @@ class Blocks:
             ya, yb = max(y0, ys.start), min(y1, ys.stop)
             xa, xb = max(x0, xs.start), min(x1, xs.stop)
             local = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+            packed = pack and own is not None and y1 <= own[0].start
             if copies is None:
-                graph[f"{name}-{k}"] = (_piece, key, local)
+                graph[f"{name}-{k}"] = (_piece, key, local, packed)
                 out.append([(*start, ya, xa), f"{name}-{k}"])
                 continue
             holder, regions = copies.setdefault(key, (f"{name}-b{len(copies)}", []))
-            regions.append(local)
+            regions.append((local, packed))
             out.append([(*start, ya, xa), (take, holder, len(regions) - 1)])
         return out
 
@@ -270,14 +275,15 @@ def _within(rect: tuple[slice, slice], y0: int, y1: int, x0: int, x1: int) -> bo
     return ys.start <= y0 and y1 <= ys.stop and xs.start <= x0 and x1 <= xs.stop
 
 
-def _piece(block: np.ndarray, yx: tuple[slice, slice]) -> np.ndarray:
-    """Copy ``block[..., ys, xs]`` (so that the whole block can be freed)."""
-    return np.array(block[(..., *yx)])
+def _piece(block: np.ndarray, yx: tuple[slice, slice], pack: bool = False) -> Any:
+    """Copy ``block[..., ys, xs]`` (so that the whole block can be freed), packed or not."""
+    part = block[(..., *yx)]
+    return Packed(part) if pack else np.array(part)
 
 
-def copy_regions(block: np.ndarray, regions: Sequence[tuple[slice, slice]]) -> Handoff:
-    """Copy ``block[..., ys, xs]`` for each region, one for each tile that needs one."""
-    return Handoff([_piece(block, yx) for yx in regions])
+def copy_regions(block: np.ndarray, regions: Sequence[tuple[tuple[slice, slice], bool]]) -> Handoff:
+    """Copy ``block[..., ys, xs]`` for each ``(region, pack)``, one per tile needing one."""
+    return Handoff([_piece(block, yx, pack) for yx, pack in regions])
 
 
 def fill(
@@ -290,7 +296,7 @@ def fill(
     by, bx = box_yx
     h, w = out.shape[-2:]
     for start, block in pieces:
-        block = np.asarray(block)
+        block = np.asarray(_unpacked(block))
         y0, x0 = start[-2], start[-1]
         ya, yb = max(y0, by), min(y0 + block.shape[-2], by + h)
         xa, xb = max(x0, bx), min(x0 + block.shape[-1], bx + w)
@@ -485,7 +491,8 @@ def tile_tasks(
     it is written; a tile feeding most groups (a random order) hands all of them one
     result, as they all wait for the same tiles anyway. With ``pack``, a part for one
     group is compressed (:class:`Packed`) unless this tile is the group's last one,
-    i.e. unless it can be written right away.
+    i.e. unless it can be written right away; so are the copies taken for the tile
+    row below (the strips along a tile row's bottom edge, held a tile row long).
 
     ``handoff`` (for Dask's local schedulers, where tasks share memory): a cut
     returns its parts as a :class:`Handoff` taken by the group tasks themselves, and
@@ -498,7 +505,7 @@ def tile_tasks(
     edges = np.asarray(bounds, dtype=np.int64)
     r0, r1, n_groups = int(edges[0]), int(edges[-1]), len(edges) - 1
     out: list[list[Any]] = [[] for _ in range(n_groups)]
-    copies: dict[Hashable, tuple[str, list[tuple[slice, slice]]]] | None = {} if handoff else None
+    copies: dict[Hashable, tuple[str, list[Any]]] | None = {} if handoff else None
     last = group_last_tiles(plan, edges) if pack else None
     shapes = (image.shape[:-2], image.dtype, mask.shape[:-2], mask.dtype)
     need_mask = remove_background or with_mask
@@ -521,8 +528,8 @@ def tile_tasks(
         own = plan.rect(t)
         name = f"zi-piece-{token}-{r0}-{t}"
         cut = f"zi-cut-{token}-{r0}-{t}"
-        ipieces = image.cover(*src, graph, own, f"{name}-i", copies)
-        mpieces = mask.cover(*src, graph, own, f"{name}-m", copies) if need_mask else []
+        ipieces = image.cover(*src, graph, own, f"{name}-i", copies, pack)
+        mpieces = mask.cover(*src, graph, own, f"{name}-m", copies, pack) if need_mask else []
         args = (plan.starts[inst], plan.ids[inst], rows, plan.diameter)
         flags = (remove_background, with_mask, segments, packs, handoff)
         starts = [p[0] for p in (*ipieces, *mpieces)]
