@@ -25,11 +25,18 @@ How it works
    order and a write task's crops held from its first tile to its last: with ids in
    raster order (as segmentation tools number them) one pass holds about one tile row
    of crops whatever the output size, while a random order holds every crop of a pass.
-   A pass expected to hold more than 64 MiB keeps the parts that wait for later tiles
-   Blosc-LZ4 compressed. A rerun of the same call skips flagged units.
+   A pass expected to hold more than 64 MiB keeps the parts that wait for later tiles,
+   and the strips copied for the tile row below, Blosc-LZ4 compressed (in memory
+   mappings of their own, not in the heap). A rerun of the same call skips flagged
+   units.
 
-The tasks form a plain Dask task graph (a dict); the same graph runs on Dask's local
-schedulers and on a ``dask.distributed`` cluster.
+The tasks form a plain Dask task graph (a dict). On Dask's local schedulers a tile
+hands its parts to the write tasks, which take them (``_tiles.Handoff``), and one task
+per block copies the strips other tiles need from it; on a ``dask.distributed``
+cluster each part and each strip is a task of its own, so that a worker receives only
+what it uses. Either way Dask sees only the keys a task reads (its other arguments are
+one opaque value), which keeps its bookkeeping small (~2,000 tasks for a 16k x 16k
+image).
 """
 
 from __future__ import annotations
