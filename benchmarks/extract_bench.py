@@ -19,6 +19,10 @@ Rows:
   harpy         harpy.tb.extract_instances on a SpatialData object (separate venv)
   before        (--before-src DIR) ours from another source tree, e.g. main's src
   ours (numba)  (--numba) ours with the compiled kernels forced on
+  ours, zstd store / write limit, zstd
+                (--zstd-rows) ours and the write limit with zarr's default codec for
+                format 3 (zstd level 0) instead of ours (Blosc-lz4): the write limit
+                of the issue (17,460 crops/s on an idle machine)
 
 With --repeats N every row (harpy's too; not the NumPy loop) runs N times, the rows
 interleaved (so that load from other jobs hits them alike); each row reports its
@@ -66,11 +70,15 @@ _OURS = (
     + """
 import dask
 from zarr_instances import extract_instances
+kw = {}
+if args.get("zstd"):  # zarr's default codec for format 3 instead of ours
+    from zarr.codecs import ZstdCodec
+    kw["compressors"] = ZstdCodec(level=0)
 base = rss()
 t0 = time.perf_counter()
 with dask.config.set(scheduler=args["scheduler"]):
     ids, inst = extract_instances(args["image"], args["mask"], args["diameter"],
-                                  out=args["out"], order=args["order"], progress=False)
+                                  out=args["out"], order=args["order"], progress=False, **kw)
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib": base}))
 """
@@ -84,9 +92,10 @@ src = zarr.open_array(args["src"], mode="r")
 data = src[...]
 base = rss()
 t0 = time.perf_counter()
+codecs = {} if args.get("zarr_default") else {"compressors": src.compressors,
+                                                "filters": src.filters}
 dst = zarr.create_array(args["out"], shape=src.shape, chunks=src.chunks, dtype=src.dtype,
-                        compressors=src.compressors, filters=src.filters, overwrite=True,
-                        config={"write_empty_chunks": True})
+                        overwrite=True, config={"write_empty_chunks": True}, **codecs)
 step = src.chunks[0] * 32
 if args.get("direct"):  # the chunk writes extract_instances does itself (no zarr pipeline)
     # as its write tasks: 4 chunks per call, one call per thread, a thread per CPU
@@ -231,6 +240,11 @@ def main() -> int:
     p.add_argument("--harpy-python", default=None, help="python of a venv with harpy-analysis")
     p.add_argument("--skip-numpy", action="store_true")
     p.add_argument("--skip-limit", action="store_true", help="do not run the write limit")
+    p.add_argument(
+        "--zstd-rows",
+        action="store_true",
+        help="add 'ours, zstd store' and 'write limit, zstd': both with zarr's default codec",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument(
         "--numba",
@@ -281,6 +295,12 @@ def main() -> int:
             runs.append(("write limit", _WRITE_LIMIT, limit, None, None, py))
             direct = {**limit, "out": str(tmp / "direct.zarr"), "direct": True}
             runs.append(("direct write", _WRITE_LIMIT, direct, None, None, py))
+        if args.zstd_rows:  # the issue's write limit: zarr's default codec (zstd)
+            zs = {**ours, "out": str(tmp / "ours-zstd.zarr"), "zstd": True}
+            runs.append(("ours, zstd store", _OURS, zs, None, None, py))
+            zl = {"src": str(tmp / "ours.zarr/image"), "out": str(tmp / "limit-zstd.zarr")}
+            zl["zarr_default"] = True
+            runs.append(("write limit, zstd", _WRITE_LIMIT, zl, None, None, py))
         if args.harpy_python:  # interleaved with ours, so that both see the same load
             hp = {"scheduler": "threads", "out": str(tmp / "harpy")}
             runs.append(("harpy (threads)", _HARPY, hp, None, None, args.harpy_python))
@@ -303,7 +323,12 @@ def main() -> int:
                     f"crops/s, peak RSS {res['rss_mib']:.0f} MiB",
                     flush=True,
                 )
-        for name, out in (("before (threads)", "before.zarr"), ("ours (numba)", "numba.zarr")):
+        compared = (
+            ("before (threads)", "before.zarr"),
+            ("ours (numba)", "numba.zarr"),
+            ("ours, zstd store", "ours-zstd.zarr"),
+        )
+        for name, out in compared:
             if name in rows:
                 rows[name]["check"] = _compare(
                     str(tmp / "ours.zarr/image"), str(tmp / out / "image")
@@ -324,11 +349,10 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    limit = (
-        rows["write limit"]["n"] / rows["write limit"]["seconds"]
-        if "write limit" in rows
-        else float("nan")
-    )
+    def rate_of(name: str) -> float:
+        return rows[name]["n"] / rows[name]["seconds"] if name in rows else float("nan")
+
+    limit, limit_zstd = rate_of("write limit"), rate_of("write limit, zstd")
     harpy = rows.get("harpy (threads)")
     print(
         f"\nimage (2, {args.size}, {args.size}) uint16, chunks (2, 1024, 1024); mask int32; "
@@ -340,8 +364,9 @@ def main() -> int:
     for name, res in rows.items():
         rate = res["n"] / res["seconds"]
         vs_h = f"{rate / (harpy['n'] / harpy['seconds']):8.1f}x" if harpy else f"{'-':>9}"
+        vs_l = rate / (limit_zstd if "zstd" in name else limit)  # the same codec
         print(
-            f"{name:18} {res['seconds']:8.2f} {rate:9.0f} {rate / limit:8.0%} {vs_h} "
+            f"{name:18} {res['seconds']:8.2f} {rate:9.0f} {vs_l:8.0%} {vs_h} "
             f"{res['rss_mib']:13.0f} {res['base_mib']:15.0f}  {res.get('check', '')}"
         )
     if args.json:
