@@ -216,3 +216,20 @@ def test_default_scheduler_does_not_import_distributed(tmp_path):
     imported, n = got.stdout.split()
     assert imported == "False"
     assert int(n) > 0
+
+
+def test_process_pool_scheduler_gives_the_same_store(tmp_path, monkeypatch):
+    # Dask's process pool pickles every result it hands on: the hand-offs, and the
+    # packed crops and strips (packing forced), reach each task as copies.
+    import zarr_instances.extract as ex
+
+    image, mask = make_image_and_mask((96, 96), 30, 12, seed=5)
+    kwargs = {"tile_size": 32, "chunk_i": 3, "extract_mask": True}
+    ids0, ref = extract_instances(image, mask, 12, out=tmp_path / "a.zarr", **kwargs)
+    monkeypatch.setattr(ex, "_PACK_ABOVE", 0)
+    with dask.config.set(scheduler="processes", num_workers=2):
+        ids1, got = extract_instances(image, mask, 12, out=tmp_path / "b.zarr", **kwargs)
+    np.testing.assert_array_equal(ids0, ids1)
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), ref.compute(scheduler="sync"))
+    a, b = zarr.open_group(tmp_path / "a.zarr"), zarr.open_group(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(a["mask"][...], b["mask"][...])
