@@ -155,8 +155,7 @@ class _CountWrites(Callback):
             self.bar.update(len(result))
 
 
-def _run(tasks: list[Any], bar: Any, prefix: str) -> None:
-    client = _client()
+def _run(tasks: list[Any], bar: Any, prefix: str, client: Any) -> None:
     if client is not None:
         from distributed import as_completed
 
@@ -467,6 +466,7 @@ def extract_instances(
         for pass_groups, peak in plan_passes(plan, groups, layout.unit, n, row_bytes, memory_limit):
             bounds = [g.start * layout.unit for g in pass_groups]
             bounds.append(min(n, pass_groups[-1].stop * layout.unit))
+            client = _client()  # the graph's shape follows where it runs
             graph = {}
             parts = tile_tasks(
                 plan,
@@ -478,7 +478,7 @@ def extract_instances(
                 token,
                 graph,
                 pack=peak > _PACK_ABOVE,
-                handoff=_client() is None,
+                handoff=client is None,
             )
             keys = [f"zi-write-{token}-{units.start}" for units in pass_groups]
             for key, units, a, b, p in zip(
@@ -486,7 +486,7 @@ def extract_instances(
             ):
                 graph[key] = task_with_parts(write, (units, a, b), p)
             writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, iblocks, mblocks)
-            _run(writes, bar, f"zi-write-{token}-")
+            _run(writes, bar, f"zi-write-{token}-", client)
     finish_store(group)
     return row_ids, da.from_zarr(group[IMAGE_KEY])
 
