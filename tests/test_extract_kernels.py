@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zarr_instances
-from zarr_instances import _extract_kernels, extract_instances
+from zarr_instances import _extract_kernels, _runtime, extract_instances
 from zarr_instances._geometry import (
     crop_windows,
     crop_windows_numpy,
@@ -164,13 +164,13 @@ def test_kernels_switch_off_and_missing_numba(monkeypatch):
         monkeypatch.setitem(sys.modules, "numba", None)
         monkeypatch.delitem(sys.modules, "zarr_instances._extract_numba", raising=False)
         monkeypatch.delattr(zarr_instances, "_extract_numba", raising=False)
-        monkeypatch.setattr(_extract_kernels, "_TRIED", False)
-        monkeypatch.setattr(_extract_kernels, "_KERNELS", None)
+        monkeypatch.setattr(_runtime.EXTRACT_KERNELS, "tried", False)
+        monkeypatch.setattr(_runtime.EXTRACT_KERNELS, "table", None)
         assert not _extract_kernels.enabled()
         assert _extract_kernels.label_sums(mask[None], (0, 0, 0)) is None
         ids2, none = extract_instances(image, mask, 12, tile_size=32, chunk_i=5)
         none = none.compute()
-    monkeypatch.setattr(_extract_kernels, "_TRIED", False)
+    monkeypatch.setattr(_runtime.EXTRACT_KERNELS, "tried", False)
     np.testing.assert_array_equal(ids0, ids1)
     np.testing.assert_array_equal(ids0, ids2)
     assert _same(fast, slow)

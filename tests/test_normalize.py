@@ -188,11 +188,11 @@ def test_pool_never_overwrites_kept_samples(tmp_path):
 def test_kernel_warm_up_thread_is_joined_by_the_iteration(tmp_path, monkeypatch):
     import threading
 
-    from zarr_instances import ZarrIterableInstances, _kernels
+    from zarr_instances import ZarrIterableInstances, _runtime
     from zarr_instances.testing import make_instance_store
 
     monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
-    monkeypatch.setattr(_kernels, "_READY", set())  # as in a fresh process
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "ready", set())  # as in a fresh process
     path = tmp_path / "s.zarr"
     make_instance_store(path, n=200, chunk_i=50, dtype="uint8", seed=5)
     for batch_size in (None, 32):
@@ -201,55 +201,96 @@ def test_kernel_warm_up_thread_is_joined_by_the_iteration(tmp_path, monkeypatch)
         next(it)
         del it  # stopped early: the generator's cleanup joins the thread
         assert not any(t.name == "zarr_instances_jit" for t in threading.enumerate())
-    assert "|u1" in _kernels._READY
+    assert "|u1" in _runtime.STREAM_KERNELS.ready
 
 
 def _child_ready(q):
-    from zarr_instances import _kernels
+    from zarr_instances import _kernels, _runtime
 
-    q.put(("|u1" in _kernels._READY, _kernels._switched_off()))
+    q.put(("|u1" in _runtime.STREAM_KERNELS.ready, _kernels._switched_off()))
 
 
-def test_forked_workers_inherit_kernels_warmed_up_at_construction(tmp_path, monkeypatch):
-    # The dataset starts loading the kernels when it is built; a fork waits for that,
-    # so a forked worker has them ready (and does not import numba itself, which
-    # non-persistent DataLoader workers would otherwise do every epoch).
-    import multiprocessing
+def _worker_ready(_):
+    from zarr_instances import _kernels, _runtime
 
+    return "|u1" in _runtime.STREAM_KERNELS.ready and not _kernels._switched_off()
+
+
+class _Probe(torch.utils.data.IterableDataset):
+    def __init__(self, ds):
+        super().__init__()
+        self.ds = ds
+
+    def __iter__(self):
+        yield _worker_ready(None)
+
+    def set_epoch(self, epoch):
+        self.ds.set_epoch(epoch)
+
+
+def test_zarr_data_loader_forks_workers_with_the_kernels_warmed_up_at_construction(
+    tmp_path, monkeypatch
+):
+    # The dataset starts loading the kernels when it is built; ZarrDataLoader waits for
+    # that before it forks its workers, so they have them ready (and do not import
+    # numba each, which non-persistent workers would otherwise do every epoch).
     pytest.importorskip("numba")
-    from zarr_instances import ZarrIterableInstances, _kernels
+    from zarr_instances import ZarrDataLoader, ZarrIterableInstances, _runtime
     from zarr_instances.testing import make_instance_store
 
     monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
-    monkeypatch.setattr(_kernels, "_READY", set())  # as in a fresh process
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "ready", set())  # as in a fresh process
     path = tmp_path / "s.zarr"
     make_instance_store(path, n=20, chunk_i=10, dtype="uint8", seed=5)
-    ZarrIterableInstances(str(path), batch_size=4)
+    ds = ZarrIterableInstances(str(path), batch_size=4)
+    loader = ZarrDataLoader(
+        _Probe(ds), batch_size=None, num_workers=1, multiprocessing_context="fork"
+    )
+    assert list(loader) == [True]
+
+
+def test_a_fork_does_not_wait_for_a_warm_up_in_flight(tmp_path, monkeypatch):
+    import multiprocessing
+    import threading
+    import time
+
+    from zarr_instances import _runtime
+
+    release = threading.Event()
+    slow = threading.Thread(target=release.wait, name="zarr_instances_jit", daemon=True)
+    slow.start()
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "warming", slow)  # a warm-up that hangs
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "in_progress", 1)
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "ready", set())
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
+    t0 = time.perf_counter()
     p = ctx.Process(target=_child_ready, args=(q,))
-    p.start()  # at once: the warm-up may still be running
-    ready, off = q.get(timeout=120)
+    p.start()
+    forked = time.perf_counter() - t0
+    ready, off = q.get(timeout=60)
     p.join(60)
-    assert ready and not off
+    release.set()
+    assert forked < 5  # no hook holds the fork (it used to wait up to 30 s)
+    assert off and not ready  # the child normalises with NumPy
 
 
 def _child_kernel_state(q):
-    from zarr_instances import _kernels
+    from zarr_instances import _kernels, _runtime
 
-    q.put((_kernels._switched_off(), _kernels._LOCK.acquire(timeout=5)))
+    q.put((_kernels._switched_off(), _runtime.STREAM_KERNELS.lock.acquire(timeout=5)))
 
 
 def test_fork_during_kernel_compile_falls_back_to_numpy_in_the_child(monkeypatch):
     import multiprocessing
 
-    from zarr_instances import _kernels
+    from zarr_instances import _kernels, _runtime
 
     monkeypatch.setenv("ZARR_INSTANCES_NUMBA", "1")
     ctx = multiprocessing.get_context("fork")
     # as if another thread were importing numba / compiling, holding our lock
-    monkeypatch.setattr(_kernels, "_IN_PROGRESS", 1)
-    with _kernels._LOCK:
+    monkeypatch.setattr(_runtime.STREAM_KERNELS, "in_progress", 1)
+    with _runtime.STREAM_KERNELS.lock:
         q = ctx.Queue()
         p = ctx.Process(target=_child_kernel_state, args=(q,))
         p.start()

@@ -217,10 +217,10 @@ def test_corrupt_chunk_on_direct_route_names_the_key(tmp_path):
 def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
     import mmap
 
-    from zarr_instances import ChunkReadError, _reader
+    from zarr_instances import ChunkReadError, _reader, _runtime
     from zarr_instances._reader import chunk_decoder, read_chunks
 
-    if not _reader._MMAP:
+    if not _runtime.mmap_flags():
         pytest.skip("no mmap flags on this platform")
     mapped: list[int] = []
     real_mmap = mmap.mmap
@@ -252,11 +252,10 @@ def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
 
 
 @pytest.mark.parametrize("cores", [1, 2])
-def test_local_chunks_decode_at_most_one_per_core_at_once(tmp_path, monkeypatch, cores):
+def test_local_chunks_decode_at_most_threads_at_once(tmp_path, cores):
     import threading
     import time
 
-    from zarr_instances import _reader
     from zarr_instances._reader import chunk_decoder, read_chunks
 
     arr = make_instance_array(tmp_path / "a.zarr", n=120, chunk_i=20)
@@ -274,9 +273,7 @@ def test_local_chunks_decode_at_most_one_per_core_at_once(tmp_path, monkeypatch,
         with lock:
             now[0] -= 1
 
-    monkeypatch.setattr(_reader, "_cores", lambda: cores)
-    monkeypatch.setattr(_reader, "_POOL", None)  # a pool of `cores` threads for this test
     out = np.zeros((6 * 20, *arr.shape[1:]), dtype=arr.dtype)
-    read_chunks(arr, range(6), out, counting)
+    read_chunks(arr, range(6), out, counting, threads=cores)
     assert 1 <= peak[0] <= cores  # without the bound all 6 run at once
     assert np.array_equal(out, arr[...])

@@ -12,26 +12,23 @@ extraction run through these kernels:
 
 Both give exactly the results of the NumPy code in :mod:`._geometry` (integer sums;
 the same element copies), which runs without numba, for dtypes the kernels do not
-handle, or when switched off (see :func:`enabled`: by default they run only where
-numba is already imported, e.g. by the dataset's kernels; ``ZARR_INSTANCES_NUMBA=1``
-forces them, ``0`` switches them off). numba is imported lazily on first use; the
+handle, or when switched off (:func:`enabled`). numba is imported lazily on first use; the
 kernels are compiled then (once per dtype) and cached on disk by numba where it can
 write its cache.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from . import _runtime
+
 __all__ = ["cut_windows", "enabled", "label_sums"]
 
-_KERNELS: dict[str, Callable[..., Any]] | None = None
-_TRIED = False
 # dtypes the kernels handle (numba has no float16 arithmetic; complex is left to NumPy)
 _IMAGE_KINDS = "biuf"
 
@@ -46,26 +43,21 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
 
 
 def _kernels() -> dict[str, Callable[..., Any]] | None:
-    global _KERNELS, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _KERNELS = _compile()
-    return _KERNELS
+    table: dict[str, Callable[..., Any]] | None = _runtime.EXTRACT_KERNELS.load(_compile)
+    return table
 
 
 def enabled() -> bool:
     """Whether the compiled kernels are used.
 
-    ``ZARR_INSTANCES_NUMBA`` in the environment decides: ``0`` never, ``1`` whenever
-    numba is installed. Unset (or any other value), the kernels are used only when
-    numba is already imported in this process: importing numba and loading the
-    cached kernels costs about 0.85 s of CPU and 100 MiB of memory per process
-    (measured, BENCHMARKS.md), more than the kernels save on an 8k x 8k image.
+    ``ZARR_INSTANCES_NUMBA`` decides (:func:`._runtime.numba_setting`): ``0`` never,
+    ``1`` whenever numba is installed, unset only where numba is already loaded in
+    this process (extraction does not import numba by itself).
     """
-    flag = os.environ.get("ZARR_INSTANCES_NUMBA", "").strip().lower()
-    if flag in ("0", "false", "no"):
+    setting = _runtime.numba_setting()
+    if setting == "off" or _runtime.EXTRACT_KERNELS.off_after_fork:
         return False
-    if flag not in ("1", "true", "yes") and "numba" not in sys.modules:
+    if setting == "auto" and "numba" not in sys.modules:
         return False
     return _kernels() is not None
 

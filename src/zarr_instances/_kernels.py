@@ -8,64 +8,25 @@ the NumPy path in :mod:`._normalize` (same float32 operations in the same order)
 is what runs without numba, for float input, or with ``ZARR_INSTANCES_NUMBA=0``.
 
 numba is imported lazily and the kernels compiled once per process and stored dtype
-(cached on disk by numba where it can write its cache): about half a second. The
-dataset starts that in a background thread (:func:`warm_up`) when it is built, and
-normalises with NumPy until the kernels are ready, so the first batches are not
-delayed; results are the same either way. A fork waits for a warm-up in flight, so
-that forked DataLoader workers inherit ready kernels instead of importing numba each
-(which non-persistent workers would do every epoch).
+(cached on disk by numba where it can write its cache). The dataset starts that in a
+background thread (:func:`warm_up`) when it is built, and normalises with NumPy until
+the kernels are ready, so the first batches are not delayed; results are the same
+either way. The loading state lives in :data:`._runtime.STREAM_KERNELS`.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from . import _runtime
+
 __all__ = ["enabled", "gather_scale", "prepare", "warm_up"]
 
-_KERNELS: dict[str, Callable[..., Any]] | None = None
-_TRIED = False
-_READY: set[str] = set()  # dtypes (``dtype.str``) whose kernels are compiled
-_LOCK = threading.Lock()  # guards _WARMING
-_COMPILE_LOCK = threading.Lock()  # one import/compile at a time
-_WARMING: threading.Thread | None = None
-_IN_PROGRESS = 0  # imports/compiles running now (in any thread)
-_OFF_AFTER_FORK = False
-
-
-def _after_fork_in_child() -> None:
-    """Reset the locks in a forked child; no kernels there if a compile was cut short.
-
-    A thread of the parent that was importing numba or compiling holds locks (ours,
-    numba's, the import system's) that nobody releases in the child: the child then
-    normalises with NumPy instead of risking a deadlock.
-    """
-    global _LOCK, _COMPILE_LOCK, _WARMING, _OFF_AFTER_FORK
-    _LOCK, _COMPILE_LOCK, _WARMING = threading.Lock(), threading.Lock(), None
-    if _IN_PROGRESS:
-        _OFF_AFTER_FORK = True
-
-
-def _finish_warming() -> None:
-    """Wait for a warm-up in flight (before a fork, and at exit).
-
-    Before a fork, so that the child inherits ready kernels (and no half-done import);
-    at exit, so that the interpreter does not stop while the thread imports. Runs
-    without taking our locks: the forking thread may hold one.
-    """
-    warming = _WARMING
-    if warming is not None and warming.is_alive() and warming is not threading.current_thread():
-        warming.join(timeout=30)  # a first compile takes seconds; the child copes if not
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_finish_warming, after_in_child=_after_fork_in_child)
-atexit.register(_finish_warming)
+_STATE = _runtime.STREAM_KERNELS
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:
@@ -112,18 +73,12 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
 
 
 def _kernels() -> dict[str, Callable[..., Any]] | None:
-    global _KERNELS, _TRIED
-    with _COMPILE_LOCK:
-        if not _TRIED:
-            _KERNELS = _compile()
-            _TRIED = True
-    return _KERNELS
+    table: dict[str, Callable[..., Any]] | None = _STATE.load(_compile)
+    return table
 
 
 def _switched_off() -> bool:
-    if _OFF_AFTER_FORK:
-        return True
-    return os.environ.get("ZARR_INSTANCES_NUMBA", "1").strip().lower() in ("0", "false", "no")
+    return _STATE.off_after_fork or _runtime.numba_setting() == "off"
 
 
 def enabled() -> bool:
@@ -143,12 +98,11 @@ def prepare(dtype: np.dtype) -> None:
 
     No-op without numba, when switched off, or for non-integer dtypes.
     """
-    global _IN_PROGRESS
     dtype = np.dtype(dtype)
-    if dtype.str in _READY or not _applies(dtype):
+    if dtype.str in _STATE.ready or not _applies(dtype):
         return
-    with _LOCK:
-        _IN_PROGRESS += 1
+    with _STATE.lock:
+        _STATE.in_progress += 1
     try:
         kernels = _kernels()
         if kernels is None:
@@ -156,13 +110,13 @@ def prepare(dtype: np.dtype) -> None:
         src = np.zeros((1, 1, 1), dtype)
         out = np.empty((1, 1, 1), np.float32)
         rows = np.zeros(1, np.int64)
-        with _COMPILE_LOCK:
+        with _STATE.compile_lock:
             kernels["minmax01"](src, rows, out)
             kernels["unit"](src, rows, out, np.float32(1.0))
-        _READY.add(dtype.str)
+        _STATE.ready.add(dtype.str)
     finally:
-        with _LOCK:
-            _IN_PROGRESS -= 1
+        with _STATE.lock:
+            _STATE.in_progress -= 1
 
 
 def warm_up(dtype: np.dtype) -> threading.Thread | None:
@@ -170,20 +124,20 @@ def warm_up(dtype: np.dtype) -> threading.Thread | None:
 
     While it runs, :func:`gather_scale` declines (the caller normalises with NumPy)
     instead of waiting. Returns ``None`` when there is nothing to do. An iteration
-    joins the thread before it ends; a fork (DataLoader workers) and the interpreter's
-    exit wait for it, too.
+    joins the thread before it ends, and so does the interpreter's exit;
+    :class:`~zarr_instances.ZarrDataLoader` waits for it before forking its workers
+    (:func:`._runtime.wait_for_kernels`).
     """
-    global _WARMING
     dtype = np.dtype(dtype)
-    if dtype.str in _READY or not _applies(dtype) or (_TRIED and _KERNELS is None):
+    if dtype.str in _STATE.ready or not _applies(dtype) or (_STATE.tried and _STATE.table is None):
         return None
-    with _LOCK:
-        if _WARMING is None or not _WARMING.is_alive():
-            _WARMING = threading.Thread(
+    with _STATE.lock:
+        if _STATE.warming is None or not _STATE.warming.is_alive():
+            _STATE.warming = threading.Thread(
                 target=prepare, args=(dtype,), name="zarr_instances_jit", daemon=True
             )
-            _WARMING.start()
-        return _WARMING
+            _STATE.warming.start()
+        return _STATE.warming
 
 
 def gather_scale(
@@ -223,14 +177,14 @@ def gather_scale(
         or src.ndim < 2
     ):
         return False
-    if src.dtype.str not in _READY:
-        warming = _WARMING
+    if src.dtype.str not in _STATE.ready:
+        warming = _STATE.warming
         if warming is not None and warming.is_alive():
             return False
         prepare(src.dtype)
-        if src.dtype.str not in _READY:  # no numba
+        if src.dtype.str not in _STATE.ready:  # no numba
             return False
-    kernels = _KERNELS
+    kernels = _STATE.table
     assert kernels is not None
     n, c = src.shape[0], src.shape[1]
     rows = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)

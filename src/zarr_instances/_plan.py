@@ -272,18 +272,26 @@ class Buffer:
         Samples of this buffer already yielded (non-zero only when resuming).
     pieces
         The pieces read, in order.
+    read
+        The sorted global rows of each piece, in read order: what to read.
     rows
         Global rows to yield, in yield order, already past ``skip``.
     source
-        For each entry of ``rows``, its index in the concatenation of the pieces' rows
+        For each entry of ``rows``, its index in the concatenation of ``read``
         (the row of the buffer as read).
     """
 
     first: int
     skip: int
     pieces: tuple[Piece, ...]
+    read: tuple[np.ndarray, ...]
     rows: np.ndarray
     source: np.ndarray
+
+    @property
+    def n_read(self) -> int:
+        """Rows read for this buffer."""
+        return sum(r.size for r in self.read)
 
 
 def piece_rows(selection: RowSelection, piece: Piece) -> np.ndarray:
@@ -348,10 +356,11 @@ class WorkerPlan:
             size = sum(p.size for p in group)
             if first + size <= start:
                 continue
-            rows = np.concatenate([piece_rows(self.selection, p) for p in group])
+            read = tuple(piece_rows(self.selection, p) for p in group)
+            rows = np.concatenate(read)
             skip = max(0, start - first)
             source = self._order(group, size)[skip:]
-            yield Buffer(first=first, skip=skip, pieces=group, rows=rows[source], source=source)
+            yield Buffer(first, skip, group, read, rows=rows[source], source=source)
 
     def consumed_positions(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Epoch positions of the first ``count`` samples of the stream, as intervals.

@@ -7,7 +7,7 @@ Two routes:
   crop stores: chunked along axis 0 only, no sharding, a byte codec plus at most one
   Blosc/Zstd/LZ4/GZip/Zlib compressor. :func:`chunk_decoder` says whether an array
   qualifies.
-* :func:`read_pieces` goes through zarr's own indexing and codec pipeline (sharded
+* :func:`read_rows` goes through zarr's own indexing and codec pipeline (sharded
   stores, other codecs, the zarrs pipeline, chunked inner axes).
 """
 
@@ -18,9 +18,7 @@ import itertools
 import mmap
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,14 +26,14 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ._plan import Piece, RowSelection, piece_rows
+from . import _runtime
 from .errors import ChunkReadError
 
 __all__ = [
     "chunk_decoder",
     "local_dir",
     "read_chunks",
-    "read_pieces",
+    "read_rows",
     "stored_chunk_decoder",
 ]
 
@@ -177,21 +175,8 @@ def local_dir(array: zarr.Array) -> str | None:
 
 # Chunk files from this size up are decoded straight from a read-only mapping of the
 # file (its pages in the OS cache, mapped at once with MAP_POPULATE) instead of being
-# copied into a buffer first: ~10 % less CPU per row on Blosc-lz4 stores (BENCHMARKS.md).
-# ZARR_INSTANCES_MMAP=0 switches it off.
+# copied into a buffer first (ZARR_INSTANCES_MMAP=0 switches it off).
 _MMAP_FROM = 1 << 20
-
-
-def _mmap_flags() -> int:
-    if os.name != "posix" or not hasattr(mmap, "MAP_SHARED"):
-        return 0
-    if os.environ.get("ZARR_INSTANCES_MMAP", "1").strip().lower() in ("0", "false", "no"):
-        return 0
-    return mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-
-
-_MMAP = _mmap_flags()
-_SCRATCH = threading.local()  # per I/O thread: the file bytes of the chunk it decodes
 
 
 def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
@@ -207,8 +192,9 @@ def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
         return False
     with f:
         size = os.fstat(f.fileno()).st_size
-        if _MMAP and size >= _MMAP_FROM:
-            m = mmap.mmap(f.fileno(), size, flags=_MMAP, prot=mmap.PROT_READ)
+        flags = _runtime.mmap_flags()
+        if flags and size >= _MMAP_FROM:
+            m = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
             mv = memoryview(m)
             try:
                 decoder(mv, dest)
@@ -219,10 +205,7 @@ def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
                 except BufferError:  # a view is still held (an error's traceback)
                     pass  # the mapping goes with it
             return True
-        buf = getattr(_SCRATCH, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = _SCRATCH.buf = bytearray(size)
-        view = memoryview(buf)[:size]
+        view = memoryview(_runtime.scratch(size))[:size]
         got = 0
         while got < size:
             k = f.readinto(view[got:])
@@ -233,44 +216,15 @@ def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
     return True
 
 
-def _cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _local_pool() -> ThreadPoolExecutor:
-    """Return the decode threads of this process: one per CPU, made on first use."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(_cores(), thread_name_prefix="zarr_instances_decode")
-        return _POOL
-
-
-def _reset_pool_in_child() -> None:
-    # The parent's decode threads do not exist in a forked child, and its lock may
-    # have been held by one of its other threads at the fork.
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_in_child)
-
-
-def _decode_local(paths: Sequence[str], out: np.ndarray, size: int, decoder: Decoder) -> list[Any]:
+def _decode_local(
+    paths: Sequence[str], out: np.ndarray, size: int, decoder: Decoder, threads: int
+) -> list[Any]:
     """Read and decode local chunk files into consecutive blocks of ``out``.
 
-    The files are queued on this process's decode threads, so at most one chunk per
-    CPU is decoded at a time. Returns per file ``None`` (done), ``False`` (no such
-    file) or the exception raised.
+    The files are queued on ``threads`` decode threads of this process
+    (:func:`._runtime.decode_pool`), so at most that many chunks are decoded at a
+    time. Returns per file ``None`` (done), ``False`` (no such file) or the exception
+    raised.
     """
 
     def one(j: int) -> Any:
@@ -280,7 +234,7 @@ def _decode_local(paths: Sequence[str], out: np.ndarray, size: int, decoder: Dec
             return exc
         return None if found else False
 
-    return list(_local_pool().map(one, range(len(paths))))
+    return list(_runtime.decode_pool(threads).map(one, range(len(paths))))
 
 
 def read_chunks(
@@ -291,6 +245,7 @@ def read_chunks(
     where: str = "",
     check_missing: bool = True,
     rows: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> None:
     """Decode stored chunks ``chunks`` (along axis 0) into consecutive blocks of ``out``.
 
@@ -299,9 +254,9 @@ def read_chunks(
     chunks full size), so ``out`` holds ``len(chunks) * C`` rows. Chunks are fetched
     concurrently and decoded in threads. In a local store each chunk file is read and
     decoded by one I/O thread, through a buffer that thread reuses (one compressed
-    chunk per thread stays allocated between calls), at most one chunk per CPU at a
+    chunk per thread stays allocated between calls), at most ``threads`` chunks at a
     time: more would only compete for the cores with the thread that normalises the
-    previous buffer (measured: 5-10 % more samples/s than 4 chunks at once on 2 CPUs).
+    previous buffer.
 
     Parameters
     ----------
@@ -320,6 +275,8 @@ def read_chunks(
         array's fill value (what zarr does).
     rows
         Global rows wanted from these chunks (error messages only).
+    threads
+        Decode threads of a local store; ``None``: one per CPU of the process.
 
     Raises
     ------
@@ -346,7 +303,7 @@ def read_chunks(
 
     if local is not None:  # CPU-bound: one chunk per core at a time, into reused memory
         paths = [os.path.join(local, *k.split("/")) for k in keys]
-        results = _decode_local(paths, out, size, decoder)
+        results = _decode_local(paths, out, size, decoder, threads or _runtime.cores())
     else:
         results = sync(_all())
     for j, res in enumerate(results):
@@ -390,28 +347,27 @@ async def _missing_keys(array: zarr.Array, a: int, b: int) -> list[str]:
     return [k for k, ok in zip(keys, exists, strict=True) if not ok]
 
 
-def read_pieces(
+def read_rows(
     array: zarr.Array,
-    selection: RowSelection,
-    pieces: Sequence[Piece],
+    requests: Sequence[np.ndarray],
     where: str = "",
     out: np.ndarray | None = None,
     check_missing: bool = True,
+    labels: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Read the rows of ``pieces`` into one array ``(n, c, z, y, x)``.
+    """Read the rows of ``requests`` into one array ``(n, c, z, y, x)``, in request order.
 
-    Each piece is read as one contiguous slice of its chunk; all slices of the
-    buffer are requested concurrently through zarr's async API, so remote
-    stores see many requests in flight.
+    Each request is a sorted array of global rows; it is read as one contiguous slice
+    from its first to its last row (and the rows wanted picked out of it). All slices
+    are requested concurrently through zarr's async API, so remote stores see many
+    requests in flight.
 
     Parameters
     ----------
     array
         The crop array.
-    selection
-        Kept rows.
-    pieces
-        What to read.
+    requests
+        Sorted global rows, one array per slice to read.
     where
         Name of the array for error messages.
     out
@@ -419,14 +375,15 @@ def read_pieces(
     check_missing
         When a slice comes back as nothing but fill values, check that its stored
         chunks exist; zarr returns fill values for missing chunks without a word.
+    labels
+        The logical chunk of each request, for error messages.
 
     Raises
     ------
     ChunkReadError
         If a chunk cannot be read or decoded; the message names the array and chunk.
     """
-    rows = [piece_rows(selection, p) for p in pieces]
-    n_read = sum(r.size for r in rows)
+    n_read = sum(r.size for r in requests)
     if out is None:
         out = np.empty((n_read, *array.shape[1:]), dtype=array.dtype)
     if n_read == 0:
@@ -443,21 +400,19 @@ def read_pieces(
         return block
 
     async def _all() -> list[np.ndarray | BaseException]:
-        return await asyncio.gather(*(_one(r) for r in rows), return_exceptions=True)
+        return await asyncio.gather(*(_one(r) for r in requests), return_exceptions=True)
 
     results = sync(_all())
     pos = 0
-    for piece, r, res in zip(pieces, rows, results, strict=True):
+    for j, (r, res) in enumerate(zip(requests, results, strict=True)):
+        a, b = _row_span(r)
         if isinstance(res, BaseException):
-            a, b = _row_span(r)
             stored = array.chunks[0]
             first, last = a // stored, (b - 1) // stored
             span = f"{first}" if first == last else f"{first}-{last}"
-            stored_at = f"{span} along axis 0"
-            raise _read_error(array, where, a, b, piece.chunk, stored_at, res) from res
+            label = first if labels is None else int(labels[j])
+            raise _read_error(array, where, a, b, label, f"{span} along axis 0", res) from res
         block = np.asarray(res)
-        a, b = _row_span(r)
-        local = None if r.size == b - a else r - a
-        out[pos : pos + r.size] = block if local is None else block[local]
+        out[pos : pos + r.size] = block if r.size == b - a else block[r - a]
         pos += r.size
     return out

@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _runtime
 from ._normalize import empty_output
 
-__all__ = ["SharedBatch", "WorkerBatchPool"]
+__all__ = ["SegmentRegistry", "SharedBatch", "WorkerBatchPool"]
 
 _HEADER = 64  # bytes before the batch tensor in its segment (alignment for any dtype)
 _FREE, _SENT = 0, 1
@@ -181,33 +182,67 @@ class WorkerBatchPool:
 # page faults (2,048 per 8 MiB). Kept mappings are bounded in bytes, and dropped when
 # their segment has not come back for a while (a finished loader, a new epoch's pool).
 
-_LOCK = threading.Lock()
-# segment address -> (keeper of the batch segment, keeper of its column block)
-_HELD: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-# released segments still mapped: address -> (keepers, arrival count when last seen)
-_KEPT: OrderedDict[int, tuple[tuple[torch.Tensor, torch.Tensor | None], int]] = OrderedDict()
 _KEEP_BYTES = 256 * 2**20  # mapped bytes of released segments kept at most
 _KEEP_ARRIVALS = 64  # a kept segment not back within this many arrivals is dropped
-_ARRIVALS = [0]
+
+_Keepers = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
-def _nbytes(keepers: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+def _nbytes(keepers: _Keepers) -> int:
     return sum(int(k.untyped_storage().nbytes()) for k in keepers if k is not None)
 
 
-def _release_unused() -> None:
-    now = _ARRIVALS[0]
-    for ptr in list(_HELD):
-        data, cols = _HELD[ptr]
-        if _users(data) == _BASE and (cols is None or _users(cols) == _BASE):
-            _state(ptr).value = _FREE
-            _KEPT[ptr] = (_HELD.pop(ptr), now)
-    for ptr in [p for p, (_k, seen) in _KEPT.items() if now - seen > _KEEP_ARRIVALS]:
-        del _KEPT[ptr]
-    total = sum(_nbytes(k) for k, _seen in _KEPT.values())
-    while _KEPT and total > _KEEP_BYTES:  # oldest first
-        _ptr, (keepers, _seen) = _KEPT.popitem(last=False)
-        total -= _nbytes(keepers)
+class SegmentRegistry:
+    """Main process: the segments of received batches, held or released and kept mapped.
+
+    One per process (:func:`._runtime.segment_registry`); thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # segment address -> (keeper of the batch segment, keeper of its column block)
+        self._held: dict[int, _Keepers] = {}
+        # released segments still mapped: address -> (keepers, arrival count when last seen)
+        self._kept: OrderedDict[int, tuple[_Keepers, int]] = OrderedDict()
+        self._arrivals = 0
+
+    def received(self, data: torch.Tensor, cols: torch.Tensor | None) -> None:
+        """Register the segment of a batch that just arrived; release unused ones."""
+        with self._lock:
+            self._arrivals += 1
+            ptr = data.data_ptr()
+            self._kept.pop(ptr, None)  # back from the worker: held again
+            self._release_unused()
+            self._held[ptr] = (data, cols)
+
+    def _release_unused(self) -> None:
+        now = self._arrivals
+        for ptr in list(self._held):
+            data, cols = self._held[ptr]
+            if _users(data) == _BASE and (cols is None or _users(cols) == _BASE):
+                _state(ptr).value = _FREE
+                self._kept[ptr] = (self._held.pop(ptr), now)
+        for ptr in [p for p, (_k, seen) in self._kept.items() if now - seen > _KEEP_ARRIVALS]:
+            del self._kept[ptr]
+        total = sum(_nbytes(k) for k, _seen in self._kept.values())
+        while self._kept and total > _KEEP_BYTES:  # oldest first
+            _ptr, (keepers, _seen) = self._kept.popitem(last=False)
+            total -= _nbytes(keepers)
+
+    def drop_kept(self) -> None:
+        """Unmap the released segments kept for reuse."""
+        with self._lock:
+            self._kept.clear()
+
+    def held(self) -> int:
+        """Segments of received batches not released yet."""
+        with self._lock:
+            return len(self._held)
+
+    def kept(self) -> int:
+        """Released segments kept mapped for reuse."""
+        with self._lock:
+            return len(self._kept)
 
 
 def _received(items: tuple[Any, ...]) -> list[Any]:
@@ -215,32 +250,23 @@ def _received(items: tuple[Any, ...]) -> list[Any]:
 
     Returns a list, as the DataLoader's ``default_convert`` makes of any other tuple.
     """
-    x = items[0]
-    data = _keeper(x.untyped_storage())
-    cols = _keeper(items[1].untyped_storage()) if len(items) > 1 else None
-    with _LOCK:
-        if _USABLE:
-            _ARRIVALS[0] += 1
-            ptr = data.data_ptr()
-            _KEPT.pop(ptr, None)  # back from the worker: held again
-            _release_unused()
-            _HELD[ptr] = (data, cols)
+    if _USABLE:
+        x = items[0]
+        cols = _keeper(items[1].untyped_storage()) if len(items) > 1 else None
+        _runtime.segment_registry().received(_keeper(x.untyped_storage()), cols)
     return list(items)
 
 
 def drop_kept_segments() -> None:
     """Unmap the released segments kept for reuse (they are mapped again when needed)."""
-    with _LOCK:
-        _KEPT.clear()
+    _runtime.segment_registry().drop_kept()
 
 
 def held_segments() -> int:
     """Segments of received batches the main process has not released yet (for tests)."""
-    with _LOCK:
-        return len(_HELD)
+    return int(_runtime.segment_registry().held())
 
 
 def kept_segments() -> int:
     """Released segments the main process keeps mapped for reuse (for tests)."""
-    with _LOCK:
-        return len(_KEPT)
+    return int(_runtime.segment_registry().kept())

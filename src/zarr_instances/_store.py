@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import _runtime
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -195,7 +196,6 @@ def describe(path: ZarrPath) -> str:
 
 
 _ZARRS = "zarrs.ZarrsCodecPipeline"
-_zarrs_pid: list[int] = []  # processes that built a zarrs pipeline (inherited by fork)
 
 
 def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> di
                 "pip install 'zarr-instances[zarrs]'"
             )
             raise ArgumentError(msg) from exc
-        if record and _zarrs_pid and _zarrs_pid[-1] != os.getpid():
+        if record and _runtime.zarrs_used_by_parent():
             msg = (
                 "codec_pipeline='zarrs' was used in a parent process before this process "
                 "was forked; its thread pool does not survive fork. Start DataLoader "
@@ -235,7 +235,7 @@ def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> di
             )
             raise ArgumentError(msg)
         if record:
-            _zarrs_pid.append(os.getpid())
+            _runtime.record_zarrs_use()
     return {"codec_pipeline.path": path}
 
 

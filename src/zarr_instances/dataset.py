@@ -19,7 +19,7 @@ from . import _kernels
 from ._normalize import OutputPool, check_normalize, empty_output, normalize_rows
 from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
 from ._prefetch import in_background
-from ._reader import Decoder, chunk_decoder, read_chunks, read_pieces
+from ._reader import Decoder, chunk_decoder, read_chunks, read_rows
 from ._resume import (
     Resume,
     Step,
@@ -449,15 +449,15 @@ class ZarrIterableInstances(IterableDataset):
                 rows=buffer.rows,
             )
             return src, inverse.reshape(-1) * size + offset
-        n_read = sum(p.size for p in buffer.pieces)
+        n_read = buffer.n_read
         src = slot(n_read)[:n_read]
-        read_pieces(
+        read_rows(
             opened.array,
-            self._selection,
-            buffer.pieces,
+            buffer.read,
             self._where,
             out=src,
             check_missing=self.check_missing_chunks,
+            labels=[p.chunk for p in buffer.pieces],
         )
         return src, buffer.source
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from . import _runtime
 from ._resume import Step, consumed_after_batches, domain_size, per_worker_counts
 from ._validate import check_int
 from .dataset import STATE_KEY, STATE_VERSION, ZarrIterableInstances
@@ -75,6 +76,10 @@ def merge_worker_states(states: Any) -> dict[str, Any]:
 class ZarrDataLoader(DataLoader):
     """A ``DataLoader`` that calls ``dataset.set_epoch`` at every ``iter()``.
 
+    Before it starts worker processes it waits for the normalisation kernels that the
+    dataset began loading when it was built (a few seconds at most, once), so that
+    forked workers inherit them instead of loading them each.
+
     With a :class:`ZarrIterableInstances` it also counts the batches it yields, so
     that :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch exactly (same
     world size and workers: batch for batch) or elastically (other world size or
@@ -104,6 +109,9 @@ class ZarrDataLoader(DataLoader):
             set_epoch(self.epoch)
         epoch = self.epoch
         self.epoch += 1
+        if self.num_workers > 0:
+            # workers started now inherit kernels that finished loading (with fork)
+            _runtime.wait_for_kernels()
         if not isinstance(ds, ZarrIterableInstances):
             return super().__iter__()
         k = max(1, self.num_workers)

@@ -1,0 +1,251 @@
+"""Process-wide state, in one place, with the one reset after ``fork``.
+
+Everything zarr-instances keeps in a process beyond a single call lives here:
+
+* **Settings** read from the environment: :func:`numba_setting`
+  (``ZARR_INSTANCES_NUMBA``) and :func:`mmap_flags` (``ZARR_INSTANCES_MMAP``).
+* **Decode threads**: :func:`decode_pool`, the threads that read and decode local
+  chunk files, and :func:`scratch`, each thread's reused file buffer.
+* **Compiled kernels**: :data:`STREAM_KERNELS` and :data:`EXTRACT_KERNELS`, the
+  numba kernels of the normalisation and of the extraction once loaded, and the
+  background warm-up of the former.
+* **zarrs use**: :func:`record_zarrs_use`, the processes that built a zarrs codec
+  pipeline (its thread pool does not survive ``fork``).
+* **Shared batch segments**: :func:`segment_registry`, the main process's record of
+  the shared-memory segments that DataLoader workers sent.
+
+After ``fork``, :func:`_after_fork_in_child` gives the child fresh locks, no decode
+threads (they do not exist in the child) and no kernels if the parent was loading
+them at that moment (the loading thread's locks may be held for ever in the child,
+which then normalises with NumPy). Nothing runs *before* a fork: a host program's
+``os.fork`` never waits for zarr-instances. A loader that wants its forked workers
+to inherit ready kernels waits for them itself (:func:`wait_for_kernels`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+__all__ = [
+    "EXTRACT_KERNELS",
+    "STREAM_KERNELS",
+    "KernelState",
+    "cores",
+    "decode_pool",
+    "mmap_flags",
+    "numba_setting",
+    "record_zarrs_use",
+    "scratch",
+    "segment_registry",
+    "wait_for_kernels",
+    "zarrs_used_by_parent",
+]
+
+_OFF = ("0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def numba_setting() -> Literal["on", "off", "auto"]:
+    """Return the ``ZARR_INSTANCES_NUMBA`` switch: ``"on"``, ``"off"`` or ``"auto"``.
+
+    ``0`` switches the compiled kernels off everywhere; ``1`` uses them wherever numba
+    is installed. Unset (or any other value) is ``"auto"``: the kernels run once numba
+    is loaded in the process. The streaming dataset loads it in a background thread
+    when it is built (a training run streams long enough to repay the import);
+    extraction does not load it by itself (on one image the import costs about as
+    much as the kernels save) but uses the kernels where numba is already loaded.
+    Read at every call, so that a test or a script may change it at run time.
+    """
+    flag = os.environ.get("ZARR_INSTANCES_NUMBA", "").strip().lower()
+    if flag in _OFF:
+        return "off"
+    if flag in _ON:
+        return "on"
+    return "auto"
+
+
+def mmap_flags() -> int:
+    """Return the flags for mapping large chunk files (``0``: read them into a buffer).
+
+    ``ZARR_INSTANCES_MMAP=0`` switches mapping off. Read once per process.
+    """
+    global _MMAP
+    if _MMAP is None:
+        flags = 0
+        if os.name == "posix" and hasattr(mmap, "MAP_SHARED"):
+            if os.environ.get("ZARR_INSTANCES_MMAP", "1").strip().lower() not in _OFF:
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        _MMAP = flags
+    return _MMAP
+
+
+_MMAP: int | None = None
+
+
+# --------------------------------------------------------------------------- decode threads
+
+
+def cores() -> int:
+    """Return the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+_SCRATCH = threading.local()
+
+
+def decode_pool(threads: int) -> ThreadPoolExecutor:
+    """Return this process's decode threads, ``threads`` of them.
+
+    The pool is made on first use and made anew when another size is asked for (a
+    DataLoader worker asks for its share of the cores: ``cores() // num_workers``).
+    """
+    global _POOL, _POOL_SIZE
+    threads = max(1, int(threads))
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE != threads:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="zarr_instances_decode")
+            _POOL_SIZE = threads
+        return _POOL
+
+
+def scratch(size: int) -> bytearray:
+    """Return this thread's reused byte buffer, at least ``size`` bytes long."""
+    buf: bytearray | None = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _SCRATCH.buf = bytearray(size)
+    return buf
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+class KernelState:
+    """Loading state of one family of compiled kernels in this process.
+
+    Attributes
+    ----------
+    table
+        The kernels by name once loaded, ``None`` before (or without numba).
+    tried
+        Whether loading was attempted (``table is None`` then means no numba).
+    ready
+        Dtypes (``dtype.str``) whose kernels are compiled.
+    warming
+        The background thread loading them, if one was started.
+    in_progress
+        Loads running now, in any thread.
+    off_after_fork
+        Set in a child forked while a load was running: it uses NumPy.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[str, Callable[..., Any]] | None = None
+        self.tried = False
+        self.ready: set[str] = set()
+        self.lock = threading.Lock()  # guards warming and in_progress
+        self.compile_lock = threading.Lock()  # one import/compile at a time
+        self.warming: threading.Thread | None = None
+        self.in_progress = 0
+        self.off_after_fork = False
+
+    def load(self, compile_table: Callable[[], dict[str, Callable[..., Any]] | None]) -> Any:
+        """Return the kernel table, loading it with ``compile_table`` on first use."""
+        with self.compile_lock:
+            if not self.tried:
+                self.table = compile_table()
+                self.tried = True
+        return self.table
+
+    def _reset_in_child(self) -> None:
+        self.lock, self.compile_lock, self.warming = threading.Lock(), threading.Lock(), None
+        if self.in_progress:
+            self.off_after_fork = True
+
+
+STREAM_KERNELS = KernelState()
+EXTRACT_KERNELS = KernelState()
+
+
+def wait_for_kernels(timeout: float = 30.0) -> bool:
+    """Wait up to ``timeout`` seconds for a kernel warm-up in flight; return whether done.
+
+    Called by :class:`~zarr_instances.ZarrDataLoader` before it starts forked workers,
+    so that they inherit ready kernels. Never called by a fork itself.
+    """
+    warming = STREAM_KERNELS.warming
+    if warming is None or warming is threading.current_thread():
+        return True
+    warming.join(timeout)
+    return not warming.is_alive()
+
+
+def _finish_warming_at_exit() -> None:
+    # the interpreter must not stop while the warm-up thread imports numba
+    wait_for_kernels(30.0)
+
+
+atexit.register(_finish_warming_at_exit)
+
+
+# --------------------------------------------------------------------------- zarrs
+
+_ZARRS_PIDS: list[int] = []  # processes that built a zarrs pipeline (inherited by fork)
+
+
+def record_zarrs_use() -> None:
+    """Remember that this process built a zarrs codec pipeline."""
+    _ZARRS_PIDS.append(os.getpid())
+
+
+def zarrs_used_by_parent() -> bool:
+    """Whether a process this one was forked from built a zarrs pipeline (not this one)."""
+    return bool(_ZARRS_PIDS) and _ZARRS_PIDS[-1] != os.getpid()
+
+
+# --------------------------------------------------------------------------- shared segments
+
+_REGISTRY: Any = None
+
+
+def segment_registry() -> Any:
+    """Return this process's :class:`~._shared_batches.SegmentRegistry` (made on first use)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from ._shared_batches import SegmentRegistry
+
+        _REGISTRY = SegmentRegistry()
+    return _REGISTRY
+
+
+# --------------------------------------------------------------------------- fork
+
+
+def _after_fork_in_child() -> None:
+    """Reset after ``fork``: fresh locks, no parent threads, no half-loaded kernels."""
+    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY
+    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
+    _SCRATCH = threading.local()
+    STREAM_KERNELS._reset_in_child()
+    EXTRACT_KERNELS._reset_in_child()
+    _REGISTRY = None  # the parent's received segments are the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
