@@ -10,7 +10,7 @@ ratio / bandwidth)``.
 
 Example::
 
-    /work/venv/bin/python benchmarks/codec_bench.py --n 32768 --json codecs.json
+    /work/venv/bin/python benchmarks/codec_bench.py --n 32768 --json benchmarks/results/codecs.json
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ to an object store) around a local store; we stream one epoch with
 
     python benchmarks/remote_bench.py                      # 0, 20, 100 ms
     python benchmarks/remote_bench.py --s3                 # + fsspec vs obstore on moto
-    python benchmarks/remote_bench.py --json out.json
+    python benchmarks/remote_bench.py --json benchmarks/results/remote.json
 """
 
 from __future__ import annotations

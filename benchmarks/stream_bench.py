@@ -18,7 +18,7 @@ Examples::
 
     PYTHONPATH=/work/main/src /work/venv/bin/python benchmarks/stream_bench.py --n 20000
     PYTHONPATH=/work/main/src /work/venv/bin/python benchmarks/stream_bench.py \\
-        --n 200000 --sweep --json out.json
+        --n 200000 --sweep --json benchmarks/results/stream.json
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ DEFAULT_HARPY_PY = "/work/bench-venv/bin/python"
 DEFAULT_ANNBATCH_PY = "/work/annbatch-venv/bin/python"
 HARPY_MODULE_REL = "harpy/table/featurization/_zarr_iterable_instances.py"
 
-# Recommended batched settings (from the sweep, see BENCHMARKS.md).
+# Recommended batched settings (the ones README.md and BENCHMARKS.md report).
 RECOMMENDED = {"batch_size": 256, "buffer_chunks": 4, "read_ahead": True}
 
 
