@@ -176,8 +176,8 @@ def test_batched_drop_last(store):
     ds = ZarrIterableInstances(path, None, store["labels"][...], batch_size=100, drop_last=True)
     batches = list(ds)
     assert all(b[0].shape[0] == 100 for b in batches)
-    assert len(batches) == ds.num_batches() == ds._selection.total // 100
-    assert len(ds) == ds._selection.total  # samples of the rank, before batching
+    assert len(batches) == ds.num_batches() == ds.selection.total // 100
+    assert len(ds) == ds.selection.total  # samples of the rank, before batching
 
 
 def test_read_ahead_off_same_result(array_path, ids530):

@@ -192,10 +192,10 @@ def test_direct_and_pipeline_routes_yield_the_same(tmp_path, zarr_format):
         "buffer_chunks": 3,
     }
     direct = ZarrIterableInstances(str(path), np.arange(230), **kw)
-    assert direct._opened() and direct._decoder is not None
+    assert direct._stream.direct
     # chunk_i other than the stored chunks goes through zarr's pipeline
     piped = ZarrIterableInstances(str(path), np.arange(230), chunk_i=10, **kw)
-    assert piped._opened() and piped._decoder is None
+    assert not piped._stream.direct
     a = {r: x for b in direct for x, r in zip(b[0], b[2].tolist(), strict=True)}
     b = {r: x for bb in piped for x, r in zip(bb[0], bb[2].tolist(), strict=True)}
     assert sorted(a) == sorted(b) == list(range(230))

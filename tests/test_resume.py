@@ -17,6 +17,7 @@ from zarr_instances import (
 )
 from zarr_instances._plan import plan_worker, select_rows, split_evenly
 from zarr_instances._resume import Step, domain_after, resolve, round_robin
+from zarr_instances._sampling import Sampling
 
 SAMPLING = {
     "shuffle_chunks": True,
@@ -29,7 +30,7 @@ SAMPLING = {
 
 
 def stream(sel, epoch, rank, world, worker, k, resume=None, **sampling):
-    resume = resume or resolve(sel, sampling, epoch, None, world, k, worker)
+    resume = resume or resolve(sel, Sampling(**sampling), epoch, None, world, k, worker)
     plan = plan_worker(
         sel,
         epoch=epoch,
@@ -68,7 +69,7 @@ def test_elastic_resume_sees_every_row_once(n, chunk, old, new, frac, drop_last)
     rest = []
     for r in range(w_new):
         for w in range(k_new):
-            res = resolve(sel, sampling, 2, state, w_new, k_new, w)
+            res = resolve(sel, Sampling(**sampling), 2, state, w_new, k_new, w)
             rest.append(stream(sel, 2, r, w_new, w, k_new, resume=res, **sampling))
     # equal per-rank counts after the resume
     per_rank = [sum(len(s) for s in rest[r * k_new : (r + 1) * k_new]) for r in range(w_new)]
@@ -103,7 +104,7 @@ def test_round_robin_skips_exhausted_workers():
 def test_domain_after_two_interruptions_removes_consumed():
     sel = select_rows(200, 16)
     steps = [Step(2, 2, (10, 7)), Step(3, 1, (5,))]
-    dom = domain_after(sel, SAMPLING, 0, steps)
+    dom = domain_after(sel, Sampling(**SAMPLING), 0, steps)
     size = int((dom[1] - dom[0]).sum())
     first = 2 * (10 + 7)
     # second step re-partitions the 166 left over 3 ranks of one worker each

@@ -22,12 +22,13 @@ The model
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._intervals import Intervals
+from ._selection import RowSelection, compact_ranges, select_rows
 from .errors import ArgumentError
 
 __all__ = [
@@ -58,136 +59,6 @@ def rng_for(*keys: int) -> np.random.Generator:
     Negative keys are taken modulo ``2**64``.
     """
     return np.random.default_rng(np.random.SeedSequence([int(k) & _MASK64 for k in keys]))
-
-
-def compact_ranges(values: Sequence[int] | np.ndarray) -> str:
-    """Format sorted integers compactly, e.g. ``"0-3, 7, 9-12"``."""
-    vals = np.unique(np.asarray(values, dtype=np.int64))
-    if vals.size == 0:
-        return "(none)"
-    breaks = np.flatnonzero(np.diff(vals) != 1) + 1
-    parts = []
-    for run in np.split(vals, breaks):
-        parts.append(str(run[0]) if run.size == 1 else f"{run[0]}-{run[-1]}")
-    return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class RowSelection:
-    """The rows an epoch draws from, counted per logical chunk.
-
-    Attributes
-    ----------
-    n_rows
-        Rows of the array (axis 0).
-    chunk_i
-        Rows per logical chunk; chunk ``k`` is rows ``[k * chunk_i, (k + 1) * chunk_i)``.
-    counts
-        Kept rows per chunk, ``int64`` of length ``n_chunks`` (0 = chunk skipped).
-    keep
-        Boolean mask of kept rows, or ``None`` when every row of a counted chunk is kept.
-    """
-
-    n_rows: int
-    chunk_i: int
-    counts: np.ndarray
-    keep: np.ndarray | None
-
-    @property
-    def n_chunks(self) -> int:
-        """Number of logical chunks."""
-        return int(self.counts.size)
-
-    @property
-    def total(self) -> int:
-        """Number of kept rows."""
-        return int(self.counts.sum())
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        """Return the ``[start, stop)`` rows of a logical chunk."""
-        start = chunk * self.chunk_i
-        return start, min(start + self.chunk_i, self.n_rows)
-
-    def chunk_rows(self, chunk: int) -> np.ndarray:
-        """Return the kept global rows of a chunk, ascending (``int64``)."""
-        if self.counts[chunk] == 0:
-            return np.empty(0, dtype=np.int64)
-        start, stop = self.chunk_bounds(chunk)
-        if self.keep is None:
-            return np.arange(start, stop, dtype=np.int64)
-        return np.flatnonzero(self.keep[start:stop]).astype(np.int64) + start
-
-
-def select_rows(
-    n_rows: int,
-    chunk_i: int,
-    keep: np.ndarray | None = None,
-    allowed_chunks: Sequence[int] | np.ndarray | None = None,
-) -> RowSelection:
-    """Count kept rows per logical chunk.
-
-    Parameters
-    ----------
-    n_rows
-        Rows of the array.
-    chunk_i
-        Rows per logical chunk, ``> 0``.
-    keep
-        Optional boolean mask of length ``n_rows``; ``None`` keeps every row.
-    allowed_chunks
-        Optional chunk indexes to restrict to; the others count 0.
-
-    Returns
-    -------
-    RowSelection
-        The selection. Its ``total`` may be 0; callers decide whether that is an error.
-
-    Raises
-    ------
-    ArgumentError
-        If ``chunk_i`` is not positive, ``keep`` has the wrong length, or
-        ``allowed_chunks`` names a chunk that does not exist.
-    """
-    if isinstance(chunk_i, bool) or not isinstance(chunk_i, (int, np.integer)) or chunk_i <= 0:
-        msg = f"chunk_i must be a positive integer, got {chunk_i!r}"
-        raise ArgumentError(msg)
-    chunk_i = int(chunk_i)
-    n_chunks = -(-n_rows // chunk_i)
-    starts = np.arange(n_chunks, dtype=np.int64) * chunk_i
-    if keep is None:
-        counts = np.minimum(starts + chunk_i, n_rows) - starts
-    else:
-        keep = np.asarray(keep, dtype=bool)
-        if keep.shape != (n_rows,):
-            msg = f"keep mask must have shape ({n_rows},), got {keep.shape}"
-            raise ArgumentError(msg)
-        counts = (
-            np.add.reduceat(keep, starts, dtype=np.int64)
-            if n_chunks
-            else np.zeros(0, dtype=np.int64)
-        )
-        if keep.all():
-            keep = None
-    counts = counts.astype(np.int64)
-    if allowed_chunks is not None:
-        allowed = np.asarray(allowed_chunks)
-        if allowed.ndim != 1 or (allowed.size and not np.issubdtype(allowed.dtype, np.integer)):
-            msg = (
-                "allowed_chunk_indexes must be a 1-D sequence of integers, "
-                f"got {np.asarray(allowed_chunks)!r}"
-            )
-            raise ArgumentError(msg)
-        bad = allowed[(allowed < 0) | (allowed >= n_chunks)]
-        if bad.size:
-            msg = (
-                f"allowed_chunk_indexes contains chunk indexes that do not exist: "
-                f"{compact_ranges(bad)}; valid chunk indexes are {compact_ranges(range(n_chunks))}"
-            )
-            raise ArgumentError(msg)
-        mask = np.zeros(n_chunks, dtype=bool)
-        mask[allowed.astype(np.int64)] = True
-        counts = np.where(mask, counts, 0)
-    return RowSelection(n_rows=int(n_rows), chunk_i=chunk_i, counts=counts, keep=keep)
 
 
 def chunk_order(selection: RowSelection, epoch: int, shuffle: bool, seed: int) -> np.ndarray:

@@ -21,15 +21,21 @@ from typing import Any
 import numpy as np
 
 from ._intervals import Intervals, merge_intervals, subtract_intervals
-from ._plan import RowSelection, plan_worker, rank_share, split_evenly
+from ._plan import WorkerPlan, rank_share, split_evenly
+from ._sampling import Sampling
+from ._selection import RowSelection
 
 __all__ = [
+    "EpochStart",
     "Resume",
     "Step",
     "batches_per_worker",
     "consumed_after_batches",
     "domain_after",
+    "epoch_start",
     "resolve",
+    "resumed_plan",
+    "stream_state",
 ]
 
 
@@ -67,7 +73,7 @@ class Resume:
 
 
 def domain_after(
-    selection: RowSelection, sampling: dict[str, Any], epoch: int, steps: Sequence[Step]
+    selection: RowSelection, sampling: Sampling, epoch: int, steps: Sequence[Step]
 ) -> Intervals | None:
     """Epoch positions not yet yielded after ``steps`` (``None`` = the whole epoch)."""
     domain: Intervals | None = None
@@ -80,7 +86,7 @@ def domain_after(
             for worker in range(step.num_workers):
                 if step.consumed[worker] == 0:
                     continue
-                plan = plan_worker(
+                plan = sampling.plan(
                     selection,
                     epoch=epoch,
                     rank=rank,
@@ -89,7 +95,6 @@ def domain_after(
                     num_workers=step.num_workers,
                     domain=domain,
                     generation=gen,
-                    **sampling,
                 )
                 s, e = plan.consumed_positions(step.consumed[worker])
                 starts.append(s)
@@ -169,7 +174,7 @@ def per_worker_counts(total: int, world: int, num_workers: int, drop_last: bool)
 
 def resolve(
     selection: RowSelection,
-    sampling: dict[str, Any],
+    sampling: Sampling,
     epoch: int,
     state: dict[str, Any] | None,
     world: int,
@@ -218,3 +223,102 @@ def resolve(
         raise ValueError(msg)
     domain = domain_after(selection, sampling, epoch, steps)
     return Resume(domain=domain, generation=len(steps), history=tuple(steps))
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """Where every worker stream of one rank starts an epoch, given a loaded state.
+
+    Attributes
+    ----------
+    epoch
+        The epoch.
+    world, num_workers
+        The run's world size and worker count.
+    history
+        Interrupted runs of this epoch before this one.
+    starts
+        Samples already yielded by each stream (indexed by stream role).
+    per_worker
+        Samples of each stream in this run's domain.
+    shift
+        DataLoader worker ``i`` plays stream ``(i + shift) % num_workers``.
+    """
+
+    epoch: int
+    world: int
+    num_workers: int
+    history: tuple[Step, ...]
+    starts: np.ndarray
+    per_worker: np.ndarray
+    shift: int
+
+
+def epoch_start(
+    selection: RowSelection,
+    sampling: Sampling,
+    epoch: int,
+    state: dict[str, Any] | None,
+    world: int,
+    num_workers: int,
+) -> EpochStart:
+    """Resolve the start of every worker stream of a rank (see :func:`resolve`)."""
+    resumes = [
+        resolve(selection, sampling, epoch, state, world, num_workers, w)
+        for w in range(num_workers)
+    ]
+    first = resumes[0]
+    starts = np.zeros(num_workers, dtype=np.int64)
+    for w, res in enumerate(resumes):
+        starts[w if res.role is None else res.role] = res.start
+    total = domain_size(selection, first.domain)
+    return EpochStart(
+        epoch=epoch,
+        world=world,
+        num_workers=num_workers,
+        history=first.history,
+        starts=starts,
+        per_worker=per_worker_counts(total, world, num_workers, sampling.drop_last),
+        shift=int(state.get("shift", 0)) if state else 0,
+    )
+
+
+def resumed_plan(
+    selection: RowSelection,
+    sampling: Sampling,
+    epoch: int,
+    coords: tuple[int, int, int, int],
+    resume: Resume,
+) -> WorkerPlan:
+    """Return the plan of stream ``coords = (rank, world, worker, num_workers)`` after ``resume``.
+
+    The stream plays ``resume.role`` when the resume assigns one (a shifted
+    DataLoader cycle), else its own worker index.
+    """
+    rank, world, worker, num_workers = coords
+    return sampling.plan(
+        selection,
+        epoch=epoch,
+        rank=rank,
+        world=world,
+        worker=worker if resume.role is None else resume.role,
+        num_workers=num_workers,
+        domain=resume.domain,
+        generation=resume.generation,
+    )
+
+
+def stream_state(
+    epoch: int, coords: tuple[int, int, int, int], resume: Resume, yielded: int
+) -> dict[str, Any]:
+    """Return the position of one stream (without the dataset's settings).
+
+    ``yielded`` counts the samples the stream handed out in this run; the counts of
+    the other streams of its rank are unknown here (``-1``).
+    """
+    rank, world, worker, num_workers = coords
+    role = worker if resume.role is None else resume.role
+    consumed = [-1] * num_workers
+    consumed[role] = yielded
+    steps = [*resume.history, Step(world, num_workers, tuple(consumed))]
+    return {"epoch": epoch, "steps": [st.as_dict() for st in steps], "role": role, "rank": rank}

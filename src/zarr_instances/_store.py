@@ -3,11 +3,10 @@
 Remote stores
 -------------
 URLs (``s3://``, ``gs://``, ``https://``, ...) are opened by zarr through fsspec
-(``s3fs``, ``gcsfs``, ``aiohttp``) with ``storage_options``. fsspec was chosen over
-obstore although obstore read ~2.5x more chunks/s from the same S3 server in our
-measurement (docs/benchmarks-remote.md): an obstore client hung in a DataLoader
-worker forked after the parent had used it, and forked workers are PyTorch's default
-on Linux. fsspec resets its event loop and instance cache after ``fork``. Transient
+(``s3fs``, ``gcsfs``, ``aiohttp``) with ``storage_options``; not through obstore
+(faster, see docs/benchmarks-remote.md), whose client hangs in a DataLoader worker
+forked after the parent used it (forked workers are PyTorch's default on Linux),
+whereas fsspec resets its event loop and instance cache after ``fork``. Transient
 errors (throttling, 5xx, dropped connections) are retried by the store library
 (botocore's retry policy for S3; ``config_kwargs={"retries": ...}`` tunes it).
 A missing object or bucket, refused credentials and an unreachable endpoint become

@@ -1,34 +1,45 @@
-"""``ZarrIterableInstances``: chunk-wise streaming of crops from Zarr into PyTorch."""
+"""``ZarrIterableInstances``: chunk-wise streaming of crops from Zarr into PyTorch.
+
+The dataset is the public face; it delegates the work to three parts:
+
+* the plan (:mod:`._plan`, :mod:`._sampling`, :mod:`._resume`): which rows, in which
+  order, on which rank and worker, from where after a resume (pure);
+* :class:`._chunk_stream.ChunkStream`: opening the array in each process and reading
+  the plan's buffers, one ahead;
+* :class:`._batching.Batcher`: samples or batches, normalised, in reused memory.
+"""
 
 from __future__ import annotations
 
 import os
-import pickle
 import secrets
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import IterableDataset
 
-from . import _kernels
-from ._normalize import OutputPool, check_normalize, empty_output, normalize_rows
-from ._plan import Buffer, WorkerPlan, compact_ranges, plan_worker, rank_share, select_rows
-from ._prefetch import in_background
-from ._reader import Decoder, chunk_decoder, read_chunks, read_rows
+from . import _kernels, _runtime
+from ._batching import Batcher, Counter, OutputSettings
+from ._chunk_stream import ChunkStream, ReadSettings
+from ._normalize import check_normalize
+from ._plan import rank_share
 from ._resume import (
+    EpochStart,
     Resume,
-    Step,
     batches_per_worker,
+    epoch_start,
     per_worker_counts,
     resolve,
+    resumed_plan,
+    stream_state,
 )
-from ._shared_batches import WorkerBatchPool
-from ._store import OpenedInstances, ZarrPath, codec_pipeline_config, open_instances
+from ._row_data import RowData
+from ._sampling import Sampling
+from ._selection import RowSelection, compact_ranges, select_rows
+from ._store import ZarrPath, codec_pipeline_config, open_instances
 from ._validate import as_int_vector, check_int
 from ._world import current_rank_world, current_worker, in_worker
 from .errors import ArgumentError, ArgumentTypeError
@@ -36,18 +47,24 @@ from .errors import ArgumentError, ArgumentTypeError
 __all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
 
 STATE_KEY = "zarr_instances_state"
-_SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
-_BATCHES_AHEAD = 2  # batches normalised ahead of the consumer (with read_ahead)
-# shared-memory segments a worker reuses beyond those: the DataLoader's prefetch
-# (2 per worker by default), the consumer's current and previous batch, and slack
-_WORKER_SEGMENTS = 6
 STATE_VERSION = 1
+
+
+@dataclass
+class _Position:
+    """Where the current (or last) iteration of this process stands."""
+
+    epoch: int = 0
+    coords: tuple[int, int, int, int] = (0, 1, 0, 1)  # rank, world, worker, num_workers
+    resume: Resume = field(default_factory=Resume)
+    yielded: Counter = field(default_factory=Counter)
+    started: bool = False
 
 
 class ZarrIterableInstances(IterableDataset):
     """Chunk-wise iterable dataset of per-instance crops stored in Zarr.
 
-    A drop-in replacement for ``harpy.tb.ZarrIterableInstances``: same positional
+    A drop-in replacement for harpy's ``ZarrIterableInstances``: same positional
     parameters, defaults, modes and yielded tuples. It
 
     * iterates chunk by chunk (or ``buffer_chunks`` chunks per read),
@@ -154,83 +171,101 @@ class ZarrIterableInstances(IterableDataset):
         n_rows = int(opened.array.shape[0])
         self.zarr_path = zarr_path
         self.storage_options = storage_options
-        self._where = opened.where
         self.shape = tuple(int(s) for s in opened.array.shape)
         self.dtype = opened.array.dtype
-
-        if instance_ids is None:
-            if opened.instance_ids is None:
-                msg = (
-                    f"instance_ids is None but zarr_path={self._where} is a bare array; pass "
-                    "instance_ids, or an instance store group that holds 'instance_ids'"
-                )
-                raise ArgumentError(msg)
-            instance_ids = opened.instance_ids
-        self.instance_ids = as_int_vector(instance_ids, "instance_ids", n_rows)
-        self.labels = None if labels is None else as_int_vector(labels, "labels", n_rows)
-
-        if chunk_i is None:
-            chunk_i = int(opened.array.chunks[0])
-        self.chunk_i = check_int(chunk_i, "chunk_i", minimum=1)
+        self.stored_chunk_i = int(opened.array.chunks[0])
+        ids = _instance_ids(instance_ids, opened.instance_ids, opened.where, n_rows)
+        ys = None if labels is None else as_int_vector(labels, "labels", n_rows)
+        self.chunk_i = check_int(
+            self.stored_chunk_i if chunk_i is None else chunk_i, "chunk_i", minimum=1
+        )
         self.shuffle_chunks = bool(shuffle_chunks)
         self.chunk_seed = check_int(chunk_seed, "chunk_seed")
         self.shuffle_within_chunk = bool(shuffle_within_chunk)
-        if buffer_seed is None:
-            buffer_seed = secrets.randbits(63)
-        self.buffer_seed = check_int(buffer_seed, "buffer_seed")
+        seed = secrets.randbits(63) if buffer_seed is None else buffer_seed
+        self.buffer_seed = check_int(seed, "buffer_seed")
         self.normalize = normalize
-        self._mode = check_normalize(normalize)
-        if not isinstance(x_dtype, torch.dtype):
-            msg = f"x_dtype must be a torch.dtype, got {type(x_dtype).__name__}: {x_dtype!r}"
-            raise ArgumentTypeError(msg)
-        self.x_dtype = x_dtype
+        self.x_dtype = _check_x_dtype(x_dtype)
         self.return_instance_id = bool(return_instance_id)
         self.return_row_index = bool(return_row_index)
         self.drop_unlabeled = bool(drop_unlabeled)
-        if batch_size is not None:
-            batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.batch_size = batch_size
+        self.batch_size = (
+            None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+        )
         self.buffer_chunks = check_int(buffer_chunks, "buffer_chunks", minimum=1)
         self.drop_last = bool(drop_last)
         self.read_ahead = bool(read_ahead)
         codec_pipeline_config(codec_pipeline, record=False)  # validate early
         self.codec_pipeline = codec_pipeline
         self.check_missing_chunks = bool(check_missing_chunks)
-
-        keep = None
-        if self.labels is not None and self.drop_unlabeled:
-            keep = self.labels >= 0
         self.allowed_chunk_indexes = allowed_chunk_indexes
-        self._selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
-        self._share_per_row_arrays()
-        if self._selection.total == 0:
-            valid = compact_ranges(range(self._selection.n_chunks))
-            msg = (
-                "No rows to iterate: the chunks selected by allowed_chunk_indexes="
-                f"{allowed_chunk_indexes!r} keep no row (labels < 0 are dropped when "
-                f"drop_unlabeled=True); valid chunk indexes are {valid}"
-            )
-            raise ArgumentError(msg)
-
-        self._pid = os.getpid()
+        keep = ys >= 0 if ys is not None and self.drop_unlabeled else None
+        selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
+        _check_not_empty(selection, allowed_chunk_indexes)
+        self._assemble(RowData(ids, ys, selection), opened.where)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
-        self._array: OpenedInstances | None = None
-        self._array_pid = 0
-        self._decoder: Decoder | None = None
-        self._resume: dict[str, Any] | None = None
-        self._yielded = 0
-        self._iter_epoch = 0
-        self._iter_coords = (0, 1, 0, 1)
-        self._iter_resume = Resume()
-        self._started = False
-        self._in_worker = False
+        self._pending: dict[str, Any] | None = None  # a loaded state, used by the next iter()
+        self._position = _Position()
         if self.x_dtype == torch.float32:
             # numba's kernels load in a background thread from now on: ready before
-            # the first batch in most scripts, and inherited by forked workers
+            # the first batch in most scripts, and before ZarrDataLoader forks workers
             _kernels.warm_up(self.dtype)
 
-    # ------------------------------------------------------------------ epochs
+    def _assemble(self, rows: RowData, where: str) -> None:
+        """Build the parts the dataset delegates to: rows, reader, batcher."""
+        self._rows = rows
+        read = ReadSettings(
+            self.zarr_path, self.storage_options, self.codec_pipeline, self.chunk_i,
+            self.check_missing_chunks, self.read_ahead,
+        )  # fmt: skip
+        self._stream = ChunkStream(read, self.shape, self.dtype, where)
+        output = OutputSettings(
+            check_normalize(self.normalize), self.x_dtype, self.batch_size, self.drop_last,
+            self.return_instance_id, self.return_row_index, self.read_ahead,
+        )  # fmt: skip
+        self._batcher = Batcher(output, rows, self.dtype)
+
+    # ------------------------------------------------------------------ what is streamed
+    @property
+    def instance_ids(self) -> np.ndarray:
+        """The instance id of every row."""
+        return self._rows.instance_ids
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The label of every row, or ``None`` (inference)."""
+        return self._rows.labels
+
+    @property
+    def selection(self) -> RowSelection:
+        """The rows an epoch draws from, counted per logical chunk."""
+        return self._rows.selection
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling settings, as one frozen value."""
+        return Sampling(
+            shuffle_chunks=self.shuffle_chunks,
+            chunk_seed=self.chunk_seed,
+            shuffle_within=self.shuffle_within_chunk,
+            buffer_seed=self.buffer_seed,
+            buffer_chunks=self.buffer_chunks,
+            drop_last=self.drop_last,
+        )
+
+    def rank_world(self) -> tuple[int, int]:
+        """Return ``(rank, world size)``: the process group's if one is initialised.
+
+        In a spawned DataLoader worker, where the group is not readable, the value
+        seen by the parent when the dataset was sent to the worker.
+        """
+        found = current_rank_world()
+        if found is not None:
+            self._rank_world = found
+        return self._rank_world
+
+    # ------------------------------------------------------------------ epochs and sizes
     @property
     def epoch(self) -> int:
         """The epoch that the next iteration streams."""
@@ -239,103 +274,14 @@ class ZarrIterableInstances(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Call this once per epoch; seen by all workers, persistent ones included."""
         self._epoch.fill_(check_int(epoch, "epoch", minimum=0))
-        self._refresh_rank_world()
-
-    # ------------------------------------------------------------------ world
-    def _refresh_rank_world(self) -> None:
-        found = current_rank_world()
-        if found is not None:
-            self._rank_world = found
-
-    def _coords(self) -> tuple[int, int, int, int]:
-        # In a forked worker the process group is inherited and readable; under
-        # spawn/forkserver it is not, and the value captured in the parent at
-        # pickling time (__getstate__) is used instead.
-        self._refresh_rank_world()
-        rank, world = self._rank_world
-        worker, num_workers = current_worker()
-        return rank, world, worker, num_workers
-
-    def _share_per_row_arrays(self) -> None:
-        # Per-row arrays live in shared memory: DataLoader workers started with spawn
-        # or forkserver map them instead of each receiving a copy of all N rows.
-        shared = {
-            "instance_ids": self.instance_ids,
-            "labels": self.labels,
-            "keep": self._selection.keep,
-        }
-        self._shared = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).share_memory_()
-            for k, v in shared.items()
-            if v is not None
-        }
-        self._attach_shared()
-
-    def _attach_shared(self) -> None:
-        views = {k: t.numpy() for k, t in self._shared.items()}
-        self.instance_ids = views["instance_ids"]
-        self.labels = views.get("labels")
-        self._selection = replace(self._selection, keep=views.get("keep"))
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._attach_shared()
-
-    def __getstate__(self) -> dict[str, Any]:
-        self._refresh_rank_world()
-        state = self.__dict__.copy()
-        state["_array"] = state["_decoder"] = None
-        state["instance_ids"] = state["labels"] = None
-        state["_selection"] = replace(self._selection, keep=None)
-        return state
-
-    # ------------------------------------------------------------------ sizes
-    @property
-    def _sampling(self) -> dict[str, Any]:
-        return {
-            "shuffle_chunks": self.shuffle_chunks,
-            "chunk_seed": self.chunk_seed,
-            "shuffle_within": self.shuffle_within_chunk,
-            "buffer_seed": self.buffer_seed,
-            "buffer_chunks": self.buffer_chunks,
-            "drop_last": self.drop_last,
-        }
-
-    def _fingerprint(self) -> dict[str, Any]:
-        return {
-            "n_rows": self.shape[0],
-            "chunk_i": self.chunk_i,
-            "kept": self._selection.total,
-            "batch_size": self.batch_size,
-            **{k: v for k, v in self._sampling.items() if k != "buffer_seed"},
-        }
-
-    def _plan(self, epoch: int, coords: tuple[int, int, int, int], resume: Resume) -> WorkerPlan:
-        rank, world, worker, num_workers = coords
-        return plan_worker(
-            self._selection,
-            epoch=epoch,
-            rank=rank,
-            world=world,
-            worker=worker if resume.role is None else resume.role,
-            num_workers=num_workers,
-            domain=resume.domain,
-            generation=resume.generation,
-            **self._sampling,
-        )
-
-    def _resolve(self, epoch: int, world: int, num_workers: int, worker: int) -> Resume:
-        return resolve(
-            self._selection, self._sampling, epoch, self._resume, world, num_workers, worker
-        )
+        self.rank_world()
 
     def __len__(self) -> int:
         """Return the number of samples this rank yields per epoch (also with ``batch_size``).
 
         Use :meth:`num_batches` for the number of batches.
         """
-        self._refresh_rank_world()
-        return rank_share(self._selection.total, self._rank_world[1], self.drop_last)
+        return rank_share(self.selection.total, self.rank_world()[1], self.drop_last)
 
     def num_batches(
         self, num_workers: int = 0, batch_size: int | None = None, drop_last: bool | None = None
@@ -355,6 +301,16 @@ class ZarrIterableInstances(IterableDataset):
         return int(batches_per_worker(counts, size, drop).sum())
 
     # ------------------------------------------------------------------ resume
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the data and sampling settings a saved state must match."""
+        return {
+            "n_rows": self.shape[0],
+            "chunk_i": self.chunk_i,
+            "kept": self.selection.total,
+            "batch_size": self.batch_size,
+            **self.sampling.fingerprint(),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Return the position of this stream in its epoch (torchdata ``Stateful``).
 
@@ -362,20 +318,13 @@ class ZarrIterableInstances(IterableDataset):
         describes that worker's stream; use :func:`merge_worker_states` to combine the
         workers of one rank into a state that also resumes on another world size.
         """
-        rank, world, worker, num_workers = self._iter_coords
-        role = worker if self._iter_resume.role is None else self._iter_resume.role
-        consumed = [-1] * num_workers
-        consumed[role] = self._yielded
-        steps = [*self._iter_resume.history, Step(world, num_workers, tuple(consumed))]
+        pos = self._position
         return {
             STATE_KEY: STATE_VERSION,
-            "epoch": self._iter_epoch,
-            "steps": [st.as_dict() for st in steps],
-            "role": role,
-            "rank": rank,
-            "started": self._started,
+            **stream_state(pos.epoch, pos.coords, pos.resume, pos.yielded.value),
+            "started": pos.started,
             "buffer_seed": self.buffer_seed,
-            "fingerprint": self._fingerprint(),
+            "fingerprint": self.fingerprint(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -392,262 +341,97 @@ class ZarrIterableInstances(IterableDataset):
             If the state is not a zarr-instances state, or was saved with other data or
             sampling settings.
         """
-        if not isinstance(state, dict) or state.get(STATE_KEY) != STATE_VERSION:
-            msg = f"Not a zarr-instances state (version {STATE_VERSION}): {state!r:.200}"
-            raise ArgumentError(msg)
-        mine = self._fingerprint()
-        theirs = state.get("fingerprint", {})
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if diff:
-            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            msg = f"load_state_dict: the state was saved with other settings ({details})"
-            raise ArgumentError(msg)
+        _check_state(state, self.fingerprint())
         self.buffer_seed = int(state["buffer_seed"])
         self._epoch.fill_(int(state["epoch"]))
-        self._resume = dict(state)
+        self._pending = dict(state)
+
+    def epoch_start(self, epoch: int, num_workers: int) -> EpochStart:
+        """Return where each of ``num_workers`` streams of this rank starts ``epoch``.
+
+        Takes a state loaded with :meth:`load_state_dict` into account (used by
+        :class:`~zarr_instances.ZarrDataLoader` to count batches for its own state).
+        """
+        world = self.rank_world()[1]
+        return epoch_start(self.selection, self.sampling, epoch, self._pending, world, num_workers)
+
+    def discard_loaded_state(self) -> None:
+        """Forget a loaded state once the iteration that resumes from it has started."""
+        self._pending = None
 
     # ------------------------------------------------------------------ iteration
-    def _opened(self) -> OpenedInstances:
-        pid = os.getpid()
-        if self._array is None or self._array_pid != pid:
-            # Reopen after fork: a parent's codec pipeline may hold dead threads, and
-            # remote clients (e.g. an aiohttp session) are bound to the parent's event
-            # loop. An opened zarr.Array / Group is rebuilt from its pickled form, as a
-            # spawned worker does.
-            path = self.zarr_path
-            if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
-                path = pickle.loads(pickle.dumps(path))
-            self._array_pid = pid
-            self._array = open_instances(path, self.storage_options, self.codec_pipeline)
-            # Whole stored chunks decode straight into the read buffer when the
-            # logical chunks are the stored ones (zarrs keeps zarr's pipeline).
-            direct = self.codec_pipeline is None and self.chunk_i == self._array.array.chunks[0]
-            self._decoder = chunk_decoder(self._array.array) if direct else None
-        return self._array
-
-    def _load(
-        self, buffer: Buffer, slot: Callable[[int], np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Read a buffer; return ``(src, index)``: its rows in yield order are ``src[index]``.
-
-        ``slot(n)`` returns a reusable array of at least ``n`` rows to read into.
-        """
-        opened = self._opened()
-        decoder = self._decoder
-        if decoder is not None:
-            size = self.chunk_i
-            chunk_of, offset = np.divmod(buffer.rows, size)
-            chunks, inverse = np.unique(chunk_of, return_inverse=True)
-            src = slot(chunks.size * size)
-            read_chunks(
-                opened.array,
-                chunks,
-                src,
-                decoder,
-                self._where,
-                check_missing=self.check_missing_chunks,
-                rows=buffer.rows,
-            )
-            return src, inverse.reshape(-1) * size + offset
-        n_read = buffer.n_read
-        src = slot(n_read)[:n_read]
-        read_rows(
-            opened.array,
-            buffer.read,
-            self._where,
-            out=src,
-            check_missing=self.check_missing_chunks,
-            labels=[p.chunk for p in buffer.pieces],
-        )
-        return src, buffer.source
-
-    def _loaded(
-        self, plan: WorkerPlan, start: int
-    ) -> Iterator[tuple[Buffer, tuple[np.ndarray, np.ndarray]]]:
-        """Yield each buffer with ``(src, index)``: its rows in yield order are ``src[index]``.
-
-        The decoded rows live in reusable slots (two with read-ahead: one being read
-        while the other is consumed), so steady-state iteration allocates no raw
-        memory. A yielded ``src`` is only valid until the next buffer is requested.
-        """
-        buffers = plan.buffers(start)
-        n_slots = 2 if self.read_ahead else 1
-        slots: list[np.ndarray | None] = [None] * n_slots
-
-        def slot_for(k: int) -> Callable[[int], np.ndarray]:
-            def get(n: int) -> np.ndarray:
-                arr = slots[k % n_slots]
-                if arr is None or arr.shape[0] < n:
-                    arr = np.empty((max(1, n), *self.shape[1:]), dtype=self.dtype)
-                    slots[k % n_slots] = arr
-                return arr
-
-            return get
-
-        # numba's kernels load in a thread meanwhile (NumPy normalises until then);
-        # joined before this generator ends, so no thread outlives the iteration
-        warming = _kernels.warm_up(self.dtype) if self.x_dtype == torch.float32 else None
-        try:
-            if not self.read_ahead:
-                for buf in buffers:
-                    yield buf, self._load(buf, slot_for(0))
-                return
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
-            try:
-                pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
-                for k, buf in enumerate(buffers):
-                    fut = pool.submit(self._load, buf, slot_for(k))
-                    if pending is not None:
-                        yield pending[0], pending[1].result()
-                    pending = (buf, fut)
-                if pending is not None:
-                    yield pending[0], pending[1].result()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            if warming is not None:
-                warming.join()
-
-    def _output_pool(self) -> OutputPool | WorkerBatchPool | None:
-        """Return a pool of output tensors for one iteration (used by its one producing thread).
-
-        In the main process an :class:`OutputPool`. In a DataLoader worker, whose
-        batches leave the process, a :class:`WorkerBatchPool` of shared-memory
-        segments the main process hands back (batched mode with per-row columns,
-        whose tuple carries the segment); otherwise ``None``: fresh shared memory.
-        """
-        if not self._in_worker:
-            return OutputPool(_BATCHES_AHEAD + 4)
-        if self.batch_size is not None and self._columns():
-            return WorkerBatchPool(_BATCHES_AHEAD + _WORKER_SEGMENTS)
-        return None
-
-    def _columns(self) -> int:
-        """Per-row columns of a yielded tuple besides ``x`` (y, instance id, row index)."""
-        return (
-            (self.labels is not None) + bool(self.return_instance_id) + bool(self.return_row_index)
-        )
-
-    def _normalized(
-        self, src: np.ndarray, index: np.ndarray | None, pool: OutputPool | WorkerBatchPool | None
-    ) -> torch.Tensor:
-        # batches leave a worker through shared memory: allocate them there
-        shared = self.batch_size is not None and self._in_worker and pool is None
-        return normalize_rows(src, index, self._mode, self.x_dtype, shared, pool)
-
-    def _pack_batch(
-        self, x: torch.Tensor, rows: np.ndarray, pool: OutputPool | WorkerBatchPool | None
-    ) -> Any:
-        """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
-        cols: list[np.ndarray] = []
-        if self.labels is not None:
-            cols.append(self.labels[rows])
-        if self.return_instance_id:
-            cols.append(self.instance_ids[rows])
-        if self.return_row_index:
-            cols.append(rows.astype(np.int64))
-        if not cols:
-            return x
-        if isinstance(pool, WorkerBatchPool):
-            return pool.pack(x, cols)
-        if self._in_worker:
-            # One shared-memory block for all per-row columns: a batch crosses to the
-            # main process with two file-descriptor handshakes instead of up to four
-            # (each costs about a millisecond). The columns do not share x's memory,
-            # so keeping labels alive does not keep the crops alive.
-            block = empty_output((len(cols), rows.size), torch.int64, shared=True)
-            for k, col in enumerate(cols):
-                block[k] = torch.from_numpy(col)
-            return (x, *block.unbind(0))
-        return (x, *(torch.from_numpy(c) for c in cols))
-
     def __iter__(self) -> Iterator[Any]:
         # Not a generator: the plan (and a pending resume) is fixed when iter() is
         # called, so a DataLoader can drop the pending resume right after.
-        coords = self._coords()
+        rank, world = self.rank_world()
+        worker, num_workers = current_worker()
+        coords = (rank, world, worker, num_workers)
         epoch = self.epoch
-        resume = self._resolve(epoch, coords[1], coords[3], coords[2])
-        self._resume = None
-        plan = self._plan(epoch, coords, resume)
-        start = resume.start
-        self._iter_epoch, self._iter_coords, self._yielded = epoch, coords, start
-        self._iter_resume = resume
-        self._started = True
-        self._in_worker = in_worker()
-        if self.batch_size is None:
-            return self._samples(plan, start)
-        return self._batches(plan, start)
+        sampling = self.sampling
+        resume = resolve(self.selection, sampling, epoch, self._pending, world, num_workers, worker)
+        self._pending = None
+        plan = resumed_plan(self.selection, sampling, epoch, coords, resume)
+        counter = Counter(resume.start)
+        self._position = _Position(epoch, coords, resume, counter, started=True)
+        worker_process = in_worker()
+        # a worker's decode threads: its share of the cores
+        threads = max(1, _runtime.cores() // num_workers) if worker_process else _runtime.cores()
+        loaded = self._stream.loaded(plan, resume.start, threads)
+        return self._batcher.iterate(loaded, counter, worker_process)
 
-    def _samples(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
-        labels, ids = self.labels, self.instance_ids
-        with_id, with_row = self.return_instance_id, self.return_row_index
-        pool = self._output_pool()
-        for buf, (src, index) in self._loaded(plan, start):
-            rows = buf.rows
-            ys = None if labels is None else torch.from_numpy(labels[rows])
-            id_list = ids[rows].tolist()
-            row_list = rows.tolist()
-            for a in range(0, rows.size, _SAMPLE_BLOCK):
-                x = self._normalized(src, index[a : a + _SAMPLE_BLOCK], pool)
-                for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
-                    out: list[Any] = [x[j - a]]
-                    if ys is not None:
-                        out.append(ys[j])
-                    if with_id:
-                        out.append(id_list[j])
-                    if with_row:
-                        out.append(row_list[j])
-                    self._yielded += 1
-                    yield out[0] if len(out) == 1 else tuple(out)
-
-    def _batches(self, plan: WorkerPlan, start: int) -> Iterator[Any]:
-        stream = self._batch_stream(plan, start)
-        if self.read_ahead:
-            # batches are gathered and normalised in a background thread (NumPy
-            # releases the GIL), overlapping the consumer: the training step with
-            # num_workers=0, the pickling of batches inside a DataLoader worker
-            stream = in_background(stream, _BATCHES_AHEAD, "zarr_instances_batches")
-        for batch, n in stream:
-            self._yielded += n
-            yield batch
-
-    def _batch_stream(self, plan: WorkerPlan, start: int) -> Iterator[tuple[Any, int]]:
-        """Yield ``(batch, samples in it)``; the caller counts what is consumed."""
-        # Each batch is gathered from the decoded buffer and normalised into its own
-        # tensor in one pass; only a batch that straddles two buffers copies its
-        # stored rows together first.
-        bs = self.batch_size
-        assert bs is not None
-        carry_x: np.ndarray | None = None
-        carry_r: np.ndarray | None = None
-        pool = self._output_pool()
-        for buf, (src, index) in self._loaded(plan, start):
-            rows = buf.rows
-            n = index.size
-            pos = 0
-            if carry_x is not None and carry_r is not None:
-                need = bs - carry_x.shape[0]
-                carry_x = np.concatenate([carry_x, src[index[:need]]])
-                carry_r = np.concatenate([carry_r, rows[:need]])
-                pos = min(need, n)
-                if carry_x.shape[0] < bs:
-                    continue
-                yield self._pack_batch(self._normalized(carry_x, None, pool), carry_r, pool), bs
-                carry_x = carry_r = None
-            while pos + bs <= n:
-                x = self._normalized(src, index[pos : pos + bs], pool)
-                yield self._pack_batch(x, rows[pos : pos + bs], pool), bs
-                pos += bs
-            if pos < n:  # the slot is reused: keep a copy of the tail
-                carry_x, carry_r = src[index[pos:]], rows[pos:]
-        if carry_x is not None and carry_r is not None and not self.drop_last:
-            x = self._normalized(carry_x, None, pool)
-            yield self._pack_batch(x, carry_r, pool), carry_x.shape[0]
+    def __getstate__(self) -> dict[str, Any]:
+        self.rank_world()  # a spawned worker cannot read the process group: keep the parent's
+        return self.__dict__.copy()
 
     def __repr__(self) -> str:
         mode = "supervised" if self.labels is not None else "inference"
+        sel = self.selection
         return (
-            f"ZarrIterableInstances({self._where}, shape={self.shape}, dtype={self.dtype}, "
-            f"{mode}, kept={self._selection.total}, chunk_i={self.chunk_i}, "
-            f"chunks={int(np.count_nonzero(self._selection.counts))}, pid={os.getpid()})"
+            f"ZarrIterableInstances({self._stream.where}, shape={self.shape}, "
+            f"dtype={self.dtype}, {mode}, kept={sel.total}, chunk_i={self.chunk_i}, "
+            f"chunks={int(np.count_nonzero(sel.counts))}, pid={os.getpid()})"
         )
+
+
+def _instance_ids(
+    given: np.ndarray | None, stored: np.ndarray | None, where: str, n_rows: int
+) -> np.ndarray:
+    if given is None:
+        if stored is None:
+            msg = (
+                f"instance_ids is None but zarr_path={where} is a bare array; pass "
+                "instance_ids, or an instance store group that holds 'instance_ids'"
+            )
+            raise ArgumentError(msg)
+        given = stored
+    return as_int_vector(given, "instance_ids", n_rows)
+
+
+def _check_x_dtype(x_dtype: object) -> torch.dtype:
+    if not isinstance(x_dtype, torch.dtype):
+        msg = f"x_dtype must be a torch.dtype, got {type(x_dtype).__name__}: {x_dtype!r}"
+        raise ArgumentTypeError(msg)
+    return x_dtype
+
+
+def _check_not_empty(selection: RowSelection, allowed: Any) -> None:
+    if selection.total == 0:
+        valid = compact_ranges(range(selection.n_chunks))
+        msg = (
+            f"No rows to iterate: the chunks selected by allowed_chunk_indexes={allowed!r} "
+            "keep no row (labels < 0 are dropped when drop_unlabeled=True); valid chunk "
+            f"indexes are {valid}"
+        )
+        raise ArgumentError(msg)
+
+
+def _check_state(state: Any, mine: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or state.get(STATE_KEY) != STATE_VERSION:
+        msg = f"Not a zarr-instances state (version {STATE_VERSION}): {state!r:.200}"
+        raise ArgumentError(msg)
+    theirs = state.get("fingerprint", {})
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        msg = f"load_state_dict: the state was saved with other settings ({details})"
+        raise ArgumentError(msg)

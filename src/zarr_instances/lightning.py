@@ -189,7 +189,7 @@ class InstancesDataModule(pl.LightningDataModule):
             else:
                 probe = self._dataset(self.labels, drop_unlabeled=False)
                 train_c, val_c = _chunk_split(
-                    probe._selection.n_chunks, self.val_chunks, self.val_fraction, self.seed
+                    probe.selection.n_chunks, self.val_chunks, self.val_fraction, self.seed
                 )
                 train_kw["allowed_chunk_indexes"] = train_c
                 val_kw["allowed_chunk_indexes"] = val_c

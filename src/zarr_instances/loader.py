@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from . import _runtime
-from ._resume import Step, consumed_after_batches, domain_size, per_worker_counts
+from ._resume import EpochStart, Step, consumed_after_batches
 from ._validate import check_int
 from .dataset import STATE_KEY, STATE_VERSION, ZarrIterableInstances
 from .errors import ArgumentError, ArgumentTypeError
@@ -73,6 +72,14 @@ def merge_worker_states(states: Any) -> dict[str, Any]:
     }
 
 
+class _Run:
+    """The current epoch of a loader: where its streams started, batches yielded since."""
+
+    def __init__(self, start: EpochStart) -> None:
+        self.start = start
+        self.batches = 0
+
+
 class ZarrDataLoader(DataLoader):
     """A ``DataLoader`` that calls ``dataset.set_epoch`` at every ``iter()``.
 
@@ -100,7 +107,7 @@ class ZarrDataLoader(DataLoader):
     def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.epoch = check_int(start_epoch, "start_epoch", minimum=0)
-        self._run: dict[str, Any] | None = None
+        self._run: _Run | None = None
 
     def __iter__(self) -> Any:
         ds = self.dataset
@@ -114,28 +121,9 @@ class ZarrDataLoader(DataLoader):
             _runtime.wait_for_kernels()
         if not isinstance(ds, ZarrIterableInstances):
             return super().__iter__()
-        k = max(1, self.num_workers)
-        world = ds._rank_world[1]
-        pending = ds._resume
-        resumes = [ds._resolve(epoch, world, k, w) for w in range(k)]
-        first = resumes[0]
-        starts = np.zeros(k, dtype=np.int64)
-        for w, res in enumerate(resumes):
-            starts[w if res.role is None else res.role] = res.start
-        self._run = {
-            "epoch": epoch,
-            "world": world,
-            "k": k,
-            "history": first.history,
-            "starts": starts,
-            "per_worker": per_worker_counts(
-                domain_size(ds._selection, first.domain), world, k, ds.drop_last
-            ),
-            "shift": int(pending.get("shift", 0)) if pending else 0,
-            "batches": 0,
-        }
-        it = super().__iter__()  # workers hold their copy of the pending resume now
-        ds._resume = None
+        self._run = _Run(ds.epoch_start(epoch, max(1, self.num_workers)))
+        it = super().__iter__()  # workers hold their copy of the loaded state now
+        ds.discard_loaded_state()
         return self._counting(it, self._run)
 
     def __len__(self) -> int:
@@ -148,9 +136,9 @@ class ZarrDataLoader(DataLoader):
         return ds.num_batches(self.num_workers, int(self.batch_size or 1), bool(self.drop_last))
 
     @staticmethod
-    def _counting(it: Iterator[Any], run: dict[str, Any]) -> Iterator[Any]:
+    def _counting(it: Iterator[Any], run: _Run) -> Iterator[Any]:
         for batch in it:
-            run["batches"] += 1
+            run.batches += 1
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -162,7 +150,7 @@ class ZarrDataLoader(DataLoader):
         base = {
             STATE_KEY: STATE_VERSION,
             "buffer_seed": ds.buffer_seed,
-            "fingerprint": ds._fingerprint(),
+            "fingerprint": ds.fingerprint(),
         }
         run = self._run
         if run is None:
@@ -171,19 +159,20 @@ class ZarrDataLoader(DataLoader):
             size, drop = ds.batch_size, ds.drop_last
         else:
             size, drop = int(self.batch_size or 1), bool(self.drop_last)
+        start = run.start
         consumed, nxt = consumed_after_batches(
-            run["per_worker"], run["starts"], run["batches"], size, drop, run["shift"]
+            start.per_worker, start.starts, run.batches, size, drop, start.shift
         )
-        remaining = run["per_worker"] - consumed
+        remaining = start.per_worker - consumed
         if size > 1 and drop:
             remaining = remaining // size * size
         if not remaining.any():
-            return {**base, "epoch": run["epoch"] + 1, "steps": []}
-        step = Step(run["world"], run["k"], tuple(int(c) for c in consumed))
+            return {**base, "epoch": start.epoch + 1, "steps": []}
+        step = Step(start.world, start.num_workers, tuple(int(c) for c in consumed))
         return {
             **base,
-            "epoch": run["epoch"],
-            "steps": [st.as_dict() for st in (*run["history"], step)],
+            "epoch": start.epoch,
+            "steps": [st.as_dict() for st in (*start.history, step)],
             "shift": nxt,
         }
 

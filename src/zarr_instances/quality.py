@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._plan import plan_worker, rng_for
+from ._plan import rng_for
 from .errors import ArgumentError
 
 __all__ = ["ShuffleQuality", "batch_metrics", "shuffle_quality"]
@@ -99,27 +99,25 @@ def shuffle_quality(
         msg = f"batch_size must be >= 1, got {batch_size!r}"
         raise ArgumentError(msg)
     labels = dataset.labels if labels is None else np.asarray(labels)
-    stored = int(dataset._opened().array.chunks[0])
-    rank, world = dataset._rank_world
+    stored = dataset.stored_chunk_i
+    rank, world = dataset.rank_world()
+    selection, sampling = dataset.selection, dataset.sampling
     batches: list[np.ndarray] = []
     for worker in range(max(1, num_workers)):
-        plan = plan_worker(
-            dataset._selection,
+        plan = sampling.plan(
+            selection,
             epoch=epoch,
             rank=rank,
             world=world,
             worker=worker,
             num_workers=max(1, num_workers),
-            **dataset._sampling,
         )
         parts = [b.rows for b in plan.buffers()]
         if parts:
             batches.extend(_cut(np.concatenate(parts), size))
     chunks, entropy = batch_metrics(batches, stored, labels)
     n = sum(b.size for b in batches)
-    everything = np.concatenate(
-        [dataset._selection.chunk_rows(c) for c in np.flatnonzero(dataset._selection.counts)]
-    )
+    everything = np.concatenate([selection.chunk_rows(c) for c in np.flatnonzero(selection.counts)])
     perm = rng_for(seed, epoch).permutation(everything)[:n]
     g_chunks, g_entropy = batch_metrics(_cut(perm, size), stored, labels)
     return ShuffleQuality(size, len(batches), chunks, g_chunks, entropy, g_entropy)

@@ -1,0 +1,176 @@
+"""The reading side of the dataset: open the crop array, read a plan's buffers, read ahead."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ._plan import Buffer, WorkerPlan
+from ._reader import Decoder, chunk_decoder, read_chunks, read_rows
+from ._store import OpenedInstances, ZarrPath, open_instances
+
+__all__ = ["ChunkStream", "Loaded", "ReadSettings"]
+
+# a buffer with its decoded rows: ``src[index]`` are the buffer's rows in yield order
+Loaded = tuple[Buffer, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How the crop array is opened and read.
+
+    Attributes
+    ----------
+    zarr_path
+        Path, URL or opened Zarr node of the crops.
+    storage_options
+        Options of a URL's store.
+    codec_pipeline
+        ``None`` or a zarr codec pipeline (``"zarrs"``).
+    chunk_i
+        Rows per logical chunk.
+    check_missing
+        Raise on chunks missing from the store.
+    read_ahead
+        Read the next buffer in a background thread.
+    """
+
+    zarr_path: ZarrPath
+    storage_options: dict[str, Any] | None
+    codec_pipeline: str | None
+    chunk_i: int
+    check_missing: bool
+    read_ahead: bool
+
+
+class ChunkStream:
+    """Reads the buffers of a worker's plan into reused memory, one buffer ahead.
+
+    The array is opened lazily in each process (and reopened after ``fork``: a
+    parent's codec pipeline may hold dead threads and remote clients are bound to
+    the parent's event loop). When the logical chunks are the stored chunks and the
+    layout is a plain one, whole stored chunks are decoded straight into the read
+    buffer; otherwise rows are read through zarr's codec pipeline.
+
+    Parameters
+    ----------
+    settings
+        How to open and read the array.
+    shape, dtype
+        Shape and dtype of the crop array.
+    where
+        Name of the array for error messages.
+    """
+
+    def __init__(
+        self, settings: ReadSettings, shape: tuple[int, ...], dtype: np.dtype, where: str
+    ) -> None:
+        self.settings = settings
+        self.shape = shape
+        self.dtype = dtype
+        self.where = where
+        self._pid = os.getpid()
+        self._array: OpenedInstances | None = None
+        self._array_pid = 0
+        self._decoder: Decoder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = state["_decoder"] = None
+        return state
+
+    def opened(self) -> OpenedInstances:
+        """Return the array opened in this process."""
+        pid = os.getpid()
+        if self._array is None or self._array_pid != pid:
+            s = self.settings
+            path = s.zarr_path
+            if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
+                # an opened node is rebuilt from its pickled form, as a spawned worker does
+                path = pickle.loads(pickle.dumps(path))
+            self._array_pid = pid
+            self._array = open_instances(path, s.storage_options, s.codec_pipeline)
+            direct = s.codec_pipeline is None and s.chunk_i == self._array.array.chunks[0]
+            self._decoder = chunk_decoder(self._array.array) if direct else None
+        return self._array
+
+    @property
+    def direct(self) -> bool:
+        """Whether stored chunks are decoded straight into the read buffer (opens the array)."""
+        self.opened()
+        return self._decoder is not None
+
+    def load(
+        self, buffer: Buffer, slot: Callable[[int], np.ndarray], threads: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Read a buffer; return ``(src, index)``: its rows in yield order are ``src[index]``.
+
+        ``slot(n)`` returns a reusable array of at least ``n`` rows to read into;
+        ``threads`` bounds the chunks decoded at once.
+        """
+        array = self.opened().array
+        decoder = self._decoder
+        check = self.settings.check_missing
+        if decoder is not None:
+            size = self.settings.chunk_i
+            chunk_of, offset = np.divmod(buffer.rows, size)
+            chunks, inverse = np.unique(chunk_of, return_inverse=True)
+            src = slot(chunks.size * size)
+            read_chunks(
+                array, chunks, src, decoder, self.where, check, rows=buffer.rows, threads=threads
+            )
+            return src, inverse.reshape(-1) * size + offset
+        n_read = buffer.n_read
+        src = slot(n_read)[:n_read]
+        labels = [p.chunk for p in buffer.pieces]
+        read_rows(array, buffer.read, self.where, src, check, labels)
+        return src, buffer.source
+
+    def _slots(self) -> Callable[[int], Callable[[int], np.ndarray]]:
+        n_slots = 2 if self.settings.read_ahead else 1
+        slots: list[np.ndarray | None] = [None] * n_slots
+
+        def slot_for(k: int) -> Callable[[int], np.ndarray]:
+            def get(n: int) -> np.ndarray:
+                arr = slots[k % n_slots]
+                if arr is None or arr.shape[0] < n:
+                    arr = np.empty((max(1, n), *self.shape[1:]), dtype=self.dtype)
+                    slots[k % n_slots] = arr
+                return arr
+
+            return get
+
+        return slot_for
+
+    def loaded(self, plan: WorkerPlan, start: int, threads: int) -> Iterator[Loaded]:
+        """Yield each buffer of ``plan`` from sample ``start`` on, with ``(src, index)``.
+
+        The decoded rows live in reusable slots (two with read-ahead: one being read
+        while the other is consumed), so steady-state iteration allocates no raw
+        memory. A yielded ``src`` is only valid until the next buffer is requested.
+        """
+        buffers = plan.buffers(start)
+        slot_for = self._slots()
+        if not self.settings.read_ahead:
+            for buf in buffers:
+                yield buf, self.load(buf, slot_for(0), threads)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr_instances_read")
+        try:
+            pending: tuple[Buffer, Future[tuple[np.ndarray, np.ndarray]]] | None = None
+            for k, buf in enumerate(buffers):
+                fut = pool.submit(self.load, buf, slot_for(k), threads)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = (buf, fut)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
