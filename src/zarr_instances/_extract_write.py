@@ -13,7 +13,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -72,7 +72,7 @@ def write_units(
     mdtype = None if mask is None else mask.dtype
     buf, mbuf = assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
     write_rows(image, r0, r1, buf)
-    if mask is not None:
+    if mask is not None and mbuf is not None:
         write_rows(mask, r0, r1, mbuf)
     flag_done(progress, units)
     return units
@@ -86,11 +86,11 @@ def write_passes(job: WriteJob, group: zarr.Group, todo: np.ndarray, progress: b
     out, which readers cannot tell from a lost write. ``progress``: show a bar
     (``None``: when stderr is a terminal).
     """
-    arr = group[IMAGE_KEY].with_config({"write_empty_chunks": True})
-    marr = group.get(MASK_KEY)
+    arr = cast("zarr.Array", group[IMAGE_KEY]).with_config({"write_empty_chunks": True})
+    marr = cast("zarr.Array | None", group.get(MASK_KEY))
     if marr is not None:
         marr = marr.with_config({"write_empty_chunks": True})
-    write = functools.partial(write_units, arr, marr, group[PROGRESS_KEY])
+    write = functools.partial(write_units, arr, marr, cast("zarr.Array", group[PROGRESS_KEY]))
     layout, n = job.layout, job.layout.n
     crop_bytes = math.prod(layout.crop_shape) * np.dtype(layout.dtype).itemsize
     row_bytes = crop_bytes * (2 if job.extract_mask else 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -131,7 +131,8 @@ def task_with_parts(func: Callable[..., Any], args: tuple, refs: Sequence[Any]) 
     :func:`take_ref` or :func:`peek_ref`. Only the keys are visible to Dask, as the
     task's arguments; ``args`` and the getters travel as one :class:`Static` value.
     """
-    keys, getters = [], []
+    keys: list[Any] = []
+    getters: list[tuple[Any, int] | None] = []
     for ref in refs:
         if isinstance(ref, tuple) and callable(ref[0]):  # not a block key (a tuple)
             getter, key, i = ref
@@ -162,12 +163,13 @@ def block_keys(array: da.Array) -> tuple[Delayed, np.ndarray]:
 
 
 def as_delayed(
-    name: str, graph: Graph, keys: Sequence[Hashable], sources: Sequence[Delayed]
+    name: str, graph: Graph, keys: Sequence[Hashable], sources: Sequence[Any]
 ) -> list[Delayed]:
     """Return ``Delayed`` objects for ``keys`` of ``graph``, whose tasks read ``sources``.
 
     ``sources`` carry the graphs of the keys that ``graph`` reads but does not hold
     (e.g. the blocks of the input arrays, from :func:`block_keys`).
     """
-    hlg = HighLevelGraph.from_collections(name, graph, dependencies=list(sources))
+    layer = cast("dict[Any, Any]", graph)
+    hlg = HighLevelGraph.from_collections(name, layer, dependencies=list(sources))
     return [Delayed(k, hlg, layer=name) for k in keys]

@@ -222,9 +222,10 @@ def cut_tile(
             with_mask=s.with_mask,
         )
         if k < len(tile.pack) and tile.pack[k]:
-            crops = Packed(crops)
-            mcrops = None if mcrops is None else Packed(mcrops)
-        out.append((tile.rows[lo:hi], crops, mcrops))
+            held: tuple[Any, Any] = (Packed(crops), None if mcrops is None else Packed(mcrops))
+        else:
+            held = (crops, mcrops)
+        out.append((tile.rows[lo:hi], *held))
     return Handoff(out) if s.handoff else tuple(out)
 
 
