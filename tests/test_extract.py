@@ -185,12 +185,12 @@ def test_distributed_local_cluster_identical(tmp_path):
 _NO_DISTRIBUTED = """
 import sys, dask, numpy as np, zarr
 from zarr_instances import extract_instances
-from zarr_instances.extract import _scheduler
+from zarr_instances._schedule import scheduler
 from zarr_instances.testing import make_image_and_mask
 image, mask = make_image_and_mask((64, 64), 12, 10, seed=3)
 ids, a = extract_instances(image, mask, 10, tile_size=32, out=sys.argv[1] + "/a.zarr")
 with dask.config.set(scheduler="sync"):
-    assert _scheduler() is dask.local.get_sync, _scheduler()
+    assert scheduler() is dask.local.get_sync, scheduler()
     ids2, b = extract_instances(image, mask, 10, tile_size=32, out=sys.argv[1] + "/b.zarr")
 imported = "distributed" in sys.modules
 np.testing.assert_array_equal(ids, ids2)
@@ -221,12 +221,12 @@ def test_default_scheduler_does_not_import_distributed(tmp_path):
 def test_process_pool_scheduler_gives_the_same_store(tmp_path, monkeypatch):
     # Dask's process pool pickles every result it hands on: the hand-offs, and the
     # packed crops and strips (packing forced), reach each task as copies.
-    import zarr_instances.extract as ex
+    import zarr_instances._extract_write as xw
 
     image, mask = make_image_and_mask((96, 96), 30, 12, seed=5)
     kwargs = {"tile_size": 32, "chunk_i": 3, "extract_mask": True}
     ids0, ref = extract_instances(image, mask, 12, out=tmp_path / "a.zarr", **kwargs)
-    monkeypatch.setattr(ex, "_PACK_ABOVE", 0)
+    monkeypatch.setattr(xw, "_PACK_ABOVE", 0)
     with dask.config.set(scheduler="processes", num_workers=2):
         ids1, got = extract_instances(image, mask, 12, out=tmp_path / "b.zarr", **kwargs)
     np.testing.assert_array_equal(ids0, ids1)

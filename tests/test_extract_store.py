@@ -15,7 +15,7 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 import zarr_instances
-import zarr_instances.extract as ex
+import zarr_instances._extract_write as xw
 from zarr_instances import (
     ArgumentError,
     ArgumentTypeError,
@@ -180,8 +180,10 @@ def test_overwrite_and_existing(inputs, tmp_path):
 def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
     img, msk, image, mask = inputs
     calls = []
-    real = ex._run
-    monkeypatch.setattr(ex, "_run", lambda tasks, *a: (calls.append(len(tasks)), real(tasks, *a)))
+    real = xw.run_with_progress
+    monkeypatch.setattr(
+        xw, "run_with_progress", lambda tasks, *a: (calls.append(len(tasks)), real(tasks, *a))
+    )
     _, inst = extract_instances(
         img, msk, D, out=tmp_path / "o.zarr", chunk_i=4, memory_limit=4 * 2 * D * D * 2 * 3
     )
@@ -192,7 +194,9 @@ def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("order", ["id", "random"])
 def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeypatch, order):
-    import zarr_instances._tiles as tiles
+    import zarr_instances._tile_tasks as tiles
+    from zarr_instances._graph import Handoff
+    from zarr_instances._packed import Packed
 
     img, msk, image, mask = inputs
     kwargs = {"chunk_i": 3, "order": order, "seed": 2, "extract_mask": True}
@@ -203,17 +207,17 @@ def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeyp
     def cut_tile(*a):
         out = real(*a)
         # writing on a local scheduler: the write tasks take their parts
-        items = [out.peek(i) for i in range(len(out))] if isinstance(out, tiles.Handoff) else out
+        items = [out.peek(i) for i in range(len(out))] if isinstance(out, Handoff) else out
         segments.append(len(items))
-        packed.extend(isinstance(part[1], tiles.Packed) for part in items)
+        packed.extend(isinstance(part[1], Packed) for part in items)
         return out
 
     monkeypatch.setattr(tiles, "cut_tile", cut_tile)
-    monkeypatch.setattr(ex, "_TASK_BYTES", 1)  # one output chunk per write task
+    monkeypatch.setattr(xw, "_TASK_BYTES", 1)  # one output chunk per write task
     extract_instances(img, msk, D, out=tmp_path / "split.zarr", tile_size=40, **kwargs)
     assert max(segments) > 1  # tiles handed write tasks parts of their own
     assert not any(packed)  # a small pass holds its crops as they are
-    monkeypatch.setattr(ex, "_PACK_ABOVE", 0)  # ... a large one compresses waiting parts
+    monkeypatch.setattr(xw, "_PACK_ABOVE", 0)  # ... a large one compresses waiting parts
     extract_instances(img, msk, D, out=tmp_path / "packed.zarr", tile_size=40, **kwargs)
     if order == "id":  # ids in raster order: parts of a group wait for later tiles
         assert any(packed)
@@ -230,9 +234,10 @@ def test_tiles_split_by_write_task_give_the_same_store(inputs, tmp_path, monkeyp
 _KILLED = """
 import sys, time
 import dask
-import zarr_instances.extract as ex
+import zarr_instances._extract_write as xw
+from zarr_instances import extract_instances
 
-real = ex._write_units
+real = xw.write_units
 mode = sys.argv[4]
 
 def slow(image, mask, progress, units, r0, r1, *parts):
@@ -243,10 +248,10 @@ def slow(image, mask, progress, units, r0, r1, *parts):
     time.sleep(0.15)
     return real(image, mask, progress, units, r0, r1, *parts)
 
-ex._write_units = slow
-ex._TASK_BYTES = 1  # one unit per write task, so the kill lands between units
+xw.write_units = slow  # the write passes look it up in its module at each call
+xw._TASK_BYTES = 1  # one unit per write task, so the kill lands between units
 dask.config.set(scheduler="synchronous")
-ex.extract_instances(sys.argv[1], sys.argv[2], 12, out=sys.argv[3], chunk_i=5,
+extract_instances(sys.argv[1], sys.argv[2], 12, out=sys.argv[3], chunk_i=5,
                      extract_mask=True, order="random", seed=1)
 """
 
@@ -293,8 +298,8 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
         extract_instances(img, msk, D, out=out, **{**kwargs, "seed": 2})
 
     written = []
-    real = ex._write_units
-    monkeypatch.setattr(ex, "_write_units", lambda *a: (written.extend(a[3]), real(*a))[1])
+    real = xw.write_units
+    monkeypatch.setattr(xw, "write_units", lambda *a: (written.extend(a[3]), real(*a))[1])
     extract_instances(img, msk, D, out=out, **kwargs)
     assert sorted(written) == np.flatnonzero(done == 0).tolist()
     got = _read_all(out)
@@ -442,9 +447,9 @@ def test_default_codec_is_blosc_lz4_byte_shuffle(inputs, tmp_path, zarr_format):
     assert "SHUFFLE" in text.upper() and "BIT" not in text.upper()
 
 
-def test_fourth_positional_only_for_spatialdata(inputs):
+def test_three_positional_arguments(inputs):
     img, msk, _, _ = inputs
-    with pytest.raises(TypeError, match="a 4th is only for SpatialData input"):
+    with pytest.raises(TypeError, match="3 positional arguments but 4 were given"):
         extract_instances(img, msk, D, 5)
 
 

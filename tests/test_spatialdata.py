@@ -13,6 +13,21 @@ from zarr_instances.testing import make_image_and_mask
 HAS_SPATIALDATA = importlib.util.find_spec("spatialdata") is not None
 
 
+class SpatialData:
+    """Stands in for ``spatialdata.SpatialData`` (matched by class name)."""
+
+
+@pytest.mark.parametrize("where", ["image", "mask"])
+def test_spatialdata_object_points_to_its_entry(where):
+    image, mask = make_image_and_mask((32, 32), 3, 8, seed=1)
+    args = {"image": image, "mask": mask, where: SpatialData()}
+    pattern = rf"{where} is a SpatialData object.*zarr_instances\.extract_from_spatialdata\("
+    with pytest.raises(TypeError, match=pattern):
+        extract_instances(args["image"], args["mask"], 8)
+    with pytest.raises(TypeError, match=pattern):  # checked before the other arguments
+        extract_instances(args["image"], args["mask"], "cells")
+
+
 def test_clear_message_without_spatialdata(monkeypatch):
     import builtins
 
@@ -79,9 +94,9 @@ def test_spatialdata_object_elements_and_store(tmp_path):
     # errors name the parameter and list what exists
     with pytest.raises(ValueError, match=r"labels_name='nuclei'.*\['cells'\]"):
         extract_from_spatialdata(sdata, "img", "nuclei", 10)
-    with pytest.raises(TypeError, match=r"extract_instances\(sdata, image_name, labels_name"):
+    with pytest.raises(TypeError, match=r"image is a SpatialData object.*extract_from_spatialdata"):
         extract_instances(sdata, mask, 10)
-    # harpy-style call: the object, the element names, the diameter
-    ids, crops = extract_instances(sdata, "img", "cells", 10)
-    np.testing.assert_array_equal(ids, ids_ref)
-    np.testing.assert_array_equal(crops.compute(), expected)
+    # the public entry, exported from the package
+    from zarr_instances import extract_from_spatialdata as exported
+
+    assert exported is extract_from_spatialdata

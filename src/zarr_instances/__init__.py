@@ -17,6 +17,7 @@ from .errors import (
     ZarrInstancesError,
 )
 from .extract import extract_instances
+from .spatialdata import extract_from_spatialdata  # imports spatialdata on first call only
 
 if TYPE_CHECKING:
     from .dataset import ZarrIterableInstances
@@ -65,6 +66,7 @@ __all__ = [
     "ZarrInstancesError",
     "ZarrIterableInstances",
     "__version__",
+    "extract_from_spatialdata",
     "extract_instances",
     "merge_worker_states",
     "shuffle_quality",

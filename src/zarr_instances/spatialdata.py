@@ -1,9 +1,11 @@
-"""SpatialData input for :func:`~zarr_instances.extract_instances` (extra ``[spatialdata]``).
+"""SpatialData input: :func:`extract_from_spatialdata` (extra ``[spatialdata]``).
 
-``extract_instances`` itself accepts SpatialData *elements* (``sdata.images[name]``,
-``sdata.labels[name]``: xarray objects, level 0 of a multiscale) and the paths of
-elements inside a written SpatialData store (``"sdata.zarr/images/name"``, OME-Zarr).
-:func:`extract_from_spatialdata` takes the object and the element names.
+:func:`extract_from_spatialdata` is the entry for a ``SpatialData`` object and the
+names of its elements. :func:`~zarr_instances.extract_instances` itself accepts
+SpatialData *elements* (``sdata.images[name]``, ``sdata.labels[name]``: xarray objects,
+level 0 of a multiscale) and the paths of elements inside a written SpatialData store
+(``"sdata.zarr/images/name"``, OME-Zarr). The ``spatialdata`` package is imported on
+the first call only, so this module imports without it.
 """
 
 from __future__ import annotations

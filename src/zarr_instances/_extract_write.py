@@ -1,0 +1,136 @@
+"""The write side of ``extract_instances``: passes of tile cuts and write tasks into the store.
+
+The units to write (output chunks, or shards) are grouped into write tasks of about
+8 MiB of crops, and the write tasks into passes whose crops held stay within the
+memory limit (:func:`._pass_memory.plan_passes`). Each pass is one Dask graph: the
+tile cuts of the rows it writes and one :func:`write_units` task per write task,
+which gathers its rows, writes whole units, then flags them done in ``progress``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from ._graph import as_delayed, task_with_parts
+from ._pass_memory import plan_passes
+from ._schedule import client, run_with_progress
+from ._store import IMAGE_KEY
+from ._tile_plan import TilePlan, write_groups
+from ._tile_tasks import Blocks, assemble, tile_tasks
+from ._write import MASK_KEY, PROGRESS_KEY, StoreLayout, flag_done, write_rows
+
+__all__ = ["WriteJob", "write_passes", "write_units"]
+
+# Bytes of crops written by one task (whole units; zarr encodes a task's chunks concurrently).
+_TASK_BYTES = 8 * 2**20
+# A pass expected to hold more crops than this keeps the ones waiting for later tiles
+# compressed (:class:`._packed.Packed`): with ids in raster order a pass holds about
+# one tile row of crops, which grows with the image width.
+_PACK_ABOVE = 64 * 2**20
+
+
+@dataclass(frozen=True, eq=False)
+class WriteJob:
+    """What the write passes of one call need besides the store.
+
+    ``image``/``mask`` are the input blocks, ``plan`` the tile plan of the rows;
+    ``token`` makes the task keys unique to the call.
+    """
+
+    plan: TilePlan
+    image: Blocks
+    mask: Blocks
+    layout: StoreLayout
+    remove_background: bool
+    extract_mask: bool
+    memory_limit: int
+    token: str
+
+
+def write_units(
+    image: zarr.Array,
+    mask: zarr.Array | None,
+    progress: zarr.Array,
+    units: range,
+    r0: int,
+    r1: int,
+    *parts: Any,
+) -> range:
+    """Write rows ``[r0, r1)`` (whole units: chunks or shards), then flag ``units`` done.
+
+    ``parts`` are tile results ``(rows, crops, mask crops)`` holding the rows.
+    """
+    mshape = None if mask is None else mask.shape[1:]
+    mdtype = None if mask is None else mask.dtype
+    buf, mbuf = assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
+    write_rows(image, r0, r1, buf)
+    if mask is not None and mbuf is not None:
+        write_rows(mask, r0, r1, mbuf)
+    flag_done(progress, units)
+    return units
+
+
+def write_passes(job: WriteJob, group: zarr.Group, todo: np.ndarray, progress: bool | None) -> None:
+    """Write the units ``todo`` of the store ``group``, pass by pass.
+
+    Every chunk is written, even an all-zero one: zarr would otherwise compare each
+    chunk with the fill value first (a full pass over the crops) and leave the chunk
+    out, which readers cannot tell from a lost write. ``progress``: show a bar
+    (``None``: when stderr is a terminal).
+    """
+    arr = cast("zarr.Array", group[IMAGE_KEY]).with_config({"write_empty_chunks": True})
+    marr = cast("zarr.Array | None", group.get(MASK_KEY))
+    if marr is not None:
+        marr = marr.with_config({"write_empty_chunks": True})
+    write = functools.partial(write_units, arr, marr, cast("zarr.Array", group[PROGRESS_KEY]))
+    layout, n = job.layout, job.layout.n
+    crop_bytes = math.prod(layout.crop_shape) * np.dtype(layout.dtype).itemsize
+    row_bytes = crop_bytes * (2 if job.extract_mask else 1)
+    per_task = max(1, min(_TASK_BYTES, job.memory_limit) // (layout.unit * row_bytes))
+    groups = write_groups(todo, per_task)
+    passes = plan_passes(job.plan, groups, layout.unit, n, row_bytes, job.memory_limit)
+    disable = None if progress is None else not progress
+    with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk", disable=disable) as bar:
+        for pass_groups, peak in passes:
+            _write_pass(job, write, pass_groups, peak, bar)
+
+
+def _write_pass(
+    job: WriteJob, write: Any, pass_groups: Sequence[range], peak: int, bar: Any
+) -> None:
+    """Cut the tiles of one pass and run its write tasks ``write(units, r0, r1, *parts)``.
+
+    The graph's shape follows where it runs: hand-offs on a local scheduler, a task
+    per part on a ``distributed`` client.
+    """
+    unit, n, token = job.layout.unit, job.layout.n, job.token
+    bounds = [g.start * unit for g in pass_groups]
+    bounds.append(min(n, pass_groups[-1].stop * unit))
+    on = client()
+    graph: dict[Any, Any] = {}
+    parts = tile_tasks(
+        job.plan,
+        job.image,
+        job.mask,
+        bounds,
+        job.remove_background,
+        job.extract_mask,
+        token,
+        graph,
+        pack=peak > _PACK_ABOVE,
+        handoff=on is None,
+    )
+    keys = [f"zi-write-{token}-{units.start}" for units in pass_groups]
+    for key, units, a, b, p in zip(keys, pass_groups, bounds[:-1], bounds[1:], parts, strict=True):
+        graph[key] = task_with_parts(write, (units, a, b), p)
+    sources = [job.image.source, job.mask.source]
+    writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, sources)
+    run_with_progress(writes, bar, f"zi-write-{token}-", on)

@@ -1,0 +1,122 @@
+"""The tile plan of ``extract_instances``: rows, windows and tiles of every instance (pure).
+
+Instances are put in row order (by id, or a seeded permutation); each gets the window
+around its centroid and the tile holding the window's last pixel. Write tasks are
+runs of consecutive output units. Nothing here touches Dask or Zarr.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._geometry import window_starts
+
+__all__ = ["TilePlan", "group_last_tiles", "write_groups"]
+
+
+class TilePlan:
+    """Rows, windows and tile membership of every instance (pure NumPy).
+
+    Parameters
+    ----------
+    ids
+        Instance ids, ascending.
+    cents
+        Integer centroids ``(n, 3)`` (z, y, x) in the order of ``ids``.
+    order
+        ``"id"``: row ``r`` is instance ``r``; ``"random"``: rows follow
+        ``numpy.random.default_rng(seed).permutation(n)``.
+    seed
+        Seed of ``order="random"``.
+    diameter
+        Window size in y and x.
+    edges_y, edges_x
+        Tile edges along y and x (``n_tiles + 1`` coordinates each).
+    image_yx
+        Image size in y and x.
+
+    Attributes
+    ----------
+    perm
+        Instance index of each row.
+    starts
+        Window start ``(y, x)`` of each instance.
+    tile
+        Tile of each instance (raster index): the tile holding the last pixel of its
+        window, clipped to the image, so that a window reaches out of its tile only
+        upwards and leftwards, into tiles before it in raster order.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        cents: np.ndarray,
+        order: str,
+        seed: int,
+        diameter: int,
+        edges_y: np.ndarray,
+        edges_x: np.ndarray,
+        image_yx: tuple[int, int],
+    ) -> None:
+        n = ids.size
+        self.perm = np.arange(n) if order == "id" else np.random.default_rng(seed).permutation(n)
+        self.ids = ids
+        self.diameter = diameter
+        self.image_yx = image_yx
+        self.starts = window_starts(cents[:, 1:], diameter)
+        self.edges_y, self.edges_x = edges_y, edges_x
+        last = np.minimum(self.starts + (diameter - 1), np.asarray(image_yx) - 1)
+        ty = np.searchsorted(edges_y, last[:, 0], side="right") - 1
+        tx = np.searchsorted(edges_x, last[:, 1], side="right") - 1
+        self.tile = ty * (len(edges_x) - 1) + tx
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles."""
+        return (len(self.edges_y) - 1) * (len(self.edges_x) - 1)
+
+    def tiles(self, r0: int, r1: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Tiles of rows ``[r0, r1)``: ``(tile, rows ascending, instance indexes)``."""
+        rows = np.arange(r0, r1)
+        inst = self.perm[r0:r1]
+        tiles = self.tile[inst]
+        order = np.argsort(tiles, kind="stable")
+        tiles, rows, inst = tiles[order], rows[order], inst[order]
+        cut = np.flatnonzero(np.diff(tiles)) + 1
+        return [
+            (int(t[0]), r, i)
+            for t, r, i in zip(
+                np.split(tiles, cut), np.split(rows, cut), np.split(inst, cut), strict=True
+            )
+            if t.size
+        ]
+
+    def rect(self, tile: int) -> tuple[slice, slice]:
+        """Return the pixels ``(ys, xs)`` of ``tile``."""
+        ty, tx = divmod(tile, len(self.edges_x) - 1)
+        ey, ex = self.edges_y, self.edges_x
+        return slice(int(ey[ty]), int(ey[ty + 1])), slice(int(ex[tx]), int(ex[tx + 1]))
+
+    def box(self, inst: np.ndarray) -> tuple[int, int, int, int]:
+        """Return the box ``(y0, y1, x0, x1)`` covering the windows of ``inst``."""
+        s = self.starts[inst]
+        lo, hi = s.min(axis=0), s.max(axis=0) + self.diameter
+        return int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])
+
+
+def group_last_tiles(plan: TilePlan, bounds: np.ndarray) -> np.ndarray:
+    """Last tile (highest index) holding a row of each group ``[bounds[g], bounds[g + 1])``."""
+    r0, r1 = int(bounds[0]), int(bounds[-1])
+    tiles = plan.tile[plan.perm[r0:r1]]
+    return np.maximum.reduceat(tiles, bounds[:-1] - r0)
+
+
+def write_groups(todo: np.ndarray, per_task: int) -> list[range]:
+    """Split the units to write into write tasks: runs of ``per_task`` consecutive units."""
+    out: list[range] = []
+    for run in np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1):
+        out.extend(
+            range(int(run[i]), int(run[min(i + per_task, run.size) - 1]) + 1)
+            for i in range(0, run.size, per_task)
+        )
+    return out
