@@ -11,7 +11,6 @@ from zarr.storage import MemoryStore
 
 from zarr_instances import ChunkReadError
 from zarr_instances._inputs import CheckedZarr, _from_zarr
-from zarr_instances._reader import _decoded_size
 
 V3 = [
     ("zstd", [ZstdCodec(level=3)]),
@@ -72,34 +71,3 @@ def test_direct_read_of_a_chunk_with_the_wrong_size_fails(tmp_path):
     checked = CheckedZarr(arr, "image")
     with pytest.raises(ChunkReadError, match=r"chunk 'c/0/1/1' \(chunk index \(0, 1, 1\)\)"):
         checked[0:2, 16:32, 20:40]
-
-
-@pytest.mark.parametrize("size", [0, 1, 255, 256, 300, 65791, 65792, 2**20, 2**33])
-def test_zstd_frame_content_size(size):
-    # frames written by the zstd library (numcodecs) for the sizes zarr chunks have
-    if size <= 2**20:
-        frame = numcodecs.Zstd(level=1).encode(np.zeros(size, dtype=np.uint8))
-        assert _decoded_size("zstd", frame) == size
-    # hand-made headers: every field size combination of the frame header descriptor
-    for fcs_flag, width in ((1, 2), (2, 4), (3, 8)):
-        if width == 2 and not 256 <= size < 65536 + 256:
-            continue
-        if width == 4 and size >= 2**32:
-            continue
-        for single in (0, 1):
-            for dict_flag, dict_bytes in ((0, 0), (1, 1), (2, 2), (3, 4)):
-                fhd = (fcs_flag << 6) | (single << 5) | dict_flag
-                value = size - 256 if width == 2 else size
-                header = (
-                    b"\x28\xb5\x2f\xfd"
-                    + bytes([fhd])
-                    + (b"" if single else b"\x50")
-                    + b"\x07" * dict_bytes
-                    + value.to_bytes(width, "little")
-                    + b"\x00" * 8
-                )
-                assert _decoded_size("zstd", header) == size
-    no_size = b"\x28\xb5\x2f\xfd" + bytes([0]) + b"\x50" + b"\x00" * 8
-    assert _decoded_size("zstd", no_size) is None
-    assert _decoded_size("zstd", b"garbage-garbage") is None
-    assert _decoded_size("lz4", b"\x00" * 20) is None
