@@ -71,3 +71,36 @@ def test_direct_read_of_a_chunk_with_the_wrong_size_fails(tmp_path):
     checked = CheckedZarr(arr, "image")
     with pytest.raises(ChunkReadError, match=r"chunk 'c/0/1/1' \(chunk index \(0, 1, 1\)\)"):
         checked[0:2, 16:32, 20:40]
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_v2_input_without_fill_value_reads_missing_chunks_as_zero(tmp_path, where):
+    from zarr_instances import ZarrIterableInstances, extract_instances
+    from zarr_instances.testing import make_image_and_mask
+
+    image, _ = make_image_and_mask((120, 100), 45, 12, seed=11)
+    store = str(tmp_path / "img.zarr") if where == "local" else MemoryStore()
+    arr = zarr.create_array(
+        store,
+        shape=image.shape,
+        chunks=(2, 40, 40),
+        dtype=image.dtype,
+        zarr_format=2,
+        fill_value=None,
+    )
+    arr[:, :40, :] = image[:, :40, :]  # the chunks below row 40 are not stored
+    assert arr.fill_value is None
+    expected = np.asarray(arr[...])
+    np.testing.assert_array_equal(expected[:, 40:], 0)  # what zarr reads
+    got = _from_zarr("image", arr).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got, expected)
+    mask = np.zeros(image.shape[-2:], dtype=np.int32)
+    mask[5:25, 5:25] = 1  # in the stored chunks
+    mask[60:80, 60:80] = 2  # in chunks that are not stored
+    out = tmp_path / "out.zarr"
+    extract_instances(arr, mask, 12, out=out, progress=False)
+    ds = ZarrIterableInstances(str(out), normalize=None, batch_size=2)
+    ((x, ids, _rows),) = list(ds)
+    assert ids.tolist() == [1, 2]
+    assert int(x[0].abs().sum()) > 0
+    assert int(x[1].abs().sum()) == 0
