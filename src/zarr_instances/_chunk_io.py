@@ -377,11 +377,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _fetch_async(array: zarr.Array, key: str) -> np.ndarray | None:
+def _store_get(array: zarr.Array) -> Callable[[str], Coroutine[Any, Any, Any]]:
+    """Return ``get(key)``: a coroutine giving the stored bytes of ``key`` or ``None``."""
     io = _store_io()
     assert io is not None, "direct_layout() admits store reads only with zarr's store I/O"
-    buf = await (array.async_array.store_path / key).get(prototype=io.prototype)
-    return None if buf is None else buf.as_numpy_array()
+    store_path, prototype = array.async_array.store_path, io.prototype
+
+    async def get(key: str) -> np.ndarray | None:
+        buf = await (store_path / key).get(prototype=prototype)
+        return None if buf is None else buf.as_numpy_array()
+
+    return get
 
 
 def fetch(array: zarr.Array, key: str, root: str | None = None) -> Any:
@@ -391,7 +397,7 @@ def fetch(array: zarr.Array, key: str, root: str | None = None) -> Any:
     """
     if root is not None:
         return read_file(chunk_path(root, key))
-    return run(_fetch_async(array, key))
+    return run(_store_get(array)(key))
 
 
 def decode_chunks(
@@ -427,8 +433,10 @@ def decode_chunks(
 
         return list(_runtime.decode_pool(threads).map(one, range(len(paths))))
 
+    get = _store_get(array)
+
     async def _one(j: int) -> bool | None:
-        raw = await _fetch_async(array, keys[j])
+        raw = await get(keys[j])
         if raw is None:
             return False
         await asyncio.to_thread(decoder, raw, out[j * size : (j + 1) * size])
