@@ -211,3 +211,30 @@ def test_zstd_frame_content_size(size):
     assert decoded_size("zstd", no_size) is None
     assert decoded_size("zstd", b"garbage-garbage") is None
     assert decoded_size("lz4", b"\x00" * 20) is None
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_direct_writes_skip_chunks_of_nan_fill_value_as_zarr_does(tmp_path, fmt):
+    data = np.arange(N * np.prod(INNER), dtype="float32").reshape(N, *INNER)
+    data[:CHUNK] = np.nan  # all fill value: not stored
+    data[-1] = 3.5  # the last chunk, padded with NaN
+
+    def make(name):
+        arr = zarr.create_array(
+            str(tmp_path / name),
+            shape=(N, *INNER),
+            chunks=(CHUNK, *INNER),
+            dtype="float32",
+            fill_value=np.nan,
+            zarr_format=fmt,
+        )
+        return arr.with_config({"write_empty_chunks": False})
+
+    ref, got = make("zarr.zarr"), make("direct.zarr")
+    ref[...] = data
+    writer = chunk_writer(got)
+    assert writer is not None
+    writer.write_rows(0, data)
+    expected, written = _files(tmp_path / "zarr.zarr"), _files(tmp_path / "direct.zarr")
+    assert written == expected
+    assert len(written) == -(-N // CHUNK) - 1

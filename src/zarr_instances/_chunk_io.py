@@ -500,9 +500,11 @@ class ChunkWriter:
 
 
 def _all_equal(block: np.ndarray, fill: Any) -> bool:
-    if isinstance(fill, float) and np.isnan(fill):
+    """Whether every value of ``block`` is ``fill`` (NaN equal to NaN)."""
+    f = np.asarray(fill)
+    if f.dtype.kind in "fc" and bool(np.isnan(f)):
         return bool(np.all(np.isnan(block)))
-    return bool(np.all(block == fill))
+    return bool(np.all(block == f))
 
 
 def chunk_writer(array: zarr.Array) -> ChunkWriter | None:
