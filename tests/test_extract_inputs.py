@@ -11,7 +11,6 @@ from zarr.storage import MemoryStore
 
 from zarr_instances import ChunkReadError
 from zarr_instances._inputs import CheckedZarr, _from_zarr
-from zarr_instances._reader import _decoded_size
 
 V3 = [
     ("zstd", [ZstdCodec(level=3)]),
@@ -74,32 +73,34 @@ def test_direct_read_of_a_chunk_with_the_wrong_size_fails(tmp_path):
         checked[0:2, 16:32, 20:40]
 
 
-@pytest.mark.parametrize("size", [0, 1, 255, 256, 300, 65791, 65792, 2**20, 2**33])
-def test_zstd_frame_content_size(size):
-    # frames written by the zstd library (numcodecs) for the sizes zarr chunks have
-    if size <= 2**20:
-        frame = numcodecs.Zstd(level=1).encode(np.zeros(size, dtype=np.uint8))
-        assert _decoded_size("zstd", frame) == size
-    # hand-made headers: every field size combination of the frame header descriptor
-    for fcs_flag, width in ((1, 2), (2, 4), (3, 8)):
-        if width == 2 and not 256 <= size < 65536 + 256:
-            continue
-        if width == 4 and size >= 2**32:
-            continue
-        for single in (0, 1):
-            for dict_flag, dict_bytes in ((0, 0), (1, 1), (2, 2), (3, 4)):
-                fhd = (fcs_flag << 6) | (single << 5) | dict_flag
-                value = size - 256 if width == 2 else size
-                header = (
-                    b"\x28\xb5\x2f\xfd"
-                    + bytes([fhd])
-                    + (b"" if single else b"\x50")
-                    + b"\x07" * dict_bytes
-                    + value.to_bytes(width, "little")
-                    + b"\x00" * 8
-                )
-                assert _decoded_size("zstd", header) == size
-    no_size = b"\x28\xb5\x2f\xfd" + bytes([0]) + b"\x50" + b"\x00" * 8
-    assert _decoded_size("zstd", no_size) is None
-    assert _decoded_size("zstd", b"garbage-garbage") is None
-    assert _decoded_size("lz4", b"\x00" * 20) is None
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_v2_input_without_fill_value_reads_missing_chunks_as_zero(tmp_path, where):
+    from zarr_instances import ZarrIterableInstances, extract_instances
+    from zarr_instances.testing import make_image_and_mask
+
+    image, _ = make_image_and_mask((120, 100), 45, 12, seed=11)
+    store = str(tmp_path / "img.zarr") if where == "local" else MemoryStore()
+    arr = zarr.create_array(
+        store,
+        shape=image.shape,
+        chunks=(2, 40, 40),
+        dtype=image.dtype,
+        zarr_format=2,
+        fill_value=None,
+    )
+    arr[:, :40, :] = image[:, :40, :]  # the chunks below row 40 are not stored
+    assert arr.fill_value is None
+    expected = np.asarray(arr[...])
+    np.testing.assert_array_equal(expected[:, 40:], 0)  # what zarr reads
+    got = _from_zarr("image", arr).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got, expected)
+    mask = np.zeros(image.shape[-2:], dtype=np.int32)
+    mask[5:25, 5:25] = 1  # in the stored chunks
+    mask[60:80, 60:80] = 2  # in chunks that are not stored
+    out = tmp_path / "out.zarr"
+    extract_instances(arr, mask, 12, out=out, progress=False)
+    ds = ZarrIterableInstances(str(out), normalize=None, batch_size=2)
+    ((x, ids, _rows),) = list(ds)
+    assert ids.tolist() == [1, 2]
+    assert int(x[0].abs().sum()) > 0
+    assert int(x[1].abs().sum()) == 0

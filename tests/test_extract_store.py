@@ -474,7 +474,8 @@ def test_all_zero_crops_are_written_and_stream(tmp_path):
 def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
     from zarr.storage import MemoryStore
 
-    from zarr_instances._write import _plain_flag_root, flag_done
+    from zarr_instances._chunk_io import chunk_writer
+    from zarr_instances._write import flag_done
 
     def make(name):
         store = str(tmp_path / name) if where == "local" else MemoryStore()
@@ -482,7 +483,7 @@ def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
         return zarr.create_array(store, compressors=None, zarr_format=zarr_format, **kw)
 
     ref, got = make("ref.zarr"), make("got.zarr")
-    assert (_plain_flag_root(got) is not None) == (where == "local")
+    assert (chunk_writer(got) is not None) == (where == "local")
     ref[2:5] = 1
     ref[7:8] = 1
     flag_done(got, range(2, 5))
@@ -505,24 +506,28 @@ def test_flag_done_writes_what_zarr_writes(tmp_path, zarr_format, where):
         {},  # the default layout: Blosc-lz4, Zarr format 3
         {"compressors": zarr.codecs.ZstdCodec(level=3, checksum=True), "extract_mask": True},
         {"compressors": zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle")},
-        {"compressors": None},  # no codec: through zarr
-        {"zarr_format": 2, "extract_mask": True},  # through zarr
+        {"compressors": None},
+        {"zarr_format": 2, "extract_mask": True},
         {"shards": 8, "chunk_i": 4},  # through zarr
     ],
 )
 def test_direct_chunk_writes_are_the_bytes_zarr_writes(inputs, tmp_path, monkeypatch, kwargs):
-    import zarr_instances._write as write
+    from zarr_instances import _chunk_io
 
     img, msk, _, _ = inputs
     kwargs = {"chunk_i": 7, **kwargs}  # 7 rows per chunk: the last chunk is partial
-    direct = write._direct_chunks
+    direct = _chunk_io.chunk_writer
     used = []
-    monkeypatch.setattr(write, "_direct_chunks", lambda a: used.append(direct(a)) or used[-1])
+
+    def recording(array):
+        used.append((array.basename, direct(array)))
+        return used[-1][1]
+
+    monkeypatch.setattr(_chunk_io, "chunk_writer", recording)
     extract_instances(img, msk, D, out=tmp_path / "direct.zarr", **kwargs)
-    expect_direct = kwargs.get("zarr_format", 3) == 3 and "shards" not in kwargs
-    expect_direct = expect_direct and kwargs.get("compressors", "auto") is not None
-    assert used and all((u is not None) == expect_direct for u in used)
-    monkeypatch.setattr(write, "_direct_chunks", lambda a: None)
+    crops = [w for name, w in used if name in ("image", "mask")]
+    assert crops and all((w is not None) == ("shards" not in kwargs) for w in crops)
+    monkeypatch.setattr(_chunk_io, "chunk_writer", lambda a: None)
     extract_instances(img, msk, D, out=tmp_path / "zarr.zarr", **kwargs)
 
     def files(root):

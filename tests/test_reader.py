@@ -217,7 +217,7 @@ def test_corrupt_chunk_on_direct_route_names_the_key(tmp_path):
 def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
     import mmap
 
-    from zarr_instances import ChunkReadError, _reader, _runtime
+    from zarr_instances import ChunkReadError, _chunk_io, _runtime
     from zarr_instances._reader import chunk_decoder, read_chunks
 
     if not _runtime.mmap_flags():
@@ -236,8 +236,8 @@ def test_mapped_chunk_files_decode_like_read_ones(tmp_path, monkeypatch, codec):
     assert decoder is not None
     outs = []
     for mmap_from in (1 << 40, 1):  # never mapped, then every chunk file mapped
-        monkeypatch.setattr(_reader, "_MMAP_FROM", mmap_from)
-        monkeypatch.setattr(_reader.mmap, "mmap", counting_mmap)
+        monkeypatch.setattr(_chunk_io, "MMAP_FROM", mmap_from)
+        monkeypatch.setattr(_chunk_io.mmap, "mmap", counting_mmap)
         out = np.zeros((3 * 20, *arr.shape[1:]), dtype=arr.dtype)
         read_chunks(arr, [4, 0, 2], out, decoder)
         outs.append(out)

@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from ._reader import local_dir, stored_chunk_decoder
+from . import _chunk_io
 from ._store import open_zarr, url_options
 from .errors import ArgumentError, ArgumentTypeError, ChunkReadError
 
@@ -44,9 +44,12 @@ class CheckedZarr:
     """A ``zarr.Array`` as Dask reads it, turning a failed chunk read into ``ChunkReadError``.
 
     Dask calls ``__getitem__`` with the region of one block (integers and slices).
-    When zarr fails to read or decode it, each stored chunk (or shard) of the region
-    is read again on its own to find the one that fails, and the error names the
-    input, the array and that chunk's key and index.
+    A region that is exactly one stored chunk of a layout read directly
+    (:func:`._chunk_io.direct_layout`) is fetched and decoded straight into a new
+    array, past zarr's indexing and codec pipeline; any other region is read through
+    zarr. When a read fails, each stored chunk (or shard) of the region is read
+    again through zarr on its own to find the one that fails, and the error names
+    the input, the array and that chunk's key and index.
     """
 
     def __init__(self, array: zarr.Array, name: str) -> None:
@@ -55,8 +58,9 @@ class CheckedZarr:
         self.shape = tuple(array.shape)
         self.dtype = array.dtype
         self.ndim = array.ndim
-        self._decode = stored_chunk_decoder(array)
-        self._file = local_dir(array) if self._decode is not None else None
+        layout = _chunk_io.direct_layout(array)
+        self._decode = None if layout is None else layout.decoder
+        self._file = _chunk_io.local_dir(array) if layout is not None else None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
@@ -92,11 +96,10 @@ class CheckedZarr:
         A chunk that is not stored reads as the fill value, as in zarr.
         """
         assert self._decode is not None
-        ckey = self.array.metadata.encode_chunk_key(idx)
-        raw = _fetch(self.array, ckey, self._file)
+        raw = _chunk_io.fetch(self.array, _chunk_io.chunk_key(self.array, idx), self._file)
         region = tuple(slice(0, k.stop - k.start) for k in key)  # exact, from _one_chunk
         if raw is None:
-            fill = self.array.fill_value
+            fill = _chunk_io.fill_value(self.array)
             return np.full(tuple(r.stop for r in region), fill, dtype=self.dtype)
         out = np.empty(self.array.chunks, dtype=self.dtype)
         self._decode(raw, out)
@@ -136,7 +139,7 @@ class CheckedZarr:
                 failed, exc = idx, inner
                 break
         if failed is not None:
-            key_name = self.array.metadata.encode_chunk_key(failed)
+            key_name = _chunk_io.chunk_key(self.array, failed)
             chunk = f"chunk {key_name!r} (chunk index {failed})"
         elif chunks:
             chunk = f"one of the chunks with index {chunks[0]} to {chunks[-1]}"
@@ -147,29 +150,6 @@ class CheckedZarr:
             f"{type(exc).__name__}: {exc}. The stored bytes are corrupt or could not be "
             f"fetched; rewrite that chunk of the {self.name}, or check the store"
         )
-
-
-# --------------------------------------------------------------------------- direct chunk reads
-#
-# Dask asks a Zarr input for one stored chunk per block. Going through zarr's indexing
-# and codec pipeline costs a zero-filled output array, a decoded temporary and a copy,
-# plus hand-offs between Dask's thread, zarr's event loop and its codec threads; for
-# the common plain layouts the chunk is fetched and decoded straight into the block.
-
-
-def _fetch(array: zarr.Array, key: str, root: str | None) -> Any:
-    """Return the stored bytes of chunk ``key`` of ``array`` (``None``: not stored)."""
-    if root is not None:
-        try:
-            with open(os.path.join(root, key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    buf = sync((array.async_array.store_path / key).get(prototype=default_buffer_prototype()))
-    return None if buf is None else buf.as_numpy_array()
 
 
 def _from_zarr(name: str, array: zarr.Array) -> da.Array:

@@ -2,11 +2,10 @@
 
 Two routes:
 
-* :func:`read_chunks` fetches whole stored chunks and decodes each one straight
-  into a reusable buffer (no intermediate arrays, no copy), for the common layout of
-  crop stores: chunked along axis 0 only, no sharding, a byte codec plus at most one
-  Blosc/Zstd/LZ4/GZip/Zlib compressor. :func:`chunk_decoder` says whether an array
-  qualifies.
+* :func:`read_chunks` decodes whole stored chunks straight into a reusable buffer
+  (no intermediate arrays, no copy), for arrays chunked along axis 0 only whose
+  layout :mod:`._chunk_io` reads directly. :func:`chunk_decoder` says whether an
+  array qualifies.
 * :func:`read_rows` goes through zarr's own indexing and codec pipeline (sharded
   stores, other codecs, the zarrs pipeline, chunked inner axes).
 """
@@ -15,29 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import mmap
-import os
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
-from . import _runtime
+from . import _chunk_io, _runtime
+from ._chunk_io import Decoder, local_dir
 from .errors import ChunkReadError
 
 __all__ = [
+    "Decoder",
     "chunk_decoder",
     "local_dir",
     "read_chunks",
     "read_rows",
     "stored_chunk_decoder",
 ]
-
-Decoder = Callable[[object, np.ndarray], None]
 
 
 def _missing_error(keys: Sequence[str]) -> FileNotFoundError:
@@ -63,9 +56,9 @@ def _read_error(
 def chunk_decoder(array: zarr.Array) -> Decoder | None:
     """Return a function decoding one stored chunk straight into a buffer, or ``None``.
 
-    For crop arrays whose chunks span every axis but the first, with a plain codec
-    layout (:func:`stored_chunk_decoder`). Anything else returns ``None`` and goes
-    through zarr's pipeline.
+    For crop arrays whose chunks span every axis but the first, with a layout read
+    directly (:func:`stored_chunk_decoder`). Anything else returns ``None`` and goes
+    through zarr's pipeline (:func:`read_rows`).
     """
     if tuple(array.chunks[1:]) != tuple(array.shape[1:]):
         return None
@@ -75,166 +68,10 @@ def chunk_decoder(array: zarr.Array) -> Decoder | None:
 def stored_chunk_decoder(array: zarr.Array) -> Decoder | None:
     """``decode(raw, out)`` for one stored chunk of ``array``, or ``None`` (use zarr).
 
-    Plain layouts only: no sharding, C order, native byte order, and (Zarr format 3) a
-    ``BytesCodec`` plus at most one Zstd or Blosc codec, or (format 2) no filters and at
-    most one Blosc, Zstd, LZ4, GZip or Zlib compressor. The decoded size is checked.
+    For the layouts of :func:`._chunk_io.direct_layout`; the decoded size is checked.
     """
-    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-
-    dtype = np.dtype(array.dtype)
-    if array.shards is not None or dtype.hasobject or not dtype.isnative:
-        return None
-    meta = array.metadata
-    if meta.zarr_format == 2:
-        if meta.filters or meta.order != "C":
-            return None
-        comp = meta.compressor
-        if comp is None:
-            return _decode_raw
-        if getattr(comp, "codec_id", None) not in {"blosc", "zstd", "lz4", "gzip", "zlib"}:
-            return None
-        return _CheckedDecoder(comp)
-    codecs = list(meta.codecs)
-    if not codecs or not isinstance(codecs[0], BytesCodec):
-        return None
-    endian = codecs[0].endian
-    if endian is not None and dtype.itemsize > 1 and endian.value != sys.byteorder:
-        return None
-    if len(codecs) == 1:
-        return _decode_raw
-    if len(codecs) != 2:
-        return None
-    import numcodecs
-
-    if isinstance(codecs[1], BloscCodec):
-        return _CheckedDecoder(numcodecs.Blosc())
-    if isinstance(codecs[1], ZstdCodec):
-        return _CheckedDecoder(numcodecs.Zstd())
-    return None
-
-
-def _decode_raw(raw: Any, out: np.ndarray) -> None:
-    data = np.frombuffer(raw, dtype=np.uint8)
-    if data.size != out.nbytes:
-        msg = f"uncompressed chunk has {data.size} bytes, expected {out.nbytes}"
-        raise ValueError(msg)
-    out.reshape(-1).view(np.uint8)[...] = data
-
-
-class _CheckedDecoder:
-    """``codec.decode(raw, out=out)`` after checking the decoded size, when it is known.
-
-    numcodecs accepts an ``out`` larger than the data and leaves the rest untouched, so
-    the size the chunk decodes to is read from its header first (Blosc; a Zstd frame
-    with its content size); where it cannot be known, the chunk is decoded on its own
-    and copied. A class (not a closure), so that Dask can pickle it.
-    """
-
-    def __init__(self, codec: Any) -> None:
-        self.codec = codec
-
-    def __call__(self, raw: Any, out: np.ndarray) -> None:
-        size = _decoded_size(self.codec.codec_id, raw)
-        if size is None:
-            _decode_raw(np.frombuffer(self.codec.decode(raw), dtype=np.uint8), out)
-            return
-        if size != out.nbytes:
-            msg = f"chunk decodes to {size} bytes, expected {out.nbytes}"
-            raise ValueError(msg)
-        self.codec.decode(raw, out=out)
-
-
-def _decoded_size(codec_id: str, raw: Any) -> int | None:
-    """Bytes a Blosc buffer or a single Zstd frame decodes to, from its header; else ``None``."""
-    buf = memoryview(raw).cast("B")
-    if codec_id == "blosc":
-        if len(buf) < 16:
-            return None
-        return int.from_bytes(buf[4:8], "little")
-    if codec_id != "zstd" or len(buf) < 6 or bytes(buf[:4]) != b"\x28\xb5\x2f\xfd":
-        return None
-    fhd = buf[4]
-    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
-    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
-    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
-    if width == 0 or len(buf) < pos + width:
-        return None
-    size = int.from_bytes(buf[pos : pos + width], "little")
-    return size + 256 if width == 2 else size
-
-
-def local_dir(array: zarr.Array) -> str | None:
-    """Directory of ``array`` in a plain local store (its chunks are files), else ``None``."""
-    from zarr.storage import LocalStore
-
-    store = array.store_path.store
-    if type(store) is not LocalStore:
-        return None
-    return os.path.join(str(store.root), array.store_path.path)
-
-
-# Chunk files from this size up are decoded straight from a read-only mapping of the
-# file (its pages in the OS cache, mapped at once with MAP_POPULATE) instead of being
-# copied into a buffer first (ZARR_INSTANCES_MMAP=0 switches it off).
-_MMAP_FROM = 1 << 20
-
-
-def _read_and_decode(path: str, dest: np.ndarray, decoder: Decoder) -> bool:
-    """Read the chunk file ``path`` into this thread's reused buffer and decode it.
-
-    Returns ``False`` when the file does not exist. Reading into a reused buffer
-    instead of fresh bytes saves the page faults of a new allocation per chunk; a
-    file of 1 MiB or more is decoded from a mapping of it instead (no copy at all).
-    """
-    try:
-        f = open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        return False
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        flags = _runtime.mmap_flags()
-        if flags and size >= _MMAP_FROM:
-            m = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
-            mv = memoryview(m)
-            try:
-                decoder(mv, dest)
-            finally:
-                try:
-                    mv.release()
-                    m.close()
-                except BufferError:  # a view is still held (an error's traceback)
-                    pass  # the mapping goes with it
-            return True
-        view = memoryview(_runtime.scratch(size))[:size]
-        got = 0
-        while got < size:
-            k = f.readinto(view[got:])
-            if not k:
-                break
-            got += k
-    decoder(view[:got], dest)
-    return True
-
-
-def _decode_local(
-    paths: Sequence[str], out: np.ndarray, size: int, decoder: Decoder, threads: int
-) -> list[Any]:
-    """Read and decode local chunk files into consecutive blocks of ``out``.
-
-    The files are queued on ``threads`` decode threads of this process
-    (:func:`._runtime.decode_pool`), so at most that many chunks are decoded at a
-    time. Returns per file ``None`` (done), ``False`` (no such file) or the exception
-    raised.
-    """
-
-    def one(j: int) -> Any:
-        try:
-            found = _read_and_decode(paths[j], out[j * size : (j + 1) * size], decoder)
-        except Exception as exc:  # reported per chunk by the caller
-            return exc
-        return None if found else False
-
-    return list(_runtime.decode_pool(threads).map(one, range(len(paths))))
+    layout = _chunk_io.direct_layout(array)
+    return None if layout is None else layout.decoder
 
 
 def read_chunks(
@@ -285,33 +122,15 @@ def read_chunks(
         decode; the message names the array, the rows and the chunk key.
     """
     size = array.chunks[0]
-    aarr = array.async_array
-    keys = [aarr.metadata.encode_chunk_key((int(k),) + (0,) * (array.ndim - 1)) for k in chunks]
-    proto = default_buffer_prototype()
-    local = local_dir(array)
-
-    async def _one(j: int) -> bool:
-        buf = await (aarr.store_path / keys[j]).get(prototype=proto)
-        if buf is None:
-            return False
-        await asyncio.to_thread(decoder, buf.as_numpy_array(), out[j * size : (j + 1) * size])
-        return True
-
-    async def _all() -> list[Any]:
-        # every fetch in flight at once (remote reads are latency-bound)
-        return await asyncio.gather(*(_one(j) for j in range(len(keys))), return_exceptions=True)
-
-    if local is not None:  # CPU-bound: one chunk per core at a time, into reused memory
-        paths = [os.path.join(local, *k.split("/")) for k in keys]
-        results = _decode_local(paths, out, size, decoder, threads or _runtime.cores())
-    else:
-        results = sync(_all())
+    zeros = (0,) * (array.ndim - 1)
+    keys = [_chunk_io.chunk_key(array, (int(k), *zeros)) for k in chunks]
+    results = _chunk_io.decode_chunks(array, keys, out, size, decoder, threads or _runtime.cores())
     for j, res in enumerate(results):
         if res is False:  # no such chunk
             if check_missing:
                 res = _missing_error([keys[j]])
             else:
-                out[j * size : (j + 1) * size] = array.fill_value
+                out[j * size : (j + 1) * size] = _chunk_io.fill_value(array)
                 continue
         if isinstance(res, BaseException):
             k = int(chunks[j])
@@ -342,7 +161,7 @@ async def _missing_keys(array: zarr.Array, a: int, b: int) -> list[str]:
     grid = array.shards or array.chunks
     counts = [-(-s // c) for s, c in zip(array.shape, grid, strict=True)]
     ranges = [range(a // grid[0], (b - 1) // grid[0] + 1), *(range(n) for n in counts[1:])]
-    keys = [aarr.metadata.encode_chunk_key(tuple(c)) for c in itertools.product(*ranges)]
+    keys = [_chunk_io.chunk_key(array, c) for c in itertools.product(*ranges)]
     exists = await asyncio.gather(*((aarr.store_path / k).exists() for k in keys))
     return [k for k, ok in zip(keys, exists, strict=True) if not ok]
 
@@ -389,11 +208,12 @@ def read_rows(
     if n_read == 0:
         return out
     aarr = array.async_array
+    fill = _chunk_io.fill_value(array)
 
     async def _one(r: np.ndarray) -> np.ndarray:
         a, b = _row_span(r)
         block = await aarr.getitem((slice(a, b),))
-        if check_missing and _all_fill(block, array.fill_value):
+        if check_missing and _all_fill(block, fill):
             missing = await _missing_keys(array, a, b)
             if missing:
                 raise _missing_error(missing)
@@ -402,7 +222,7 @@ def read_rows(
     async def _all() -> list[np.ndarray | BaseException]:
         return await asyncio.gather(*(_one(r) for r in requests), return_exceptions=True)
 
-    results = sync(_all())
+    results = _chunk_io.run(_all())
     pos = 0
     for j, (r, res) in enumerate(zip(requests, results, strict=True)):
         a, b = _row_span(r)

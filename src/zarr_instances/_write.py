@@ -1,6 +1,6 @@
 """Create, resume and finish the instance store written by ``extract_instances``.
 
-Layout (SPEC §2), a Zarr group holding:
+Layout, a Zarr group holding:
 
 * ``image`` ``(i, c, z, d, d)`` crops, chunked along ``i`` (optionally sharded);
 * ``mask`` ``(i, 1, z, d, d)`` mask crops (only with ``extract_mask=True``);
@@ -26,8 +26,6 @@ consolidated metadata until ``zarr.consolidate_metadata`` is called again.
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import _chunk_io
 from ._store import is_url, open_zarr, url_options
 from .errors import StoreExistsError
 
@@ -42,8 +41,8 @@ from .errors import StoreExistsError
 def default_compressors(dtype: np.dtype, zarr_format: int) -> Any:
     """Return the crop store's default codec: Blosc-lz4, level 5, byte shuffle.
 
-    Measured on crop-like uint16 data (BENCHMARKS.md, "Codec"): it decodes about 3x more
-    rows per CPU-second than zarr's default zstd and stores about 9 % less.
+    On crop-like data it decodes several times more rows per CPU-second than zarr's
+    default zstd and stores them more compactly (BENCHMARKS.md, "Codec").
     """
     itemsize = int(np.dtype(dtype).itemsize)
     if zarr_format == 2:
@@ -242,128 +241,28 @@ def flag_done(progress: zarr.Array, units: range) -> None:
     """Set the ``progress`` flags of ``units`` to 1 (each flag is a chunk of its own).
 
     In a local store each flag is written as its one-byte chunk file, atomically
-    (a temporary file renamed), which is the file zarr writes for it; anywhere else
-    through zarr. zarr's pipeline costs ~6 ms per call for these one-byte chunks
-    (0.3 s of CPU for the 49 write tasks of the 8k benchmark).
+    (a temporary file renamed), which is the file zarr writes for it
+    (:func:`._chunk_io.chunk_writer`); anywhere else through zarr, whose pipeline
+    costs far more than the write for these one-byte chunks.
     """
-    root = _plain_flag_root(progress)
-    if root is None:
+    writer = _chunk_io.chunk_writer(progress) if tuple(progress.chunks) == (1,) else None
+    if writer is None:
         progress[units.start : units.stop] = 1
         return
-    meta = progress.metadata
-    for u in units:
-        _atomic_write(os.path.join(root, meta.encode_chunk_key((u,))), b"\x01")
-
-
-def _plain_flag_root(progress: zarr.Array) -> str | None:
-    """Directory of a ``progress`` array whose chunks are stored as raw bytes in a local store."""
-    from zarr.codecs import BytesCodec
-    from zarr.storage import LocalStore
-
-    store = progress.store_path.store
-    if type(store) is not LocalStore or progress.dtype != np.uint8 or progress.shards is not None:
-        return None
-    if tuple(progress.chunks) != (1,):
-        return None
-    meta = progress.metadata
-    if meta.zarr_format == 2:
-        if meta.compressor is not None or meta.filters:
-            return None
-    elif len(meta.codecs) != 1 or not isinstance(meta.codecs[0], BytesCodec):
-        return None
-    return os.path.join(str(store.root), progress.store_path.path)
+    writer.write_rows(units.start, np.ones(len(units), dtype=progress.dtype))
 
 
 def write_rows(array: zarr.Array, r0: int, r1: int, data: np.ndarray) -> None:
     """Write rows ``[r0, r1)`` (whole chunks along ``i``) of a crop array.
 
-    In a local store, with the store's default layout (Zarr format 3, a ``BytesCodec``
-    in native byte order plus one Blosc or Zstd codec, no sharding, chunks of whole
-    crops, fill value 0), each chunk is encoded here with the codec's numcodecs
-    equivalent and written as its file (to a temporary name, then renamed): the bytes
-    zarr writes (tested), at about half the CPU of zarr's pipeline (measured on the 8k
-    benchmark: 0.63-0.76 s vs 1.25-1.48 s for 388 MiB of crops). Anything else goes
-    through zarr.
+    In a local store, with a layout :func:`._chunk_io.chunk_writer` knows (chunks of
+    whole crops, no sharding, one of the codecs :mod:`._chunk_io` encodes), each chunk
+    is encoded here with the codec's numcodecs equivalent and written as its file (to
+    a temporary name, then renamed): the bytes zarr writes, without zarr's codec
+    pipeline. Anything else goes through zarr.
     """
-    plan = _direct_chunks(array)
-    if plan is None:
+    writer = _chunk_io.chunk_writer(array)
+    if writer is None:
         array[r0:r1] = data
         return
-    root, encode = plan
-    step = int(array.chunks[0])
-    meta = array.metadata
-    zeros = (0,) * (array.ndim - 1)
-    for c0 in range(r0, r1, step):
-        part = data[c0 - r0 : c0 - r0 + step]
-        if part.shape[0] < step:  # the last chunk: zarr stores it whole, fill value past the end
-            full = np.zeros((step, *part.shape[1:]), dtype=part.dtype)
-            full[: part.shape[0]] = part
-            part = full
-        raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-        path = os.path.join(root, meta.encode_chunk_key((c0 // step, *zeros)))
-        _atomic_write(path, encode(raw))
-
-
-def _atomic_write(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _direct_chunks(array: zarr.Array) -> tuple[str, Any] | None:
-    """``(directory, encode)`` for writing ``array``'s chunks directly, or ``None``."""
-    import numcodecs
-    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-    from zarr.storage import LocalStore
-
-    store = array.store_path.store
-    dtype = np.dtype(array.dtype)
-    meta = array.metadata
-    if (
-        type(store) is not LocalStore
-        or meta.zarr_format != 3
-        or array.shards is not None
-        or tuple(array.chunks[1:]) != tuple(array.shape[1:])
-        or not dtype.isnative
-        or dtype.hasobject
-        or array.fill_value is None
-        or array.fill_value != 0
-        or getattr(array, "order", "C") != "C"
-    ):
-        return None
-    codecs = list(meta.codecs)
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec):
-        return None
-    endian = codecs[0].endian
-    if endian is not None and dtype.itemsize > 1 and endian.value != sys.byteorder:
-        return None
-    codec = codecs[1]
-    if isinstance(codec, BloscCodec):
-        # as zarr's BloscCodec builds its numcodecs codec (zarr 3.1)
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
-        config: dict[str, Any] = {
-            "cname": codec.cname.name,
-            "clevel": codec.clevel,
-            "shuffle": shuffle,
-            "blocksize": codec.blocksize,
-        }
-        if _numcodecs_version() >= (0, 16):
-            config["typesize"] = codec.typesize
-        encoder = numcodecs.Blosc.from_config(config)
-    elif isinstance(codec, ZstdCodec):
-        encoder = numcodecs.Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
-    else:
-        return None
-    return os.path.join(str(store.root), array.store_path.path), encoder.encode
-
-
-def _numcodecs_version() -> tuple[int, ...]:
-    import numcodecs
-
-    parts = []
-    for p in numcodecs.__version__.split(".")[:2]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+    writer.write_rows(r0, data[: r1 - r0])
