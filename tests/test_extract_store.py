@@ -21,6 +21,7 @@ from zarr_instances import (
     ArgumentTypeError,
     ChunkReadError,
     StoreExistsError,
+    StoreIncompleteError,
     StoreNotFoundError,
     ZarrIterableInstances,
     extract_instances,
@@ -293,6 +294,22 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     assert g.attrs["zarr_instances"]["complete"] is False
     assert g.metadata.consolidated_metadata is None  # only a complete store is consolidated
 
+    # Opening it for reading says what is missing and how to finish it.
+    unfinished = (
+        rf"zarr_path='.*out.zarr' holds an unfinished extraction: {int(done.sum())} of "
+        rf"{n_units} write units are written. Rerun the same extract_instances call \(or "
+        r"zarr-instances extract command\) to finish it"
+    )
+    for open_it in (
+        lambda: ZarrIterableInstances(str(out), batch_size=4),
+        lambda: open_instances(zarr.open_group(out, mode="r")),
+    ):
+        with pytest.raises(StoreIncompleteError, match=unfinished) as info:
+            open_it()
+        assert isinstance(info.value, ValueError)
+    # The crop array alone is a bare array: opened as it is.
+    assert open_instances(str(out / "image")).instance_ids is None
+
     # A different call does not resume it.
     with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
         extract_instances(img, msk, D, out=out, **{**kwargs, "seed": 2})
@@ -312,6 +329,12 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     b = dict(zarr.open_group(clean, mode="r").attrs)
     a["zarr_instances"]["source"] = b["zarr_instances"]["source"] = None
     assert a == b
+    # ... and then it streams.
+    batches = list(ZarrIterableInstances(str(out), normalize=None, batch_size=16))
+    rows = np.concatenate([r.numpy() for _, _, r in batches])
+    streamed = np.concatenate([x.numpy() for x, _, _ in batches])
+    assert sorted(rows.tolist()) == list(range(expected["image"].shape[0]))
+    np.testing.assert_array_equal(streamed, expected["image"][rows].astype(np.float32))
 
 
 # --------------------------------------------------------------------------- errors
