@@ -165,9 +165,29 @@ def test_formats_shards_order(inputs, tmp_path, kwargs):
 def test_overwrite_and_existing(inputs, tmp_path):
     img, msk, _, _ = inputs
     out = tmp_path / "out.zarr"
-    extract_instances(img, msk, D, out=out)
-    with pytest.raises(StoreExistsError, match=r"complete instance store.*overwrite=True"):
-        extract_instances(img, msk, D, out=out)
+    ids, inst = extract_instances(img, msk, D, out=out, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # The same call on the finished store returns it and writes nothing.
+    ids2, inst2 = extract_instances(img, msk, D, out=out, progress=False)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_array_equal(inst2.compute(), inst.compute())
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    differ = (
+        r"out='.*out.zarr' holds a complete instance store; parameters differ from the "
+        r"complete store: diameter: stored 12, now 14; chunk_i: stored \d+, now 5\. Pass "
+        r"overwrite=True to replace it, or choose another path"
+    )
+    with pytest.raises(StoreExistsError, match=differ):
+        extract_instances(img, msk, D + 2, out=out, chunk_i=5)
+    other_mask = zarr.open_array(msk)[...]
+    other_mask[other_mask == other_mask.max()] = 0  # one instance fewer
+    with pytest.raises(StoreExistsError, match="instances: stored 45, now 44"):
+        extract_instances(img, other_mask, D, out=out)
+    moved = zarr.open_array(msk)[...]
+    moved[moved == 1] = 0
+    moved[:2, :2] = 1  # instance 1 moved: same parameters, other centroids
+    with pytest.raises(StoreExistsError, match="centroids differ from the complete store"):
+        extract_instances(img, moved, D, out=out)
     _, inst = extract_instances(img, msk, D + 2, out=out, overwrite=True)
     assert inst.shape[-1] == D + 2
     other = tmp_path / "other"
@@ -176,6 +196,12 @@ def test_overwrite_and_existing(inputs, tmp_path):
     with pytest.raises(StoreExistsError, match="not an instance store"):
         extract_instances(img, msk, D, out=other)
     assert (other / "notes.txt").exists()
+    a_file = tmp_path / "image.tif"
+    a_file.write_bytes(b"not a store")
+    for overwrite in (False, True):
+        with pytest.raises(StoreExistsError, match=r"image.tif' is a file; .*another path"):
+            extract_instances(img, msk, D, out=a_file, overwrite=overwrite)
+    assert a_file.read_bytes() == b"not a store"
 
 
 def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
@@ -311,8 +337,12 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     assert open_instances(str(out / "image")).instance_ids is None
 
     # A different call does not resume it.
-    with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
-        extract_instances(img, msk, D, out=out, **{**kwargs, "seed": 2})
+    differ = (
+        r"cannot resume out='.*out.zarr': parameters differ from the interrupted extraction: "
+        r"diameter: stored 12, now 14; seed: stored 1, now 2\. Rerun with the stored values"
+    )
+    with pytest.raises(StoreExistsError, match=differ):
+        extract_instances(img, msk, D + 2, out=out, **{**kwargs, "seed": 2})
 
     written = []
     real = xw.write_units
