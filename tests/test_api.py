@@ -30,3 +30,4 @@ def test_errors_subclass_builtins():
     assert issubclass(zarr_instances.StoreNotFoundError, FileNotFoundError)
     assert issubclass(zarr_instances.StoreExistsError, FileExistsError)
     assert issubclass(zarr_instances.ChunkReadError, OSError)
+    assert issubclass(zarr_instances.StoreIncompleteError, ValueError)

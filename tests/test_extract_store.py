@@ -21,6 +21,7 @@ from zarr_instances import (
     ArgumentTypeError,
     ChunkReadError,
     StoreExistsError,
+    StoreIncompleteError,
     StoreNotFoundError,
     ZarrIterableInstances,
     extract_instances,
@@ -164,9 +165,29 @@ def test_formats_shards_order(inputs, tmp_path, kwargs):
 def test_overwrite_and_existing(inputs, tmp_path):
     img, msk, _, _ = inputs
     out = tmp_path / "out.zarr"
-    extract_instances(img, msk, D, out=out)
-    with pytest.raises(StoreExistsError, match=r"complete instance store.*overwrite=True"):
-        extract_instances(img, msk, D, out=out)
+    ids, inst = extract_instances(img, msk, D, out=out, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # The same call on the finished store returns it and writes nothing.
+    ids2, inst2 = extract_instances(img, msk, D, out=out, progress=False)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_array_equal(inst2.compute(), inst.compute())
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    differ = (
+        r"out='.*out.zarr' holds a complete instance store; parameters differ from the "
+        r"complete store: diameter: stored 12, now 14; chunk_i: stored \d+, now 5\. Pass "
+        r"overwrite=True to replace it, or choose another path"
+    )
+    with pytest.raises(StoreExistsError, match=differ):
+        extract_instances(img, msk, D + 2, out=out, chunk_i=5)
+    other_mask = zarr.open_array(msk)[...]
+    other_mask[other_mask == other_mask.max()] = 0  # one instance fewer
+    with pytest.raises(StoreExistsError, match="instances: stored 45, now 44"):
+        extract_instances(img, other_mask, D, out=out)
+    moved = zarr.open_array(msk)[...]
+    moved[moved == 1] = 0
+    moved[:2, :2] = 1  # instance 1 moved: same parameters, other centroids
+    with pytest.raises(StoreExistsError, match="centroids differ from the complete store"):
+        extract_instances(img, moved, D, out=out)
     _, inst = extract_instances(img, msk, D + 2, out=out, overwrite=True)
     assert inst.shape[-1] == D + 2
     other = tmp_path / "other"
@@ -175,6 +196,12 @@ def test_overwrite_and_existing(inputs, tmp_path):
     with pytest.raises(StoreExistsError, match="not an instance store"):
         extract_instances(img, msk, D, out=other)
     assert (other / "notes.txt").exists()
+    a_file = tmp_path / "image.tif"
+    a_file.write_bytes(b"not a store")
+    for overwrite in (False, True):
+        with pytest.raises(StoreExistsError, match=r"image.tif' is a file; .*another path"):
+            extract_instances(img, msk, D, out=a_file, overwrite=overwrite)
+    assert a_file.read_bytes() == b"not a store"
 
 
 def test_memory_limit_splits_into_passes(inputs, tmp_path, monkeypatch):
@@ -293,9 +320,29 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     assert g.attrs["zarr_instances"]["complete"] is False
     assert g.metadata.consolidated_metadata is None  # only a complete store is consolidated
 
+    # Opening it for reading says what is missing and how to finish it.
+    unfinished = (
+        rf"zarr_path='.*out.zarr' holds an unfinished extraction: {int(done.sum())} of "
+        rf"{n_units} write units are written. Rerun the same extract_instances call \(or "
+        r"zarr-instances extract command\) to finish it"
+    )
+    for open_it in (
+        lambda: ZarrIterableInstances(str(out), batch_size=4),
+        lambda: open_instances(zarr.open_group(out, mode="r")),
+    ):
+        with pytest.raises(StoreIncompleteError, match=unfinished) as info:
+            open_it()
+        assert isinstance(info.value, ValueError)
+    # The crop array alone is a bare array: opened as it is.
+    assert open_instances(str(out / "image")).instance_ids is None
+
     # A different call does not resume it.
-    with pytest.raises(StoreExistsError, match="interrupted extraction with different"):
-        extract_instances(img, msk, D, out=out, **{**kwargs, "seed": 2})
+    differ = (
+        r"cannot resume out='.*out.zarr': parameters differ from the interrupted extraction: "
+        r"diameter: stored 12, now 14; seed: stored 1, now 2\. Rerun with the stored values"
+    )
+    with pytest.raises(StoreExistsError, match=differ):
+        extract_instances(img, msk, D + 2, out=out, **{**kwargs, "seed": 2})
 
     written = []
     real = xw.write_units
@@ -312,6 +359,12 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
     b = dict(zarr.open_group(clean, mode="r").attrs)
     a["zarr_instances"]["source"] = b["zarr_instances"]["source"] = None
     assert a == b
+    # ... and then it streams.
+    batches = list(ZarrIterableInstances(str(out), normalize=None, batch_size=16))
+    rows = np.concatenate([r.numpy() for _, _, r in batches])
+    streamed = np.concatenate([x.numpy() for x, _, _ in batches])
+    assert sorted(rows.tolist()) == list(range(expected["image"].shape[0]))
+    np.testing.assert_array_equal(streamed, expected["image"][rows].astype(np.float32))
 
 
 # --------------------------------------------------------------------------- errors

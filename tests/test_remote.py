@@ -92,9 +92,14 @@ def test_extract_to_s3_then_stream_equals_local(s3_server, tmp_path):
     np.testing.assert_array_equal(rr, np.arange(ids_l.size))
     np.testing.assert_array_equal(ir, il)
     np.testing.assert_array_equal(xr, xl)
-    # rerunning without overwrite names the URL
-    with pytest.raises(FileExistsError, match=r"extract\.zarr"):
-        extract_instances(image, mask, 12, out=url, chunk_i=8, storage_options=opts)
+    # the same call on the complete store returns it; another call names the URL and the change
+    ids_again, crops_again = extract_instances(
+        image, mask, 12, out=url, chunk_i=8, storage_options=opts, progress=False
+    )
+    np.testing.assert_array_equal(ids_again, ids_r)
+    np.testing.assert_array_equal(crops_again.compute(), crops_l.compute())
+    with pytest.raises(FileExistsError, match=r"extract\.zarr.*chunk_i: stored 8, now 4"):
+        extract_instances(image, mask, 12, out=url, chunk_i=4, storage_options=opts)
 
 
 def test_stream_bare_array_url_sharded(s3_server):

@@ -13,6 +13,7 @@ from .errors import (
     StoreAccessError,
     StoreConnectionError,
     StoreExistsError,
+    StoreIncompleteError,
     StoreNotFoundError,
     ZarrInstancesError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "StoreAccessError",
     "StoreConnectionError",
     "StoreExistsError",
+    "StoreIncompleteError",
     "StoreNotFoundError",
     "ZarrDataLoader",
     "ZarrInstancesError",

@@ -29,6 +29,7 @@ from .errors import (
     ArgumentTypeError,
     StoreAccessError,
     StoreConnectionError,
+    StoreIncompleteError,
     StoreNotFoundError,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "INSTANCE_IDS_KEY",
     "LABELS_KEY",
     "OpenedInstances",
+    "check_complete",
     "is_url",
     "open_instances",
     "open_zarr",
@@ -256,6 +258,31 @@ def _open(
         return open_zarr(path, storage_options)
 
 
+def check_complete(group: zarr.Group, where: str) -> None:
+    """Raise :class:`StoreIncompleteError` if ``group`` holds an interrupted extraction.
+
+    Only the attributes written by ``extract_instances`` mark a store unfinished
+    (``complete`` false); a group without them passes. The ``progress`` flags are
+    read only to count the written units for the message.
+    """
+    from ._write import ATTRS_KEY, PROGRESS_KEY  # _write imports this module
+
+    recorded = group.attrs.get(ATTRS_KEY)
+    if not isinstance(recorded, dict) or recorded.get("complete", True) is not False:
+        return
+    written = ""
+    progress = group.get(PROGRESS_KEY)
+    if isinstance(progress, zarr.Array):
+        done = np.asarray(progress[...])
+        written = f": {int(np.count_nonzero(done))} of {done.size} write units are written"
+    msg = (
+        f"zarr_path={where} holds an unfinished extraction{written}. Rerun the same "
+        "extract_instances call (or zarr-instances extract command) to finish it; "
+        "it writes only the missing units"
+    )
+    raise StoreIncompleteError(msg)
+
+
 def open_instances(
     path: ZarrPath,
     storage_options: dict[str, Any] | None = None,
@@ -265,12 +292,15 @@ def open_instances(
 
     A group must hold an ``image`` array; its ``instance_ids`` (and ``labels``, if
     present) are read too. ``codec_pipeline`` (see :func:`codec_pipeline_config`)
-    is bound to the opened array.
+    is bound to the opened array. A bare array, or a group without the attributes of
+    ``extract_instances``, is opened as it is.
 
     Raises
     ------
     StoreNotFoundError
         If nothing is stored at ``path``.
+    StoreIncompleteError
+        If the group is an instance store whose extraction was interrupted.
     ArgumentError
         If the group holds no ``image`` array or the array is not 5-D.
     """
@@ -286,6 +316,7 @@ def open_instances(
                 "instance store written by extract_instances"
             )
             raise ArgumentError(msg)
+        check_complete(node, where)
         array = node[IMAGE_KEY]
         if INSTANCE_IDS_KEY in keys:
             ids = np.asarray(node[INSTANCE_IDS_KEY][...])

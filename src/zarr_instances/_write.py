@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -168,54 +168,95 @@ def prepare_store(
     overwrite: bool,
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[zarr.Group, np.ndarray]:
-    """Create the store at ``path``, or reopen an interrupted one with the same parameters.
+    """Create the store at ``path``, or reopen one written by the same call.
 
-    Returns the group and the indexes of the write units still to write.
+    Returns the group and the indexes of the write units still to write: all of them
+    for a new store, the missing ones for an interrupted extraction, none for a
+    complete one.
 
     Raises
     ------
     StoreExistsError
-        If something exists at ``path`` and ``overwrite`` is false, unless it is an
-        interrupted extraction with identical parameters (then it is resumed).
+        If ``path`` is a file; or if something exists at ``path``, ``overwrite`` is
+        false and it is not an extraction with identical parameters and instances (the
+        message names the parameters that differ, with both values).
     """
     storage_options = url_options(path, storage_options)
+    if not is_url(path) and os.path.isfile(path):
+        msg = (
+            f"out={path!r} is a file; an instance store is a directory: choose another path "
+            "(overwrite=True does not replace files)"
+        )
+        raise StoreExistsError(msg)
     if overwrite or not _exists(path, storage_options):
         group = _create(path, layout, ids, cents, attrs, storage_options)
         return group, np.arange(layout.n_units)
+    recorded: dict[str, Any]
     try:
         group = zarr.open_group(path, mode="r+", storage_options=storage_options)
-        recorded = dict(group.attrs.get(ATTRS_KEY, {}))
+        recorded = dict(cast("dict[str, Any]", group.attrs.get(ATTRS_KEY, {})))
     except (FileNotFoundError, KeyError, ValueError, TypeError):
-        group, recorded = None, {}
+        recorded = {}
     if not recorded:
         msg = (
             f"out={path!r} exists and is not an instance store written by extract_instances; "
             "pass overwrite=True to replace it, or choose another path"
         )
         raise StoreExistsError(msg)
-    if recorded.get("complete", False):
+    complete = bool(recorded.get("complete", False))
+    what = "complete store" if complete else "interrupted extraction"
+    stored = recorded.get("parameters") or {}
+    differ = _mismatch(group, stored, attrs["parameters"], ids, cents, what)
+    if differ and complete:
         msg = (
-            f"out={path!r} holds a complete instance store already "
-            f"({recorded.get('parameters', {}).get('n_instances', '?')} instances); "
-            "pass overwrite=True to replace it, or choose another path"
+            f"out={path!r} holds a complete instance store; {differ}. Pass overwrite=True "
+            "to replace it, or choose another path"
         )
         raise StoreExistsError(msg)
-    assert group is not None
-    same = recorded.get("parameters") == attrs["parameters"]
-    if same:
-        same = np.array_equal(group["instance_ids"][...], ids) and np.array_equal(
-            group[CENTROIDS_KEY][...], cents
-        )
-    if not same:
+    if differ:
         msg = (
-            f"out={path!r} holds an interrupted extraction with different parameters or "
-            f"instances (recorded parameters {recorded.get('parameters')!r}, this call "
-            f"{attrs['parameters']!r}); rerun with the recorded parameters to resume, or "
-            "pass overwrite=True to start again"
+            f"cannot resume out={path!r}: {differ}. Rerun with the stored values to "
+            "resume it, or pass overwrite=True to start again"
         )
         raise StoreExistsError(msg)
+    if complete:
+        return group, np.arange(0)
     done = np.asarray(group[PROGRESS_KEY][...])
     return group, np.flatnonzero(done == 0)
+
+
+# Recorded values that are not parameters of extract_instances but follow from the inputs.
+_INPUT_NAMES = {"dtype": "image dtype", "image_shape": "image shape", "n_instances": "instances"}
+
+
+def _mismatch(
+    group: zarr.Group,
+    stored: dict[str, Any],
+    now: dict[str, Any],
+    ids: np.ndarray,
+    cents: np.ndarray,
+    what: str,
+) -> str:
+    """Describe how this call differs from the ``what`` stored in ``group`` (``""``: not)."""
+
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else repr(value)
+
+    missing = "(not recorded)"
+    diffs = [
+        f"{_INPUT_NAMES.get(k, k)}: stored {show(stored.get(k, missing))}, "
+        f"now {show(now.get(k, missing))}"
+        for k in [*now, *(k for k in stored if k not in now)]
+        if stored.get(k, missing) != now.get(k, missing)
+    ]
+    if diffs:
+        return f"parameters differ from the {what}: " + "; ".join(diffs)
+    same = np.array_equal(group["instance_ids"][...], ids) and np.array_equal(
+        group[CENTROIDS_KEY][...], cents
+    )
+    if not same:
+        return f"the instance ids or centroids differ from the {what} (another mask?)"
+    return ""
 
 
 def finish_store(group: zarr.Group) -> None:
@@ -223,9 +264,12 @@ def finish_store(group: zarr.Group) -> None:
 
     ``complete`` is set first, so the consolidated metadata records it. A crash
     between the two steps leaves a complete store without consolidated metadata,
-    which zarr opens as well (one request per array).
+    which zarr opens as well (one request per array), and which the next call
+    consolidates. A complete, consolidated store is left as it is.
     """
     attrs = dict(group.attrs[ATTRS_KEY])
+    if attrs.get("complete") and group.metadata.consolidated_metadata is not None:
+        return
     attrs["complete"] = True
     group.attrs[ATTRS_KEY] = attrs
     with warnings.catch_warnings():

@@ -1,18 +1,142 @@
-"""Command line: ``zarr-instances extract | inspect | demo``."""
+"""Command line: ``zarr-instances extract | inspect | demo``.
+
+No user input ends in a traceback: a bad flag or value, or an error the library
+raises for its input, ends with exit code 2 and one line on stderr naming the flag
+and the fix in CLI words (the library's messages name Python parameters; see
+:func:`_cli_words`). Unexpected internal errors still show their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from .errors import ZarrInstancesError
+from ._store import is_url
+from .errors import ArgumentError, ZarrInstancesError
 
 __all__ = ["main"]
+
+# Errors the library raises for user input; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (
+    ZarrInstancesError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """Return an argparse ``type`` accepting integers ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            msg = f"must be an integer >= {low}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if value < low:
+            msg = f"must be >= {low}, got {value}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _mib(text: str) -> float:
+    """Parse ``--memory-limit``: MiB, at least one byte."""
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"must be a number of MiB > 0, e.g. 256, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not value * 2**20 >= 1:  # also refuses nan
+        msg = f"must be a number of MiB > 0, e.g. 256, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+# Python parameter -> CLI word, per command (positional arguments in capitals).
+_WORDS = {
+    "extract": {
+        "out": "OUT",
+        "image": "IMAGE",
+        "mask": "MASK",
+        "diameter": "--diameter",
+        "extract_mask": "--extract-mask",
+        "chunk_i": "--chunk-i",
+        "shards": "--shards",
+        "order": "--order",
+        "seed": "--seed",
+        "zarr_format": "--zarr-format",
+        "compressors": "--compressor",
+        "tile_size": "--tile-size",
+        "memory_limit": "--memory-limit",
+        "storage_options": "--storage-options",
+    },
+    "inspect": {
+        "zarr_path": "STORE",
+        "store": "STORE",
+        "channel": "--channel",
+        "n": "--n",
+        "storage_options": "--storage-options",
+    },
+}
+
+
+def _cli_words(message: str, command: str) -> str:
+    """Rewrite a library message for a CLI user: flags for parameters, one line.
+
+    ``name=value`` becomes ``FLAG value`` (``OUT value`` for a positional argument);
+    ``name must``, ``name needs`` and ``name: stored`` name the flag;
+    ``overwrite=True`` becomes ``--overwrite`` and ``remove_background`` becomes
+    ``--keep-background`` (with the values inverted). Names inside paths and quotes
+    are left alone.
+    """
+    text = " ".join(message.split())
+    text = text.replace("overwrite=True", "--overwrite")
+    text = text.replace(
+        "the same extract_instances call (or zarr-instances extract command)",
+        "the same zarr-instances extract command",
+    )
+
+    def keep(match: re.Match[str]) -> str:
+        was, now = ("off" if v == "True" else "on" for v in match.groups())
+        return f"--keep-background: stored {was}, now {now}"
+
+    text = re.sub(r"\bremove_background: stored (True|False), now (True|False)", keep, text)
+    for name, word in _WORDS.get(command, {}).items():
+        text = re.sub(rf"(?<![\w'\"./-]){name}=", f"{word} ", text)
+        if word.startswith("--"):  # not "image and mask must ..."
+            text = re.sub(rf"(?<![\w'\"./-]){name}(?= must\b| needs\b|: stored\b)", word, text)
+    return text
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"zarr-instances {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _step(message: str) -> None:
+    """Report a step of a command on stderr (stdout keeps its results)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -24,22 +148,27 @@ def _demo(args: argparse.Namespace) -> int:
     from .loader import ZarrDataLoader
     from .testing import make_image_and_mask
 
+    modes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("per-sample (harpy-compatible)", {}),
+        ("batched, 4-chunk buffers", {"batch_size": 128, "buffer_chunks": 4}),
+    )
+    steps = 2 + len(modes)
     with tempfile.TemporaryDirectory(prefix="zarr-instances-demo-") as tmp:
         store = f"{tmp}/demo.zarr"
         # synthetic image + mask of round cells -> extract_instances -> stream
         side = int(np.sqrt(args.n) * 44)
+        _step(f"demo: [1/{steps}] drawing {args.n} round cells on a {side} x {side} image")
         t0 = time.perf_counter()
         image, mask = make_image_and_mask((side, side), args.n, 32, seed=0)
         t_make = time.perf_counter() - t0
+        _step(f"demo: [2/{steps}] extract_instances: one 32 x 32 crop per cell -> {store}")
         t0 = time.perf_counter()
         ids, _ = extract_instances(image, mask, 32, out=store, chunk_i=256, progress=False)
         t_extract = time.perf_counter() - t0
         labels = np.random.default_rng(0).integers(-1, 4, size=ids.size)
         rows = []
-        for mode, kwargs in (
-            ("per-sample (harpy-compatible)", {}),
-            ("batched, 4-chunk buffers", {"batch_size": 128, "buffer_chunks": 4}),
-        ):
+        for k, (mode, kwargs) in enumerate(modes, start=3):
+            _step(f"demo: [{k}/{steps}] streaming one epoch, {mode}, {args.workers} workers")
             ds = ZarrIterableInstances(
                 store,
                 None,
@@ -64,6 +193,7 @@ def _demo(args: argparse.Namespace) -> int:
             dt = time.perf_counter() - t0
             assert isinstance(x, torch.Tensor)
             rows.append((mode, samples, batches, samples / dt, first or 0.0))
+        _step("demo: done")
         print(
             f"image: (2, {side}, {side}) uint16 with {ids.size} round cells (made in "
             f"{t_make:.1f} s); extract_instances: {ids.size} crops of (2, 1, 32, 32) in "
@@ -98,17 +228,6 @@ def _extract(args: argparse.Namespace) -> int:
 
     from .extract import extract_instances
 
-    compressors: Any = {"auto": "auto", "none": None}.get(args.compressor, args.compressor)
-    if args.compressor not in ("auto", "none"):
-        from zarr.codecs import BloscCodec, ZstdCodec
-
-        compressors = (
-            ZstdCodec(level=args.clevel)
-            if args.compressor == "zstd"
-            else BloscCodec(
-                cname=args.compressor.removeprefix("blosc-"), clevel=args.clevel, shuffle="shuffle"
-            )
-        )
     kwargs = {
         "out": args.out,
         "remove_background": not args.keep_background,
@@ -118,13 +237,14 @@ def _extract(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "overwrite": args.overwrite,
         "shards": args.shards,
-        "compressors": compressors,
+        "compressors": _compressors(args.compressor, args.clevel),
         "zarr_format": args.zarr_format,
         "tile_size": args.tile_size,
         "memory_limit": int(args.memory_limit * 2**20),
         "progress": False if args.no_progress else None,
         "storage_options": args.storage_options,
     }
+    finished = not args.overwrite and _complete_store(args.out, args.storage_options)
     t0 = time.perf_counter()
     if args.scheduler == "distributed":
         from distributed import Client, LocalCluster
@@ -135,6 +255,12 @@ def _extract(args: argparse.Namespace) -> int:
         with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
             ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
     dt = time.perf_counter() - t0
+    if finished:  # extract_instances checked that this command made it
+        print(
+            f"{args.out} is complete already: {ids.size} crops {tuple(inst.shape[1:])} "
+            f"{inst.dtype} extracted with these arguments; nothing to write"
+        )
+        return 0
     print(
         f"wrote {ids.size} crops {tuple(inst.shape[1:])} {inst.dtype} to {args.out} "
         f"in {dt:.2f} s ({ids.size / dt:.0f} crops/s)"
@@ -142,41 +268,81 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compressors(compressor: str, clevel: int) -> Any:
+    """Return the ``compressors`` of ``--compressor`` and ``--clevel``."""
+    if compressor in ("auto", "none"):
+        return None if compressor == "none" else "auto"
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    low, high = (-131072, 22) if compressor == "zstd" else (0, 9)
+    if not low <= clevel <= high:
+        msg = f"--clevel must be in {low}..{high} for --compressor {compressor}, got {clevel}"
+        raise ArgumentError(msg)
+    if compressor == "zstd":
+        return ZstdCodec(level=clevel)
+    cname: Any = compressor.removeprefix("blosc-")
+    return BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle")
+
+
+def _complete_store(out: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether ``out`` holds a complete instance store (read before extracting)."""
+    import zarr
+
+    from ._store import open_zarr
+    from ._write import ATTRS_KEY
+
+    if not is_url(out) and not os.path.isdir(out):
+        return False
+    try:
+        node = open_zarr(out, storage_options, name="out", group=True)
+    except (ZarrInstancesError, OSError, ValueError, KeyError, TypeError):
+        return False
+    attrs = node.attrs.get(ATTRS_KEY) if isinstance(node, zarr.Group) else None
+    return isinstance(attrs, dict) and attrs.get("complete") is True
+
+
 def _add_extract(sub: Any) -> None:
     p = sub.add_parser(
         "extract",
         help="image + mask -> instance store (one crop per label)",
         description="Cut one DIAMETER x DIAMETER crop per non-zero label of MASK out of IMAGE "
-        "and write the instance store OUT. An interrupted run resumes when rerun.",
+        "and write the instance store OUT. Rerunning the same command resumes an "
+        "interrupted run and does nothing on a complete store.",
     )
     p.add_argument("image", help="Zarr / OME-Zarr image (c, y, x) or (c, z, y, x)")
     p.add_argument("mask", help="Zarr / OME-Zarr integer mask (y, x) or (z, y, x)")
     p.add_argument("out", help="instance store to write")
-    p.add_argument("--diameter", type=int, required=True, help="crop size in y and x")
+    p.add_argument("--diameter", type=_int_at_least(1), required=True, help="crop size in y and x")
     p.add_argument(
         "--keep-background",
         action="store_true",
         help="keep pixels of other labels and background (remove_background=False)",
     )
     p.add_argument("--extract-mask", action="store_true", help="also write the mask crops")
-    p.add_argument("--chunk-i", type=int, default=None, help="rows per chunk (default ~2 MiB)")
-    p.add_argument("--shards", type=int, default=None, help="rows per shard (Zarr v3)")
+    p.add_argument(
+        "--chunk-i", type=_int_at_least(1), default=None, help="rows per chunk (default ~2 MiB)"
+    )
+    p.add_argument("--shards", type=_int_at_least(1), default=None, help="rows per shard (Zarr v3)")
     p.add_argument("--order", choices=("id", "random"), default="id", help="row order")
     p.add_argument("--seed", type=int, default=0, help="seed of --order random")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p.add_argument(
         "--compressor", default="auto", choices=("auto", "none", "zstd", "blosc-zstd", "blosc-lz4")
     )
-    p.add_argument("--clevel", type=int, default=3, help="compression level")
-    p.add_argument("--tile-size", type=int, default=1024, help="tile edge in pixels")
-    p.add_argument("--memory-limit", type=float, default=256, help="MiB of crops per pass")
+    p.add_argument(
+        "--clevel", type=int, default=3, help="compression level (blosc 0-9, zstd up to 22)"
+    )
+    p.add_argument("--tile-size", type=_int_at_least(1), default=1024, help="tile edge in pixels")
+    p.add_argument("--memory-limit", type=_mib, default=256, help="MiB of crops per pass")
     p.add_argument(
         "--scheduler",
         default="threads",
         choices=("threads", "processes", "synchronous", "distributed"),
         help="Dask scheduler; distributed starts a LocalCluster",
     )
-    p.add_argument("--workers", type=int, default=None, help="threads / processes / workers")
+    p.add_argument(
+        "--workers", type=_int_at_least(1), default=None, help="threads / processes / workers"
+    )
     p.add_argument(
         "--storage-options",
         type=_json_object,
@@ -186,7 +352,9 @@ def _add_extract(sub: Any) -> None:
         'JSON object, e.g. \'{"anon": true}\' or \'{"client_kwargs": {"endpoint_url": '
         '"http://localhost:9000"}}\'; not used for local paths',
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing store (not a file)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
 
@@ -194,6 +362,8 @@ def _add_extract(sub: Any) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from ._inspect import format_summary, montage, summarize
 
+    if args.montage is not None:
+        _check_montage(args.montage)
     info = summarize(args.store, args.storage_options)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -211,11 +381,27 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_montage(png: str) -> None:
+    """Refuse ``--montage`` before any work when it cannot be written."""
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        msg = (
+            "--montage needs pillow: pip install 'zarr-instances[montage]' (or pillow), "
+            "or leave out --montage"
+        )
+        raise ArgumentError(msg) from None
+    folder = os.path.dirname(os.path.abspath(png))
+    if not os.path.isdir(folder):
+        msg = f"--montage {png!r}: the folder {folder!r} does not exist; create it first"
+        raise ArgumentError(msg)
+
+
 def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="summary of an instance store or crop array")
     p.add_argument("store", help="instance store group or crop array (i, c, z, y, x)")
     p.add_argument("--montage", default=None, help="save a PNG grid of crops with their ids")
-    p.add_argument("--n", type=int, default=64, help="crops in the montage")
+    p.add_argument("--n", type=_int_at_least(1), default=64, help="crops in the montage")
     p.add_argument("--channel", type=int, default=0, help="channel shown in the montage")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
@@ -229,24 +415,36 @@ def _add_inspect(sub: Any) -> None:
     p.set_defaults(func=_inspect)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line."""
-    parser = argparse.ArgumentParser(prog="zarr-instances", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="zarr-instances", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"zarr-instances {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_extract(sub)
     _add_inspect(sub)
     demo = sub.add_parser(
         "demo", help="synthetic image + mask -> extract_instances -> stream one epoch"
     )
-    demo.add_argument("--n", type=int, default=20_000, help="number of cells drawn")
-    demo.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    demo.add_argument("--n", type=_int_at_least(1), default=20_000, help="number of cells drawn")
+    demo.add_argument("--workers", type=_int_at_least(0), default=2, help="DataLoader workers")
     demo.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (2: bad input, one line on stderr)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     try:
         return int(args.func(args))
-    except ZarrInstancesError as exc:
-        print(f"zarr-instances {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except _USER_ERRORS as exc:
+        message = _cli_words(str(exc), args.command)
+        if not isinstance(exc, ZarrInstancesError):
+            message = f"{type(exc).__name__}: {message}"
+        return _fail(args.command, message)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ __all__ = [
     "StoreAccessError",
     "StoreConnectionError",
     "StoreExistsError",
+    "StoreIncompleteError",
     "StoreNotFoundError",
     "ZarrInstancesError",
 ]
@@ -37,6 +38,13 @@ class StoreNotFoundError(ZarrInstancesError, FileNotFoundError):
 
 class StoreExistsError(ZarrInstancesError, FileExistsError):
     """An output store exists already and ``overwrite`` was not given."""
+
+
+class StoreIncompleteError(ZarrInstancesError, ValueError):
+    """An instance store whose extraction was interrupted is opened for reading.
+
+    Rerunning the same ``extract_instances`` call finishes it.
+    """
 
 
 class ChunkReadError(ZarrInstancesError, OSError):

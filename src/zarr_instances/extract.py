@@ -117,9 +117,10 @@ def extract_instances(
     seed
         Seed of ``order="random"``.
     overwrite
-        Replace an existing store at ``out``. Without it, an existing complete store
-        (or anything else) is an error, and an interrupted extraction with the same
-        parameters is resumed.
+        Replace an existing store at ``out``. Without it, an extraction with the same
+        parameters and instances is resumed when interrupted and returned as it is
+        when complete (nothing is written); anything else at ``out`` is an error that
+        names the parameters that differ.
     shards
         Rows per shard (Zarr format 3); a multiple of ``chunk_i``.
     compressors
@@ -214,7 +215,8 @@ def extract_instances(
     job = WriteJob(
         plan, iblocks, mblocks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
-    write_passes(job, group, todo, s.progress)
+    if todo.size:  # none when the store holds this call's extraction complete already
+        write_passes(job, group, todo, s.progress)
     finish_store(group)
     return row_ids, da.from_zarr(group[IMAGE_KEY])
 
