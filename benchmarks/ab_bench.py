@@ -81,7 +81,8 @@ def _stream(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
     table = []
     for name, _cfg in rows:
         base, new = median(rates[name]["base"]), median(rates[name]["new"])
-        table.append({"row": name, "base": base, "new": new, "ratio": new / base, **rates[name]})
+        runs = {"base_runs": rates[name]["base"], "new_runs": rates[name]["new"]}
+        table.append({"row": name, "base": base, "new": new, "ratio": new / base, **runs})
     return table
 
 
