@@ -126,7 +126,9 @@ def test_crop_windows_remove_background():
     np.testing.assert_array_equal(crops[0, :, 0], image[:, 0, 1:4, 1:4] * keep0)
     keep1 = mask[0, 2:5, 2:5] == 9
     np.testing.assert_array_equal(crops[1, :, 0], image[:, 0, 2:5, 2:5] * keep1)
-    np.testing.assert_array_equal(mcrops[1, 0], mask[:, 2:5, 2:5])
+    assert mcrops.dtype == np.uint8
+    np.testing.assert_array_equal(mcrops[0, 0], (mask[:, 1:4, 1:4] == 5).astype(np.uint8))
+    np.testing.assert_array_equal(mcrops[1, 0], (mask[:, 2:5, 2:5] == 9).astype(np.uint8))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])

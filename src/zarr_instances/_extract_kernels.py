@@ -107,14 +107,14 @@ def cut_windows(
         kernels["cut_plain"](image, oy, ox, starts, diameter, crops)
         return crops, None
     starts_args = (oy, ox, starts)
+    labs = np.asarray(labels).astype(mask.dtype)
     if remove_background:
-        labs = np.asarray(labels).astype(mask.dtype)
         kernel = "cut_select" if image.dtype.kind == "f" else "cut_multiply"
         kernels[kernel](image, mask, *starts_args, labs, diameter, crops)
     else:
         kernels["cut_plain"](image, *starts_args, diameter, crops)
     mcrops = None
     if with_mask:
-        mcrops = np.empty((n, 1, nz, diameter, diameter), dtype=mask.dtype)
-        kernels["cut_mask"](mask, *starts_args, diameter, mcrops)
+        mcrops = np.empty((n, 1, nz, diameter, diameter), dtype=np.uint8)
+        kernels["cut_mask"](mask, *starts_args, labs, diameter, mcrops)
     return crops, mcrops

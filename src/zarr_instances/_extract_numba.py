@@ -163,15 +163,16 @@ def cut_select(
 
 
 @jit
-def cut_mask(mask: Any, oy: int, ox: int, starts: Any, d: int, mcrops: Any) -> None:
-    """Copy the mask windows into ``mcrops`` ``(n, 1, z, d, d)``."""
+def cut_mask(mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, mcrops: Any) -> None:
+    """Write each window's own mask into ``mcrops`` ``(n, 1, z, d, d)``: 1 on its label, else 0."""
     nz = mask.shape[0]
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
+        lab = labels[k]
         for z in range(nz):
             for dy in range(d):
                 src = mask[z, y0 + dy, x0 : x0 + d]
                 dst = mcrops[k, 0, z, dy]
                 for dx in range(d):
-                    dst[dx] = src[dx]
+                    dst[dx] = 1 if src[dx] == lab else 0

@@ -248,7 +248,8 @@ def crop_windows(
     remove_background
         Zero every pixel whose mask value is not the window's label.
     with_mask
-        Also return the mask windows ``(n, 1, z, d, d)``.
+        Also return the instance's own mask in each window, ``(n, 1, z, d, d)``
+        ``uint8``: 1 where the mask holds the window's label, 0 elsewhere.
 
     Returns
     -------
@@ -305,14 +306,14 @@ def crop_windows_numpy(
     mcrops = None
     if mask is not None and (remove_background or with_mask):
         mwin = sliding_window_view(mask, (diameter, diameter), axis=(-2, -1))
-        mcrops = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
+        own = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
+        keep = own == np.asarray(labels).astype(own.dtype)[:, None, None, None]
         if remove_background:
-            keep = mcrops == np.asarray(labels).astype(mcrops.dtype)[:, None, None, None]
             if np.issubdtype(crops.dtype, np.integer) or crops.dtype == np.bool_:
                 crops *= keep[:, None]  # much faster than copyto(where=)
             else:  # keep NaN / inf of other labels out, too
                 np.copyto(crops, 0, where=~keep[:, None])
-        mcrops = mcrops[:, None] if with_mask else None
+        mcrops = keep[:, None].astype(np.uint8) if with_mask else None
     return crops, mcrops
 
 

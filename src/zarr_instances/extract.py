@@ -107,8 +107,9 @@ def extract_instances(
     remove_background
         Zero every pixel of a crop that does not belong to its instance.
     extract_mask
-        Also write the mask crops ``(i, 1, z, d, d)`` (raw labels of the window, ``0``
-        past the image edge) as the store's ``mask`` array. Needs ``out``.
+        Also write each instance's own mask crop ``(i, 1, z, d, d)`` as the store's
+        ``mask`` array: ``uint8``, 1 on the instance's pixels, 0 elsewhere (other
+        labels, background, past the image edge). Needs ``out``.
     chunk_i
         Rows per output chunk; default about 2 MiB of crops per chunk.
     order
@@ -191,9 +192,7 @@ def extract_instances(
     token = uuid.uuid4().hex[:12]
     iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
     ids, cents = _centroids(mblocks, msk.source, token)
-    plan, layout = _rows(
-        ids, cents, img.array, mask_dtype=msk.array.dtype, s=s, compressors=compressors
-    )
+    plan, layout = _rows(ids, cents, img.array, s=s, compressors=compressors)
     # per instance, held to the end: keep no copies in id order (perm is the identity)
     row_ids = ids if s.order == "id" else ids[plan.perm]
     if s.out is None:
@@ -359,7 +358,6 @@ def _rows(
     ids: np.ndarray,
     cents: np.ndarray,
     image: da.Array,
-    mask_dtype: np.dtype,
     s: _Settings,
     compressors: Any,
 ) -> tuple[TilePlan, StoreLayout]:
@@ -377,7 +375,7 @@ def _rows(
         n=ids.size,
         crop_shape=crop_shape,
         dtype=image.dtype,
-        mask_dtype=mask_dtype if s.extract_mask else None,
+        mask_dtype=np.dtype(np.uint8) if s.extract_mask else None,
         chunk_i=chunk_i,
         shards=s.shards,
         zarr_format=s.zarr_format,
