@@ -539,3 +539,20 @@ def test_direct_chunk_writes_are_the_bytes_zarr_writes(inputs, tmp_path, monkeyp
     assert len(got) > 10
     for key, data in expected.items():
         assert got[key] == data, key
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_uint64_ids_above_int64_are_refused(monkeypatch, numba):
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", numba)
+    image = np.ones((1, 20, 20), dtype=np.uint8)
+    mask = np.zeros((20, 20), dtype=np.uint64)
+    mask[2:5, 2:5] = 7
+    mask[10:14, 10:14] = 2**63 + 5
+    mask[15:18, 3:6] = 2**64 - 1
+    with pytest.raises(
+        ArgumentError, match=r"mask holds ids above the int64 range.*18446744073709551615"
+    ):
+        extract_instances(image, mask, 6)
+    mask[mask > 7] = 2**63 - 1  # the largest int64 is kept exactly
+    ids, _ = extract_instances(image, mask, 6)
+    assert ids.tolist() == [7, 2**63 - 1]

@@ -351,6 +351,14 @@ def _centroids(mask: Blocks, source: str, token: str) -> tuple[np.ndarray, np.nd
             "nothing to extract"
         )
         raise ArgumentError(msg)
+    if mask.dtype == np.uint64 and sums.labels[0] < 0:  # ids >= 2**63 wrapped to int64
+        largest = int(sums.labels.view(np.uint64).max())
+        msg = (
+            f"mask holds ids above the int64 range: the largest id is {largest} (> 2**63 - 1) "
+            f"in mask from {source}; instance ids are stored as int64, so relabel the mask "
+            "to ids below 2**63 (e.g. skimage.segmentation.relabel_sequential)"
+        )
+        raise ArgumentError(msg)
     return sums.labels, centroids(sums)
 
 
