@@ -61,6 +61,7 @@ def random_case(seed, shape, n_labels, channels=2):
 )
 def test_matches_reference(seed, z, yx, n_labels, diameter, remove_background, chunk, tile, order):
     shape = yx if z is None else (z, *yx)
+    diameter = min(diameter, *yx)  # a larger window is an error
     image, mask = random_case(seed, shape, n_labels)
     if not mask.any():
         mask[..., 0, 0] = 7

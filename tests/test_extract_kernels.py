@@ -24,7 +24,7 @@ pytest.importorskip("numba")
 
 MASK_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
 IMAGE_DTYPES = [np.uint8, np.uint16, np.int16, np.int32, np.uint64, np.float32, np.float64, bool]
-FIELDS = ("labels", "count", "sum_z", "sum_y", "sum_x")
+FIELDS = ("labels", "count", "sum_z", "sum_y", "sum_x", "lo", "hi")
 
 
 @pytest.fixture(autouse=True)

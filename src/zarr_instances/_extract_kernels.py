@@ -63,10 +63,11 @@ def enabled() -> bool:
 
 
 def label_sums(m: np.ndarray, offset: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-label ``(labels, sums (n, 4))`` of a mask ``(z, y, x)``; ``None``: use NumPy.
+    """Per-label ``(labels, sums (n, 10))`` of a mask ``(z, y, x)``; ``None``: use NumPy.
 
-    ``sums`` holds the pixel count and the sums of ``z``, ``y`` and ``x`` (global, with
-    ``offset``) per label, labels ascending as ``int64`` (as ``astype(np.int64)``).
+    ``sums`` holds the pixel count, the sums of ``z``, ``y`` and ``x`` (global, with
+    ``offset``), the smallest and the largest ``z``, ``y``, ``x`` per label, labels
+    ascending as ``int64`` (as ``astype(np.int64)``).
     """
     if m.dtype.kind not in "iu" or m.ndim != 3 or not enabled():
         return None

@@ -15,6 +15,9 @@ __all__ = ["cut_mask", "cut_multiply", "cut_plain", "cut_select", "label_sums"]
 
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# per label: count, sums of z, y, x, then min z, y, x and max z, y, x
+_COLS = 10
+_BIG = np.iinfo(np.int64).max
 
 
 @jit
@@ -32,25 +35,25 @@ def _grow(keys: Any, used: Any, acc: Any, bits: int) -> tuple[Any, Any, Any]:
     shift = np.uint64(64 - bits)
     nkeys = np.zeros(size, dtype=np.int64)
     nused = np.zeros(size, dtype=np.bool_)
-    nacc = np.zeros((size, 4), dtype=np.int64)
+    nacc = np.zeros((size, _COLS), dtype=np.int64)
     for s in range(keys.size):
         if used[s]:
             t = _find(nkeys, nused, keys[s], shift)
             nused[t] = True
             nkeys[t] = keys[s]
-            for j in range(4):
+            for j in range(_COLS):
                 nacc[t, j] = acc[s, j]
     return nkeys, nused, nacc
 
 
 @jit
 def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
-    """Per-label pixel count and ``z``, ``y``, ``x`` sums of ``m`` ``(z, y, x)``, one pass."""
+    """Per-label pixel count, ``z``/``y``/``x`` sums and extents of ``m`` ``(z, y, x)``."""
     nz, ny, nx = m.shape
     bits = 10
     keys = np.zeros(1 << bits, dtype=np.int64)
     used = np.zeros(1 << bits, dtype=np.bool_)
-    acc = np.zeros((1 << bits, 4), dtype=np.int64)
+    acc = np.zeros((1 << bits, _COLS), dtype=np.int64)
     shift = np.uint64(64 - bits)
     n = 0
     last_key = np.int64(0)
@@ -74,6 +77,9 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
                         if not used[s]:
                             used[s] = True
                             keys[s] = key
+                            for j in range(4, 7):
+                                acc[s, j] = _BIG
+                                acc[s, j + 3] = -_BIG
                             n += 1
                             if 2 * n > keys.size:
                                 bits += 1
@@ -86,10 +92,16 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
                     acc[last, 1] += ln * (z + oz)
                     acc[last, 2] += ln * (y + oy)
                     acc[last, 3] += ln * (start + ox) + ln * (ln - 1) // 2
+                    acc[last, 4] = min(acc[last, 4], z + oz)
+                    acc[last, 5] = min(acc[last, 5], y + oy)
+                    acc[last, 6] = min(acc[last, 6], start + ox)
+                    acc[last, 7] = max(acc[last, 7], z + oz)
+                    acc[last, 8] = max(acc[last, 8], y + oy)
+                    acc[last, 9] = max(acc[last, 9], x - 1 + ox)
                 prev = v
                 start = x
     labels = np.empty(n, dtype=np.int64)
-    sums = np.empty((n, 4), dtype=np.int64)
+    sums = np.empty((n, _COLS), dtype=np.int64)
     k = 0
     for s in range(keys.size):
         if used[s]:
