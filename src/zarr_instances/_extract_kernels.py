@@ -84,11 +84,16 @@ def cut_windows(
     starts_yx: np.ndarray,
     labels: np.ndarray,
     diameter: int,
+    starts_z: np.ndarray,
+    depth: int,
     *,
     remove_background: bool,
     with_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Compiled :func:`._geometry.crop_windows` (same arguments); ``None``: use NumPy."""
+    """Compiled :func:`._geometry.crop_windows` (same arguments); ``None``: use NumPy.
+
+    ``starts_z`` (first plane of each window in the region) and ``depth`` are given.
+    """
     if (
         image.dtype.kind not in _IMAGE_KINDS
         or image.dtype == np.float16
@@ -100,14 +105,15 @@ def cut_windows(
     kernels = _kernels()
     assert kernels is not None
     n = int(starts_yx.shape[0])
-    c, nz = image.shape[:2]
+    c = image.shape[0]
     starts = np.ascontiguousarray(starts_yx, dtype=np.int64)
-    crops = np.empty((n, c, nz, diameter, diameter), dtype=image.dtype)
+    zs = np.ascontiguousarray(starts_z, dtype=np.int64)
+    crops = np.empty((n, c, depth, diameter, diameter), dtype=image.dtype)
     oy, ox = int(origin_yx[0]), int(origin_yx[1])
+    starts_args = (oy, ox, starts, zs)
     if mask is None or not (remove_background or with_mask):
-        kernels["cut_plain"](image, oy, ox, starts, diameter, crops)
+        kernels["cut_plain"](image, *starts_args, diameter, crops)
         return crops, None
-    starts_args = (oy, ox, starts)
     labs = np.asarray(labels).astype(mask.dtype)
     if remove_background:
         kernel = "cut_select" if image.dtype.kind == "f" else "cut_multiply"
@@ -116,6 +122,6 @@ def cut_windows(
         kernels["cut_plain"](image, *starts_args, diameter, crops)
     mcrops = None
     if with_mask:
-        mcrops = np.empty((n, 1, nz, diameter, diameter), dtype=np.uint8)
+        mcrops = np.empty((n, 1, depth, diameter, diameter), dtype=np.uint8)
         kernels["cut_mask"](mask, *starts_args, labs, diameter, mcrops)
     return crops, mcrops

@@ -113,16 +113,20 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
 
 
 @jit
-def cut_plain(image: Any, oy: int, ox: int, starts: Any, d: int, crops: Any) -> None:
-    """Copy the windows at ``starts`` (global; ``(oy, ox)``: the box origin) into ``crops``."""
-    c, nz = image.shape[0], image.shape[1]
+def cut_plain(image: Any, oy: int, ox: int, starts: Any, zs: Any, d: int, crops: Any) -> None:
+    """Copy the windows at ``starts`` (global; ``(oy, ox)``: the box origin) into ``crops``.
+
+    Window ``k`` takes planes ``zs[k]`` to ``zs[k] + depth - 1`` of the box (``depth``:
+    ``crops.shape[2]``); so do the other cuts.
+    """
+    c, depth = image.shape[0], crops.shape[2]
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         for ch in range(c):
-            for z in range(nz):
+            for z in range(depth):
                 for dy in range(d):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zs[k] + z, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx]
@@ -130,22 +134,23 @@ def cut_plain(image: Any, oy: int, ox: int, starts: Any, d: int, crops: Any) -> 
 
 @jit
 def cut_multiply(
-    image: Any, mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, crops: Any
+    image: Any, mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, crops: Any
 ) -> None:
     """``cut_plain`` keeping only the window's label (integer images: times 0 or 1)."""
-    c, nz = image.shape[0], image.shape[1]
+    c, depth = image.shape[0], crops.shape[2]
     keep = np.empty(d, crops.dtype)
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         lab = labels[k]
-        for z in range(nz):
+        for z in range(depth):
+            zi = zs[k] + z
             for dy in range(d):
-                mrow = mask[z, y0 + dy, x0 : x0 + d]
+                mrow = mask[zi, y0 + dy, x0 : x0 + d]
                 for dx in range(d):
                     keep[dx] = mrow[dx] == lab
                 for ch in range(c):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zi, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx] * keep[dx]
@@ -153,38 +158,41 @@ def cut_multiply(
 
 @jit
 def cut_select(
-    image: Any, mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, crops: Any
+    image: Any, mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, crops: Any
 ) -> None:
     """``cut_multiply`` for float images: other labels become 0 (NaN and inf too)."""
-    c, nz = image.shape[0], image.shape[1]
+    c, depth = image.shape[0], crops.shape[2]
     keep = np.empty(d, np.bool_)
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         lab = labels[k]
-        for z in range(nz):
+        for z in range(depth):
+            zi = zs[k] + z
             for dy in range(d):
-                mrow = mask[z, y0 + dy, x0 : x0 + d]
+                mrow = mask[zi, y0 + dy, x0 : x0 + d]
                 for dx in range(d):
                     keep[dx] = mrow[dx] == lab
                 for ch in range(c):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zi, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx] if keep[dx] else 0
 
 
 @jit
-def cut_mask(mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, mcrops: Any) -> None:
-    """Write each window's own mask into ``mcrops`` ``(n, 1, z, d, d)``: 1 on its label, else 0."""
-    nz = mask.shape[0]
+def cut_mask(
+    mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, mcrops: Any
+) -> None:
+    """Write each window's own mask into ``mcrops`` ``(n, 1, depth, d, d)``: 1 on its label."""
+    depth = mcrops.shape[2]
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         lab = labels[k]
-        for z in range(nz):
+        for z in range(depth):
             for dy in range(d):
-                src = mask[z, y0 + dy, x0 : x0 + d]
+                src = mask[zs[k] + z, y0 + dy, x0 : x0 + d]
                 dst = mcrops[k, 0, z, dy]
                 for dx in range(d):
                     dst[dx] = 1 if src[dx] == lab else 0

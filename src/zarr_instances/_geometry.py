@@ -249,8 +249,10 @@ def crop_windows(
     *,
     remove_background: bool,
     with_mask: bool,
+    starts_z: np.ndarray | None = None,
+    depth: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Cut ``diameter x diameter`` windows out of a region of the image.
+    """Cut ``diameter x diameter`` windows (``depth`` planes each) out of a region of the image.
 
     Runs the compiled kernel of :mod:`._extract_kernels` when numba is installed (one
     pass per window, background removed while copying), else
@@ -276,41 +278,36 @@ def crop_windows(
     with_mask
         Also return the instance's own mask in each window, ``(n, 1, z, d, d)``
         ``uint8``: 1 where the mask holds the window's label, 0 elsewhere.
+    starts_z
+        First plane of each window in the region (it must hold ``depth`` planes from
+        there, zero-padded past the stack); ``None``: every window starts at plane 0.
+    depth
+        Planes per window; ``None``: all planes of the region.
 
     Returns
     -------
     tuple
-        Crops ``(n, c, z, d, d)`` and the mask crops (or ``None``).
+        Crops ``(n, c, depth, d, d)`` and the mask crops (or ``None``).
     """
     starts_yx = np.asarray(starts_yx, dtype=np.int64).reshape(-1, 2)
+    depth = int(image.shape[-3]) if depth is None else depth
+    zs = np.zeros(len(starts_yx), np.int64) if starts_z is None else np.asarray(starts_z)
+    zs = zs.astype(np.int64, copy=False)
     if starts_yx.size:
         lo = starts_yx.min(axis=0) - np.asarray(origin_yx)
         hi = starts_yx.max(axis=0) - np.asarray(origin_yx) + diameter
         if lo.min() < 0 or hi[0] > image.shape[-2] or hi[1] > image.shape[-1]:
             msg = f"windows reach past the region: starts {lo} .. {hi} of {image.shape}"
             raise IndexError(msg)
-    got = _kernels.cut_windows(
-        image,
-        mask,
-        origin_yx,
-        starts_yx,
-        labels,
-        diameter,
-        remove_background=remove_background,
-        with_mask=with_mask,
-    )
+        if zs.min() < 0 or zs.max() + depth > image.shape[-3]:
+            msg = f"windows reach past the region's planes: {zs.min()} .. {zs.max() + depth}"
+            raise IndexError(msg)
+    args = (image, mask, origin_yx, starts_yx, labels, diameter, zs, depth)
+    rb, wm = remove_background, with_mask
+    got = _kernels.cut_windows(*args, remove_background=rb, with_mask=wm)
     if got is not None:
         return got
-    return crop_windows_numpy(
-        image,
-        mask,
-        origin_yx,
-        starts_yx,
-        labels,
-        diameter,
-        remove_background=remove_background,
-        with_mask=with_mask,
-    )
+    return crop_windows_numpy(*args, remove_background=rb, with_mask=wm)
 
 
 def crop_windows_numpy(
@@ -320,19 +317,26 @@ def crop_windows_numpy(
     starts_yx: np.ndarray,
     labels: np.ndarray,
     diameter: int,
+    starts_z: np.ndarray,
+    depth: int,
     *,
     remove_background: bool,
     with_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`crop_windows` in NumPy (the reference of the compiled kernel)."""
+    """:func:`crop_windows` in NumPy (the reference of the compiled kernel).
+
+    ``starts_z`` and ``depth`` are given (see :func:`crop_windows`).
+    """
     ys = starts_yx[:, 0] - origin_yx[0]
     xs = starts_yx[:, 1] - origin_yx[1]
-    win = sliding_window_view(image, (diameter, diameter), axis=(-2, -1))
-    crops = np.moveaxis(win, (2, 3), (0, 1))[ys, xs]
+    zs = np.asarray(starts_z, dtype=np.int64)
+    shape = (depth, diameter, diameter)
+    win = sliding_window_view(image, shape, axis=(-3, -2, -1))
+    crops = np.moveaxis(win, (1, 2, 3), (0, 1, 2))[zs, ys, xs]
     mcrops = None
     if mask is not None and (remove_background or with_mask):
-        mwin = sliding_window_view(mask, (diameter, diameter), axis=(-2, -1))
-        own = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
+        mwin = sliding_window_view(mask, shape, axis=(-3, -2, -1))
+        own = mwin[zs, ys, xs]
         keep = own == np.asarray(labels).astype(own.dtype)[:, None, None, None]
         if remove_background:
             if np.issubdtype(crops.dtype, np.integer) or crops.dtype == np.bool_:

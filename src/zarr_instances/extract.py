@@ -214,9 +214,6 @@ def extract_instances(
         storage_options=storage_options,
         progress=progress,
     )
-    if s.z_window is not None:  # pragma: no cover - cut next
-        msg = "z_window is not supported yet"
-        raise ArgumentError(msg)
     img, msk, names = _open_inputs(image, mask, channel_names, s)
     token = uuid.uuid4().hex[:12]
     iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
