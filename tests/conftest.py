@@ -7,6 +7,14 @@ import zarr
 from zarr_instances.testing import make_instance_array, make_instance_store
 
 
+def pytest_configure(config):
+    # Small test windows clip objects on purpose; tests of the report catch it with
+    # pytest.warns (which records it whatever the filters say).
+    config.addinivalue_line(
+        "filterwarnings", "ignore::zarr_instances.errors.ClippedInstancesWarning"
+    )
+
+
 @pytest.fixture
 def store(tmp_path) -> zarr.Group:
     """An instance-store group: 1,050 rows, chunks of 100, labels in [-1, 4)."""

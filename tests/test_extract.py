@@ -12,24 +12,27 @@ from zarr_instances import extract_instances
 from zarr_instances.testing import make_image_and_mask
 
 
-def reference(image, mask, diameter, remove_background):
+def reference(image, mask, diameter, remove_background, z_window=None):
     """Plain NumPy, one label at a time: ids ascending, crops (i, c, z, d, d)."""
     if image.ndim == 3:
         image, mask = image[:, None], mask[None]
     c, nz, ny, nx = image.shape
     ids = np.unique(mask)
     ids = ids[ids != 0]
-    crops = np.zeros((ids.size, c, nz, diameter, diameter), dtype=image.dtype)
+    depth = nz if z_window is None else z_window
+    crops = np.zeros((ids.size, c, depth, diameter, diameter), dtype=image.dtype)
     for k, lab in enumerate(ids):
-        _, yy, xx = np.nonzero(mask == lab)
+        zz, yy, xx = np.nonzero(mask == lab)
+        z0 = 0 if z_window is None else int(np.rint(zz.mean())) - z_window // 2
         y0 = int(np.rint(yy.mean())) - diameter // 2
         x0 = int(np.rint(xx.mean())) - diameter // 2
-        for dy in range(diameter):
-            for dx in range(diameter):
-                y, x = y0 + dy, x0 + dx
-                if 0 <= y < ny and 0 <= x < nx:
-                    keep = (mask[:, y, x] == lab) if remove_background else True
-                    crops[k, :, :, dy, dx] = image[:, :, y, x] * keep
+        for dz in range(depth):
+            for dy in range(diameter):
+                for dx in range(diameter):
+                    z, y, x = z0 + dz, y0 + dy, x0 + dx
+                    if 0 <= z < nz and 0 <= y < ny and 0 <= x < nx:
+                        keep = (mask[z, y, x] == lab) if remove_background else True
+                        crops[k, :, dz, dy, dx] = image[:, z, y, x] * keep
     return ids, crops
 
 
@@ -61,6 +64,7 @@ def random_case(seed, shape, n_labels, channels=2):
 )
 def test_matches_reference(seed, z, yx, n_labels, diameter, remove_background, chunk, tile, order):
     shape = yx if z is None else (z, *yx)
+    diameter = min(diameter, *yx)  # a larger window is an error
     image, mask = random_case(seed, shape, n_labels)
     if not mask.any():
         mask[..., 0, 0] = 7
@@ -88,6 +92,64 @@ def test_matches_reference(seed, z, yx, n_labels, diameter, remove_background, c
         np.testing.assert_array_equal(ids, ref_ids[perm])
         np.testing.assert_array_equal(got, ref[perm])
     assert got.shape == (ref_ids.size, 2, z or 1, diameter, diameter)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    nz=st.integers(1, 6),
+    z_window=st.integers(1, 8),
+    diameter=st.integers(1, 10),
+    remove_background=st.booleans(),
+    chunk=st.tuples(st.integers(1, 4), st.integers(3, 12)),
+    tile=st.integers(1, 20),
+    order=st.sampled_from(["id", "random"]),
+    numba=st.sampled_from(["0", "1"]),
+)
+def test_z_window_matches_reference(
+    seed, nz, z_window, diameter, remove_background, chunk, tile, order, numba
+):
+    image, mask = random_case(seed, (nz, 16, 14), 6)
+    rng = np.random.default_rng(seed)
+    for lab in np.unique(mask[mask != 0]):  # objects on a few planes only
+        keep = np.zeros(nz, dtype=bool)
+        keep[rng.integers(0, nz) : rng.integers(0, nz) + rng.integers(1, 3)] = True
+        mask[~keep[:, None, None] & (mask == lab)] = 0
+    if not mask.any():
+        mask[-1, 0, 0] = 7
+    ref_ids, ref = reference(image, mask, diameter, remove_background, z_window)
+    cz, cyx = chunk
+    dimage = da.from_array(image, chunks=(1, cz, cyx, cyx + 1))
+    dmask = da.from_array(mask, chunks=(cz, cyx + 2, cyx))
+    kw = {"remove_background": remove_background, "tile_size": tile, "order": order, "seed": 3}
+    with dask.config.set(scheduler="synchronous"), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZARR_INSTANCES_NUMBA", numba)
+        ids, inst = extract_instances(dimage, dmask, diameter, z_window=z_window, chunk_i=4, **kw)
+        got = inst.compute()
+    perm = np.arange(ref_ids.size)
+    if order == "random":
+        perm = np.random.default_rng(3).permutation(ref_ids.size)
+    np.testing.assert_array_equal(ids, ref_ids[perm])
+    assert got.shape == (ref_ids.size, 2, z_window, diameter, diameter)
+    np.testing.assert_array_equal(got, ref[perm])
+
+
+def test_z_window_store_with_mask(tmp_path):
+    image, mask = random_case(4, (5, 20, 18), 6)
+    ids, _ = extract_instances(
+        image, mask, 8, z_window=3, out=tmp_path / "z.zarr", extract_mask=True
+    )
+    g = zarr.open_group(tmp_path / "z.zarr")
+    assert g["image"].shape == (ids.size, 2, 3, 8, 8)
+    assert g["mask"].shape == (ids.size, 1, 3, 8, 8)
+    assert g.attrs["zarr_instances"]["parameters"]["z_window"] == 3
+    _, ref = reference(image, mask, 8, True, 3)
+    np.testing.assert_array_equal(g["image"][...], ref)
+    own = (
+        reference(mask[None].astype(np.int64), mask, 8, False, 3)[1]
+        == ids[:, None, None, None, None]
+    )
+    np.testing.assert_array_equal(g["mask"][...], own.astype(np.uint8))
 
 
 def test_half_pixel_ties_round_to_even():

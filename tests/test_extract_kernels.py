@@ -24,7 +24,7 @@ pytest.importorskip("numba")
 
 MASK_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
 IMAGE_DTYPES = [np.uint8, np.uint16, np.int16, np.int32, np.uint64, np.float32, np.float64, bool]
-FIELDS = ("labels", "count", "sum_z", "sum_y", "sum_x")
+FIELDS = ("labels", "count", "sum_z", "sum_y", "sum_x", "lo", "hi")
 
 
 @pytest.fixture(autouse=True)
@@ -139,11 +139,17 @@ def test_cut_windows_kernel_equals_numpy(
         [rng.integers(0, hw[0] + 1, n) + origin[0], rng.integers(0, hw[1] + 1, n) + origin[1]]
     ).reshape(n, 2)
     labels = rng.choice(ids, n).astype(np.int64)  # as the plan holds them (int64)
+    depth = int(rng.integers(1, nz + 1))
+    starts_z = rng.integers(0, nz - depth + 1, n)
     if not use_mask:
         mask, remove_background, with_mask = None, False, False
     kw = {"remove_background": remove_background, "with_mask": with_mask}
-    got = crop_windows(image, mask, origin, starts, labels, diameter, **kw)
-    ref = crop_windows_numpy(image, mask, origin, starts, labels, diameter, **kw)
+    args = (image, mask, origin, starts, labels, diameter)
+    got = crop_windows(*args, starts_z=starts_z, depth=depth, **kw)
+    ref = crop_windows_numpy(*args, starts_z, depth, **kw)
+    assert got[0].shape == (n, channels, depth, diameter, diameter)
+    if depth == nz:  # every window holds the whole stack: the default
+        assert _same(crop_windows(*args, **kw)[0], ref[0]) or starts_z.any()
     assert _same(got[0], ref[0])
     assert _same(got[1], ref[1])
 

@@ -59,10 +59,11 @@ def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
     assert g["image"].shape == (n, 2, 1, D, D)
     assert g["image"].chunks == (8, 2, 1, D, D)
     assert g["mask"].shape == (n, 1, 1, D, D)
-    assert g["mask"].dtype == mask.dtype
+    assert g["mask"].dtype == np.uint8
     np.testing.assert_array_equal(g["instance_ids"][...], ids)
     cents = g["centroids"][...]
-    for k in (0, n // 2, n - 1):
+    own = g["mask"][...]
+    for k in range(n):  # independent reference: the label window, then window == id
         _, yy, xx = np.nonzero(mask[None] == ids[k])
         assert cents[k].tolist() == [0, int(np.rint(yy.mean())), int(np.rint(xx.mean()))]
         y0, x0 = cents[k, 1] - D // 2, cents[k, 2] - D // 2
@@ -73,7 +74,8 @@ def test_store_layout_and_dataset_reads_it(inputs, tmp_path):
             ys.start - y0 : ys.start - y0 + piece.shape[0],
             xs.start - x0 : xs.start - x0 + piece.shape[1],
         ] = piece
-        np.testing.assert_array_equal(g["mask"][k, 0, 0], window)
+        np.testing.assert_array_equal(own[k, 0, 0], (window == ids[k]).astype(np.uint8))
+    assert own.max() == 1
     attrs = g.attrs["zarr_instances"]
     assert attrs["complete"] is True
     assert attrs["parameters"]["diameter"] == D
@@ -595,3 +597,20 @@ def test_direct_chunk_writes_are_the_bytes_zarr_writes(inputs, tmp_path, monkeyp
     assert len(got) > 10
     for key, data in expected.items():
         assert got[key] == data, key
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_uint64_ids_above_int64_are_refused(monkeypatch, numba):
+    monkeypatch.setenv("ZARR_INSTANCES_NUMBA", numba)
+    image = np.ones((1, 20, 20), dtype=np.uint8)
+    mask = np.zeros((20, 20), dtype=np.uint64)
+    mask[2:5, 2:5] = 7
+    mask[10:14, 10:14] = 2**63 + 5
+    mask[15:18, 3:6] = 2**64 - 1
+    with pytest.raises(
+        ArgumentError, match=r"mask holds ids above the int64 range.*18446744073709551615"
+    ):
+        extract_instances(image, mask, 6)
+    mask[mask > 7] = 2**63 - 1  # the largest int64 is kept exactly
+    ids, _ = extract_instances(image, mask, 6)
+    assert ids.tolist() == [7, 2**63 - 1]

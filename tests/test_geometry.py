@@ -18,20 +18,30 @@ from zarr_instances._geometry import (
 )
 
 
-def _brute_sums(mask: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+def _brute_sums(mask: np.ndarray) -> dict[int, tuple[int, ...]]:
     out = {}
     for lab in np.unique(mask):
         if lab == 0:
             continue
         z, y, x = np.nonzero(mask == lab)
-        out[int(lab)] = (z.size, int(z.sum()), int(y.sum()), int(x.sum()))
+        sums = (z.size, int(z.sum()), int(y.sum()), int(x.sum()))
+        extents = (
+            int(z.min()),
+            int(y.min()),
+            int(x.min()),
+            int(z.max()),
+            int(y.max()),
+            int(x.max()),
+        )
+        out[int(lab)] = sums + extents
     return out
 
 
-def _as_dict(s) -> dict[int, tuple[int, int, int, int]]:
+def _as_dict(s) -> dict[int, tuple[int, ...]]:
+    cols = zip(s.labels, s.count, s.sum_z, s.sum_y, s.sum_x, s.lo, s.hi, strict=True)
     return {
-        int(k): (int(c), int(a), int(b), int(d))
-        for k, c, a, b, d in zip(s.labels, s.count, s.sum_z, s.sum_y, s.sum_x, strict=True)
+        int(k): (int(c), int(a), int(b), int(d), *map(int, lo), *map(int, hi))
+        for k, c, a, b, d, lo, hi in cols
     }
 
 
@@ -65,6 +75,8 @@ def test_label_sums_2d_and_empty():
     assert s.count.tolist() == [2, 1]
     assert s.sum_y.tolist() == [20, 11]
     assert s.sum_x.tolist() == [21 + 22, 22]
+    assert s.lo.tolist() == [[0, 10, 21], [0, 11, 22]]
+    assert s.hi.tolist() == [[0, 10, 22], [0, 11, 22]]
     assert label_sums(np.zeros((0, 3), dtype=int)).labels.size == 0
     assert label_sums(np.zeros((2, 3), dtype=int)).labels.size == 0
     assert combine_sums([]).labels.size == 0
@@ -126,7 +138,9 @@ def test_crop_windows_remove_background():
     np.testing.assert_array_equal(crops[0, :, 0], image[:, 0, 1:4, 1:4] * keep0)
     keep1 = mask[0, 2:5, 2:5] == 9
     np.testing.assert_array_equal(crops[1, :, 0], image[:, 0, 2:5, 2:5] * keep1)
-    np.testing.assert_array_equal(mcrops[1, 0], mask[:, 2:5, 2:5])
+    assert mcrops.dtype == np.uint8
+    np.testing.assert_array_equal(mcrops[0, 0], (mask[:, 1:4, 1:4] == 5).astype(np.uint8))
+    np.testing.assert_array_equal(mcrops[1, 0], (mask[:, 2:5, 2:5] == 9).astype(np.uint8))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])

@@ -63,10 +63,11 @@ def enabled() -> bool:
 
 
 def label_sums(m: np.ndarray, offset: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-label ``(labels, sums (n, 4))`` of a mask ``(z, y, x)``; ``None``: use NumPy.
+    """Per-label ``(labels, sums (n, 10))`` of a mask ``(z, y, x)``; ``None``: use NumPy.
 
-    ``sums`` holds the pixel count and the sums of ``z``, ``y`` and ``x`` (global, with
-    ``offset``) per label, labels ascending as ``int64`` (as ``astype(np.int64)``).
+    ``sums`` holds the pixel count, the sums of ``z``, ``y`` and ``x`` (global, with
+    ``offset``), the smallest and the largest ``z``, ``y``, ``x`` per label, labels
+    ascending as ``int64`` (as ``astype(np.int64)``).
     """
     if m.dtype.kind not in "iu" or m.ndim != 3 or not enabled():
         return None
@@ -83,11 +84,16 @@ def cut_windows(
     starts_yx: np.ndarray,
     labels: np.ndarray,
     diameter: int,
+    starts_z: np.ndarray,
+    depth: int,
     *,
     remove_background: bool,
     with_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Compiled :func:`._geometry.crop_windows` (same arguments); ``None``: use NumPy."""
+    """Compiled :func:`._geometry.crop_windows` (same arguments); ``None``: use NumPy.
+
+    ``starts_z`` (first plane of each window in the region) and ``depth`` are given.
+    """
     if (
         image.dtype.kind not in _IMAGE_KINDS
         or image.dtype == np.float16
@@ -99,22 +105,23 @@ def cut_windows(
     kernels = _kernels()
     assert kernels is not None
     n = int(starts_yx.shape[0])
-    c, nz = image.shape[:2]
+    c = image.shape[0]
     starts = np.ascontiguousarray(starts_yx, dtype=np.int64)
-    crops = np.empty((n, c, nz, diameter, diameter), dtype=image.dtype)
+    zs = np.ascontiguousarray(starts_z, dtype=np.int64)
+    crops = np.empty((n, c, depth, diameter, diameter), dtype=image.dtype)
     oy, ox = int(origin_yx[0]), int(origin_yx[1])
+    starts_args = (oy, ox, starts, zs)
     if mask is None or not (remove_background or with_mask):
-        kernels["cut_plain"](image, oy, ox, starts, diameter, crops)
+        kernels["cut_plain"](image, *starts_args, diameter, crops)
         return crops, None
-    starts_args = (oy, ox, starts)
+    labs = np.asarray(labels).astype(mask.dtype)
     if remove_background:
-        labs = np.asarray(labels).astype(mask.dtype)
         kernel = "cut_select" if image.dtype.kind == "f" else "cut_multiply"
         kernels[kernel](image, mask, *starts_args, labs, diameter, crops)
     else:
         kernels["cut_plain"](image, *starts_args, diameter, crops)
     mcrops = None
     if with_mask:
-        mcrops = np.empty((n, 1, nz, diameter, diameter), dtype=mask.dtype)
-        kernels["cut_mask"](mask, *starts_args, diameter, mcrops)
+        mcrops = np.empty((n, 1, depth, diameter, diameter), dtype=np.uint8)
+        kernels["cut_mask"](mask, *starts_args, labs, diameter, mcrops)
     return crops, mcrops

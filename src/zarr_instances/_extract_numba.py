@@ -15,6 +15,9 @@ __all__ = ["cut_mask", "cut_multiply", "cut_plain", "cut_select", "label_sums"]
 
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# per label: count, sums of z, y, x, then min z, y, x and max z, y, x
+_COLS = 10
+_BIG = np.iinfo(np.int64).max
 
 
 @jit
@@ -32,25 +35,25 @@ def _grow(keys: Any, used: Any, acc: Any, bits: int) -> tuple[Any, Any, Any]:
     shift = np.uint64(64 - bits)
     nkeys = np.zeros(size, dtype=np.int64)
     nused = np.zeros(size, dtype=np.bool_)
-    nacc = np.zeros((size, 4), dtype=np.int64)
+    nacc = np.zeros((size, _COLS), dtype=np.int64)
     for s in range(keys.size):
         if used[s]:
             t = _find(nkeys, nused, keys[s], shift)
             nused[t] = True
             nkeys[t] = keys[s]
-            for j in range(4):
+            for j in range(_COLS):
                 nacc[t, j] = acc[s, j]
     return nkeys, nused, nacc
 
 
 @jit
 def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
-    """Per-label pixel count and ``z``, ``y``, ``x`` sums of ``m`` ``(z, y, x)``, one pass."""
+    """Per-label pixel count, ``z``/``y``/``x`` sums and extents of ``m`` ``(z, y, x)``."""
     nz, ny, nx = m.shape
     bits = 10
     keys = np.zeros(1 << bits, dtype=np.int64)
     used = np.zeros(1 << bits, dtype=np.bool_)
-    acc = np.zeros((1 << bits, 4), dtype=np.int64)
+    acc = np.zeros((1 << bits, _COLS), dtype=np.int64)
     shift = np.uint64(64 - bits)
     n = 0
     last_key = np.int64(0)
@@ -74,6 +77,9 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
                         if not used[s]:
                             used[s] = True
                             keys[s] = key
+                            for j in range(4, 7):
+                                acc[s, j] = _BIG
+                                acc[s, j + 3] = -_BIG
                             n += 1
                             if 2 * n > keys.size:
                                 bits += 1
@@ -86,10 +92,16 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
                     acc[last, 1] += ln * (z + oz)
                     acc[last, 2] += ln * (y + oy)
                     acc[last, 3] += ln * (start + ox) + ln * (ln - 1) // 2
+                    acc[last, 4] = min(acc[last, 4], z + oz)
+                    acc[last, 5] = min(acc[last, 5], y + oy)
+                    acc[last, 6] = min(acc[last, 6], start + ox)
+                    acc[last, 7] = max(acc[last, 7], z + oz)
+                    acc[last, 8] = max(acc[last, 8], y + oy)
+                    acc[last, 9] = max(acc[last, 9], x - 1 + ox)
                 prev = v
                 start = x
     labels = np.empty(n, dtype=np.int64)
-    sums = np.empty((n, 4), dtype=np.int64)
+    sums = np.empty((n, _COLS), dtype=np.int64)
     k = 0
     for s in range(keys.size):
         if used[s]:
@@ -101,16 +113,20 @@ def label_sums(m: Any, oz: int, oy: int, ox: int) -> tuple[Any, Any]:
 
 
 @jit
-def cut_plain(image: Any, oy: int, ox: int, starts: Any, d: int, crops: Any) -> None:
-    """Copy the windows at ``starts`` (global; ``(oy, ox)``: the box origin) into ``crops``."""
-    c, nz = image.shape[0], image.shape[1]
+def cut_plain(image: Any, oy: int, ox: int, starts: Any, zs: Any, d: int, crops: Any) -> None:
+    """Copy the windows at ``starts`` (global; ``(oy, ox)``: the box origin) into ``crops``.
+
+    Window ``k`` takes planes ``zs[k]`` to ``zs[k] + depth - 1`` of the box (``depth``:
+    ``crops.shape[2]``); so do the other cuts.
+    """
+    c, depth = image.shape[0], crops.shape[2]
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         for ch in range(c):
-            for z in range(nz):
+            for z in range(depth):
                 for dy in range(d):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zs[k] + z, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx]
@@ -118,22 +134,23 @@ def cut_plain(image: Any, oy: int, ox: int, starts: Any, d: int, crops: Any) -> 
 
 @jit
 def cut_multiply(
-    image: Any, mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, crops: Any
+    image: Any, mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, crops: Any
 ) -> None:
     """``cut_plain`` keeping only the window's label (integer images: times 0 or 1)."""
-    c, nz = image.shape[0], image.shape[1]
+    c, depth = image.shape[0], crops.shape[2]
     keep = np.empty(d, crops.dtype)
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         lab = labels[k]
-        for z in range(nz):
+        for z in range(depth):
+            zi = zs[k] + z
             for dy in range(d):
-                mrow = mask[z, y0 + dy, x0 : x0 + d]
+                mrow = mask[zi, y0 + dy, x0 : x0 + d]
                 for dx in range(d):
                     keep[dx] = mrow[dx] == lab
                 for ch in range(c):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zi, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx] * keep[dx]
@@ -141,37 +158,41 @@ def cut_multiply(
 
 @jit
 def cut_select(
-    image: Any, mask: Any, oy: int, ox: int, starts: Any, labels: Any, d: int, crops: Any
+    image: Any, mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, crops: Any
 ) -> None:
     """``cut_multiply`` for float images: other labels become 0 (NaN and inf too)."""
-    c, nz = image.shape[0], image.shape[1]
+    c, depth = image.shape[0], crops.shape[2]
     keep = np.empty(d, np.bool_)
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
         lab = labels[k]
-        for z in range(nz):
+        for z in range(depth):
+            zi = zs[k] + z
             for dy in range(d):
-                mrow = mask[z, y0 + dy, x0 : x0 + d]
+                mrow = mask[zi, y0 + dy, x0 : x0 + d]
                 for dx in range(d):
                     keep[dx] = mrow[dx] == lab
                 for ch in range(c):
-                    src = image[ch, z, y0 + dy, x0 : x0 + d]
+                    src = image[ch, zi, y0 + dy, x0 : x0 + d]
                     dst = crops[k, ch, z, dy]
                     for dx in range(d):
                         dst[dx] = src[dx] if keep[dx] else 0
 
 
 @jit
-def cut_mask(mask: Any, oy: int, ox: int, starts: Any, d: int, mcrops: Any) -> None:
-    """Copy the mask windows into ``mcrops`` ``(n, 1, z, d, d)``."""
-    nz = mask.shape[0]
+def cut_mask(
+    mask: Any, oy: int, ox: int, starts: Any, zs: Any, labels: Any, d: int, mcrops: Any
+) -> None:
+    """Write each window's own mask into ``mcrops`` ``(n, 1, depth, d, d)``: 1 on its label."""
+    depth = mcrops.shape[2]
     for k in range(starts.shape[0]):
         y0 = starts[k, 0] - oy
         x0 = starts[k, 1] - ox
-        for z in range(nz):
+        lab = labels[k]
+        for z in range(depth):
             for dy in range(d):
-                src = mask[z, y0 + dy, x0 : x0 + d]
+                src = mask[zs[k] + z, y0 + dy, x0 : x0 + d]
                 dst = mcrops[k, 0, z, dy]
                 for dx in range(d):
-                    dst[dx] = src[dx]
+                    dst[dx] = 1 if src[dx] == lab else 0

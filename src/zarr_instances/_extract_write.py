@@ -93,7 +93,8 @@ def write_passes(job: WriteJob, group: zarr.Group, todo: np.ndarray, progress: b
     write = functools.partial(write_units, arr, marr, cast("zarr.Array", group[PROGRESS_KEY]))
     layout, n = job.layout, job.layout.n
     crop_bytes = math.prod(layout.crop_shape) * np.dtype(layout.dtype).itemsize
-    row_bytes = crop_bytes * (2 if job.extract_mask else 1)
+    # a mask crop: one uint8 plane stack (1, z, d, d)
+    row_bytes = crop_bytes + (math.prod(layout.crop_shape[1:]) if job.extract_mask else 0)
     per_task = max(1, min(_TASK_BYTES, job.memory_limit) // (layout.unit * row_bytes))
     groups = write_groups(todo, per_task)
     passes = plan_passes(job.plan, groups, layout.unit, n, row_bytes, job.memory_limit)

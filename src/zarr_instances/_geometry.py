@@ -40,33 +40,61 @@ _EXACT = 2**53
 
 @dataclass(frozen=True)
 class LabelSums:
-    """Per-label pixel counts and coordinate sums (all ``int64``, labels sorted)."""
+    """Per-label pixel counts, coordinate sums and extents (all ``int64``, labels sorted).
+
+    ``lo`` and ``hi`` ``(n, 3)`` are the smallest and largest ``(z, y, x)`` of each
+    label's pixels (its bounding box, both ends inclusive).
+    """
 
     labels: np.ndarray
     count: np.ndarray
     sum_z: np.ndarray
     sum_y: np.ndarray
     sum_x: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
 
     @staticmethod
     def empty() -> LabelSums:
         """Return sums of no label."""
         e = np.zeros(0, dtype=np.int64)
-        return LabelSums(e, e, e, e, e)
+        box = np.zeros((0, 3), dtype=np.int64)
+        return LabelSums(e, e, e, e, e, box, box)
+
+    @staticmethod
+    def from_columns(labels: np.ndarray, cols: Sequence[np.ndarray]) -> LabelSums:
+        """Build from the columns ``count, sum_z, sum_y, sum_x, lo z/y/x, hi z/y/x``."""
+        if not labels.size:
+            return LabelSums.empty()
+        lo = np.stack(cols[4:7], axis=1).astype(np.int64)
+        hi = np.stack(cols[7:10], axis=1).astype(np.int64)
+        count, sum_z, sum_y, sum_x = cols[:4]
+        return LabelSums(labels, count, sum_z, sum_y, sum_x, lo, hi)
+
+    def columns(self) -> list[np.ndarray]:
+        """Return the columns of :meth:`from_columns`."""
+        return [self.count, self.sum_z, self.sum_y, self.sum_x, *self.lo.T, *self.hi.T]
 
 
-def _group_sum(keys: np.ndarray, values: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
-    """Sum ``values`` per distinct ``keys`` (int64, exact); return sorted keys and sums."""
+# how the columns of LabelSums.columns() combine over blocks
+_REDUCE = (np.add,) * 4 + (np.minimum,) * 3 + (np.maximum,) * 3
+
+
+def _group_reduce(
+    keys: np.ndarray, values: Sequence[np.ndarray], ufuncs: Sequence[np.ufunc]
+) -> tuple[np.ndarray, list]:
+    """Reduce ``values`` per distinct ``keys`` (int64, exact); return sorted keys and results."""
     if keys.size == 0:
         return keys.astype(np.int64), [np.zeros(0, dtype=np.int64) for _ in values]
     order = np.argsort(keys, kind="stable")
     k = keys[order]
     first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    return k[first].astype(np.int64), [np.add.reduceat(v[order], first) for v in values]
+    out = [f.reduceat(v[order], first) for f, v in zip(ufuncs, values, strict=True)]
+    return k[first].astype(np.int64), out
 
 
 def label_sums(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> LabelSums:
-    """Count pixels and sum their ``(z, y, x)`` coordinates for every non-zero label.
+    """Count pixels, sum their ``(z, y, x)`` coordinates and find their extents, per label.
 
     Runs the compiled kernel of :mod:`._extract_kernels` when numba is installed (one
     pass over the pixels into a hash table of labels), else :func:`label_sums_numpy`;
@@ -93,7 +121,7 @@ def label_sums(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> LabelSum
     if got is None:
         return label_sums_numpy(m, offset)
     labels, sums = got
-    return LabelSums(labels, sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3])
+    return LabelSums.from_columns(labels, list(sums.T))
 
 
 def label_sums_numpy(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> LabelSums:
@@ -102,7 +130,8 @@ def label_sums_numpy(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> La
     The mask is scanned once, as runs of equal labels along ``x``: each run adds
     its length, ``length * z``, ``length * y`` and the arithmetic series of its ``x``
     coordinates. This touches every pixel once (one comparison) and then works on
-    runs, far fewer than pixels for segmentation masks.
+    runs, far fewer than pixels for segmentation masks. A run's extent is its
+    ``z``, its ``y`` and its first and last ``x``.
 
     Parameters
     ----------
@@ -136,28 +165,25 @@ def label_sums_numpy(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> La
     row, x0 = np.divmod(starts.astype(np.int64), nx)
     z, y = np.divmod(row, ny)
     oz, oy, ox = (int(o) for o in offset)
-    values = [
-        lens,
-        lens * (z + oz),
-        lens * (y + oy),
-        lens * (x0 + ox) + lens * (lens - 1) // 2,
-    ]
-    keys, sums = _group_sum(labs.astype(np.int64), values)
-    return LabelSums(keys, *sums)
+    z, y, x0 = z + oz, y + oy, x0 + ox
+    values = [lens, lens * z, lens * y, lens * x0 + lens * (lens - 1) // 2]
+    values += [z, y, x0, z, y, x0 + lens - 1]
+    keys, cols = _group_reduce(labs.astype(np.int64), values, _REDUCE)
+    return LabelSums.from_columns(keys, cols)
 
 
 def combine_sums(parts: Sequence[LabelSums]) -> LabelSums:
-    """Add the sums of several blocks label by label (exact, order-independent)."""
+    """Add the sums (and join the extents) of several blocks label by label (exact)."""
     parts = [p for p in parts if p.labels.size]
     if not parts:
         return LabelSums.empty()
     if len(parts) == 1:
         return parts[0]
     keys = np.concatenate([p.labels for p in parts])
-    fields = ("count", "sum_z", "sum_y", "sum_x")
-    values = [np.concatenate([getattr(p, f) for p in parts]) for f in fields]
-    k, sums = _group_sum(keys, values)
-    return LabelSums(k, *sums)
+    columns = [p.columns() for p in parts]
+    values = [np.concatenate(col) for col in zip(*columns, strict=True)]
+    k, cols = _group_reduce(keys, values, _REDUCE)
+    return LabelSums.from_columns(k, cols)
 
 
 def round_half_even_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -223,8 +249,10 @@ def crop_windows(
     *,
     remove_background: bool,
     with_mask: bool,
+    starts_z: np.ndarray | None = None,
+    depth: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Cut ``diameter x diameter`` windows out of a region of the image.
+    """Cut ``diameter x diameter`` windows (``depth`` planes each) out of a region of the image.
 
     Runs the compiled kernel of :mod:`._extract_kernels` when numba is installed (one
     pass per window, background removed while copying), else
@@ -248,42 +276,38 @@ def crop_windows(
     remove_background
         Zero every pixel whose mask value is not the window's label.
     with_mask
-        Also return the mask windows ``(n, 1, z, d, d)``.
+        Also return the instance's own mask in each window, ``(n, 1, z, d, d)``
+        ``uint8``: 1 where the mask holds the window's label, 0 elsewhere.
+    starts_z
+        First plane of each window in the region (it must hold ``depth`` planes from
+        there, zero-padded past the stack); ``None``: every window starts at plane 0.
+    depth
+        Planes per window; ``None``: all planes of the region.
 
     Returns
     -------
     tuple
-        Crops ``(n, c, z, d, d)`` and the mask crops (or ``None``).
+        Crops ``(n, c, depth, d, d)`` and the mask crops (or ``None``).
     """
     starts_yx = np.asarray(starts_yx, dtype=np.int64).reshape(-1, 2)
+    depth = int(image.shape[-3]) if depth is None else depth
+    zs = np.zeros(len(starts_yx), np.int64) if starts_z is None else np.asarray(starts_z)
+    zs = zs.astype(np.int64, copy=False)
     if starts_yx.size:
         lo = starts_yx.min(axis=0) - np.asarray(origin_yx)
         hi = starts_yx.max(axis=0) - np.asarray(origin_yx) + diameter
         if lo.min() < 0 or hi[0] > image.shape[-2] or hi[1] > image.shape[-1]:
             msg = f"windows reach past the region: starts {lo} .. {hi} of {image.shape}"
             raise IndexError(msg)
-    got = _kernels.cut_windows(
-        image,
-        mask,
-        origin_yx,
-        starts_yx,
-        labels,
-        diameter,
-        remove_background=remove_background,
-        with_mask=with_mask,
-    )
+        if zs.min() < 0 or zs.max() + depth > image.shape[-3]:
+            msg = f"windows reach past the region's planes: {zs.min()} .. {zs.max() + depth}"
+            raise IndexError(msg)
+    args = (image, mask, origin_yx, starts_yx, labels, diameter, zs, depth)
+    rb, wm = remove_background, with_mask
+    got = _kernels.cut_windows(*args, remove_background=rb, with_mask=wm)
     if got is not None:
         return got
-    return crop_windows_numpy(
-        image,
-        mask,
-        origin_yx,
-        starts_yx,
-        labels,
-        diameter,
-        remove_background=remove_background,
-        with_mask=with_mask,
-    )
+    return crop_windows_numpy(*args, remove_background=rb, with_mask=wm)
 
 
 def crop_windows_numpy(
@@ -293,26 +317,33 @@ def crop_windows_numpy(
     starts_yx: np.ndarray,
     labels: np.ndarray,
     diameter: int,
+    starts_z: np.ndarray,
+    depth: int,
     *,
     remove_background: bool,
     with_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`crop_windows` in NumPy (the reference of the compiled kernel)."""
+    """:func:`crop_windows` in NumPy (the reference of the compiled kernel).
+
+    ``starts_z`` and ``depth`` are given (see :func:`crop_windows`).
+    """
     ys = starts_yx[:, 0] - origin_yx[0]
     xs = starts_yx[:, 1] - origin_yx[1]
-    win = sliding_window_view(image, (diameter, diameter), axis=(-2, -1))
-    crops = np.moveaxis(win, (2, 3), (0, 1))[ys, xs]
+    zs = np.asarray(starts_z, dtype=np.int64)
+    shape = (depth, diameter, diameter)
+    win = sliding_window_view(image, shape, axis=(-3, -2, -1))
+    crops = np.moveaxis(win, (1, 2, 3), (0, 1, 2))[zs, ys, xs]
     mcrops = None
     if mask is not None and (remove_background or with_mask):
-        mwin = sliding_window_view(mask, (diameter, diameter), axis=(-2, -1))
-        mcrops = np.moveaxis(mwin, (1, 2), (0, 1))[ys, xs]
+        mwin = sliding_window_view(mask, shape, axis=(-3, -2, -1))
+        own = mwin[zs, ys, xs]
+        keep = own == np.asarray(labels).astype(own.dtype)[:, None, None, None]
         if remove_background:
-            keep = mcrops == np.asarray(labels).astype(mcrops.dtype)[:, None, None, None]
             if np.issubdtype(crops.dtype, np.integer) or crops.dtype == np.bool_:
                 crops *= keep[:, None]  # much faster than copyto(where=)
             else:  # keep NaN / inf of other labels out, too
                 np.copyto(crops, 0, where=~keep[:, None])
-        mcrops = mcrops[:, None] if with_mask else None
+        mcrops = keep[:, None].astype(np.uint8) if with_mask else None
     return crops, mcrops
 
 

@@ -34,6 +34,10 @@ class TilePlan:
         Tile edges along y and x (``n_tiles + 1`` coordinates each).
     image_yx
         Image size in y and x.
+    n_z
+        Number of planes of the image.
+    z_window
+        Planes per window around the z centre; ``None``: all ``n_z`` planes.
 
     Attributes
     ----------
@@ -41,6 +45,11 @@ class TilePlan:
         Instance index of each row.
     starts
         Window start ``(y, x)`` of each instance.
+    starts_z
+        First plane of each instance's window (``zc - z_window // 2``; ``0`` when
+        every window holds all planes); planes past the stack are zero-padded.
+    depth
+        Planes per window.
     tile
         Tile of each instance (raster index): the tile holding the last pixel of its
         window, clipped to the image, so that a window reaches out of its tile only
@@ -57,6 +66,8 @@ class TilePlan:
         edges_y: np.ndarray,
         edges_x: np.ndarray,
         image_yx: tuple[int, int],
+        n_z: int = 1,
+        z_window: int | None = None,
     ) -> None:
         n = ids.size
         self.perm = np.arange(n) if order == "id" else np.random.default_rng(seed).permutation(n)
@@ -64,6 +75,10 @@ class TilePlan:
         self.diameter = diameter
         self.image_yx = image_yx
         self.starts = window_starts(cents[:, 1:], diameter)
+        if z_window is None:
+            self.depth, self.starts_z = n_z, np.zeros(n, dtype=np.int64)
+        else:
+            self.depth, self.starts_z = z_window, window_starts(cents[:, 0], z_window)
         self.edges_y, self.edges_x = edges_y, edges_x
         last = np.minimum(self.starts + (diameter - 1), np.asarray(image_yx) - 1)
         ty = np.searchsorted(edges_y, last[:, 0], side="right") - 1

@@ -156,7 +156,8 @@ class CutSettings:
 
     ``image_lead``/``mask_lead`` are the leading shapes (``(c, z)``, ``(z,)``) of the
     arrays; with ``handoff`` a cut returns a :class:`Handoff` (read by tasks on a
-    local scheduler) rather than a tuple.
+    local scheduler) rather than a tuple. ``depth``: planes per window (``None``:
+    all planes).
     """
 
     image_lead: tuple[int, ...]
@@ -167,6 +168,7 @@ class CutSettings:
     remove_background: bool
     with_mask: bool
     handoff: bool = False
+    depth: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,7 +178,8 @@ class TileCut:
     ``box`` ``(y0, y1, x0, x1)`` covers the windows (``padded``: it reaches past the
     image edge); ``starts``, ``labels`` and ``rows`` give each window, its instance id
     and its output row (ascending). The result holds one part per segment
-    ``[lo, hi)`` of the windows, compressed where ``pack[k]`` is true.
+    ``[lo, hi)`` of the windows, compressed where ``pack[k]`` is true. ``starts_z``:
+    the first plane of each window (``None``: plane 0).
     """
 
     box: tuple[int, int, int, int]
@@ -186,6 +189,7 @@ class TileCut:
     rows: np.ndarray
     segments: Sequence[tuple[int, int]]
     pack: Sequence[bool] = ()
+    starts_z: np.ndarray | None = None
 
 
 def cut_tile(
@@ -202,13 +206,16 @@ def cut_tile(
     """
     y0, y1, x0, x1 = tile.box
     s = settings
-    alloc = np.zeros if tile.padded else np.empty
-    image = alloc((*s.image_lead, y1 - y0, x1 - x0), dtype=s.image_dtype)
-    fill(image, (y0, x0), image_pieces)
+    nz = s.mask_lead[0]
+    z0, z1 = _plane_range(tile.starts_z, s.depth, nz)
+    alloc = np.zeros if tile.padded or (z0, z1) != (0, nz) else np.empty
+    image = alloc((s.image_lead[0], z1 - z0, y1 - y0, x1 - x0), dtype=s.image_dtype)
+    fill(image[:, -z0 : nz - z0], (y0, x0), image_pieces)
     mask = None
     if s.remove_background or s.with_mask:
-        mask = alloc((*s.mask_lead, y1 - y0, x1 - x0), dtype=s.mask_dtype)
-        fill(mask, (y0, x0), mask_pieces)
+        mask = alloc((z1 - z0, y1 - y0, x1 - x0), dtype=s.mask_dtype)
+        fill(mask[-z0 : nz - z0], (y0, x0), mask_pieces)
+    starts_z = None if tile.starts_z is None else tile.starts_z - z0
     out = []
     for k, (lo, hi) in enumerate(tile.segments):
         crops, mcrops = crop_windows(
@@ -220,6 +227,8 @@ def cut_tile(
             s.diameter,
             remove_background=s.remove_background,
             with_mask=s.with_mask,
+            starts_z=None if starts_z is None else starts_z[lo:hi],
+            depth=s.depth,
         )
         if k < len(tile.pack) and tile.pack[k]:
             held: tuple[Any, Any] = (Packed(crops), None if mcrops is None else Packed(mcrops))
@@ -227,6 +236,13 @@ def cut_tile(
             held = (crops, mcrops)
         out.append((tile.rows[lo:hi], *held))
     return Handoff(out) if s.handoff else tuple(out)
+
+
+def _plane_range(starts_z: np.ndarray | None, depth: int | None, nz: int) -> tuple[int, int]:
+    """Planes ``[z0, z1)`` of a tile's box: the stack, widened to hold every window."""
+    if starts_z is None or depth is None or not starts_z.size:
+        return 0, nz
+    return min(0, int(starts_z.min())), max(nz, int(starts_z.max()) + depth)
 
 
 def _cut_from_pieces(
@@ -308,6 +324,7 @@ def tile_tasks(
         remove_background,
         with_mask,
         handoff,
+        plan.depth,
     )
     for t, rows, inst in plan.tiles(r0, r1):
         segments, feeds = _split_by_group(rows, edges)
@@ -354,7 +371,8 @@ def _tile_cut(
     box = plan.box(inst)
     (ys, xs), _ = pad_box(plan.image_yx, *box)
     padded = (ys.stop - ys.start, xs.stop - xs.start) != (box[1] - box[0], box[3] - box[2])
-    tile = TileCut(box, padded, plan.starts[inst], plan.ids[inst], rows, segments, packs)
+    starts, ids, starts_z = plan.starts[inst], plan.ids[inst], plan.starts_z[inst]
+    tile = TileCut(box, padded, starts, ids, rows, segments, packs, starts_z)
     return tile, (ys, xs)
 
 

@@ -1,8 +1,9 @@
 """Exception classes of zarr-instances.
 
-Every class subclasses both :class:`ZarrInstancesError` and the builtin a caller
-would expect (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``OSError``),
-so ``except ValueError`` keeps working.
+Every error class subclasses both :class:`ZarrInstancesError` and the builtin a
+caller would expect (``ValueError``, ``TypeError``, ``FileNotFoundError``,
+``OSError``), so ``except ValueError`` keeps working; warnings subclass
+``UserWarning``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "ChunkReadError",
+    "ClippedInstancesWarning",
     "StoreAccessError",
     "StoreConnectionError",
     "StoreExistsError",
@@ -57,3 +59,7 @@ class StoreAccessError(ZarrInstancesError, PermissionError):
 
 class StoreConnectionError(ZarrInstancesError, ConnectionError):
     """The endpoint of a remote store could not be reached."""
+
+
+class ClippedInstancesWarning(UserWarning):
+    """Windows of ``extract_instances`` leave more than 1 % of some objects' pixels out."""

@@ -35,40 +35,52 @@ strip on a ``dask.distributed`` cluster, so that a worker receives only what it 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+from ._clip_tasks import clipping
+from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
 from ._extract_write import WriteJob, write_passes
-from ._geometry import centroids, combine_sums, default_chunk_rows, label_sums, tile_edges
+from ._geometry import LabelSums, centroids, combine_sums, label_sums, tile_edges
 from ._graph import as_delayed, task, task_with_parts
 from ._inputs import OpenedInput, open_image, open_mask
 from ._schedule import compute
 from ._store import IMAGE_KEY
 from ._tile_plan import TilePlan
 from ._tile_tasks import Blocks, assemble_crops, tile_tasks
-from ._validate import check_int
+from ._windows import (
+    Clipping,
+    auto_diameter,
+    check_fits,
+    estimate_output_bytes,
+    needed_diameter,
+)
 from ._write import StoreLayout, default_compressors, finish_store, prepare_store
-from .errors import ArgumentError, ArgumentTypeError
+from .errors import ArgumentError, ClippedInstancesWarning
 
-__all__ = ["extract_instances"]
+__all__ = ["estimate_output_bytes", "extract_instances"]
 
-_ORDERS = ("id", "random")
+logger = logging.getLogger("zarr_instances")
 
 
 def extract_instances(
     image: Any,
     mask: Any,
-    diameter: int,
+    diameter: int | str,
     *,
     out: str | os.PathLike[str] | None = None,
     depth: int | None = None,
+    auto_quantile: float = 0.99,
+    z_window: int | None = None,
     remove_background: bool = True,
     extract_mask: bool = False,
     chunk_i: int | None = None,
@@ -86,6 +98,9 @@ def extract_instances(
 ) -> tuple[np.ndarray, da.Array]:
     """Cut one ``diameter x diameter`` crop per labelled instance of ``mask`` out of ``image``.
 
+    Every call reports, as one :class:`~zarr_instances.ClippedInstancesWarning`, how
+    many instances have more than 1 % of their pixels outside their window.
+
     Parameters
     ----------
     image
@@ -97,18 +112,27 @@ def extract_instances(
         Integer labels ``(y, x)`` or ``(z, y, x)`` matching the image; ``0`` is
         background. Any integer dtype; ids need not be contiguous.
     diameter
-        Crop size in y and x (all z planes are kept).
+        Crop size in y and x, at most the image's size. ``"auto"``: the smallest
+        size whose windows hold whole objects for ``auto_quantile`` of the instances
+        (from their bounding boxes; logged on the ``zarr_instances`` logger and
+        recorded in the store's attributes).
     out
         Path or URL of the instance store to write (docs/store-format.md). ``None`` returns a lazy
         Dask array and writes nothing. A finished store has consolidated metadata.
     depth
         Accepted for harpy compatibility: the halo is always exactly what the windows
         need (at most ``diameter // 2``); a given ``depth`` must be ``>= diameter // 2``.
+    auto_quantile
+        Fraction of the instances that ``diameter="auto"`` fits whole (default 0.99).
+    z_window
+        Planes per crop around the rounded z centre (from ``zc - z_window // 2``,
+        zero-padded past the stack); ``None`` keeps all planes.
     remove_background
         Zero every pixel of a crop that does not belong to its instance.
     extract_mask
-        Also write the mask crops ``(i, 1, z, d, d)`` (raw labels of the window, ``0``
-        past the image edge) as the store's ``mask`` array. Needs ``out``.
+        Also write each instance's own mask crop ``(i, 1, z, d, d)`` as the store's
+        ``mask`` array: ``uint8``, 1 on the instance's pixels, 0 elsewhere (other
+        labels, background, past the image edge). Needs ``out``.
     chunk_i
         Rows per output chunk; default about 2 MiB of crops per chunk.
     order
@@ -150,14 +174,15 @@ def extract_instances(
     -------
     tuple
         ``instance_ids`` (NumPy ``int64``, one per row, in row order) and ``instances``,
-        a Dask array ``(i, c, z, diameter, diameter)`` of the image dtype, reading from
-        the store when ``out`` is given.
+        a Dask array ``(i, c, z, diameter, diameter)`` of the image dtype (``z``:
+        ``z_window`` if given), reading from the store when ``out`` is given.
 
     Raises
     ------
     ArgumentError
-        On a bad value: ``diameter <= 0``, image/mask shapes that differ, a mask with
-        no labels, an unknown ``order``, bad chunking.
+        On a bad value: ``diameter <= 0`` or larger than the image, image/mask shapes
+        that differ, a mask with no labels or with ``uint64`` ids above the ``int64``
+        range, an unknown ``order``, bad chunking.
     ArgumentTypeError
         On a non-integer mask or a non-array input (a ``SpatialData`` object: use
         :func:`~zarr_instances.extract_from_spatialdata`).
@@ -170,10 +195,12 @@ def extract_instances(
         the input, the array and the chunk). A chunk that is not stored reads as the
         array's fill value, as in zarr.
     """
-    _reject_spatialdata(image, mask)
-    s = _settings(
+    reject_spatialdata(image, mask)
+    s = settings(
         diameter=diameter,
         depth=depth,
+        auto_quantile=auto_quantile,
+        z_window=z_window,
         out=out,
         remove_background=remove_background,
         extract_mask=extract_mask,
@@ -191,17 +218,22 @@ def extract_instances(
     img, msk, names = _open_inputs(image, mask, channel_names, s)
     token = uuid.uuid4().hex[:12]
     iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
-    ids, cents = _centroids(mblocks, msk.source, token)
-    plan, layout = _rows(
-        ids, cents, img.array, mask_dtype=msk.array.dtype, s=s, compressors=compressors
-    )
+    sums = _label_sums(mblocks, msk.source, token)
+    ids, cents = sums.labels, centroids(sums)
+    s, windows = _choose_diameter(s, sums, cents, img.array)
+    plan, layout = _rows(ids, cents, img.array, s=s, compressors=compressors)
+    clip = clipping(plan, sums, mblocks, token)
+    windows["n_clipped"] = int(clip.clipped.sum())
+    windows["max_clipped"] = float(clip.fraction.max())
     # per instance, held to the end: keep no copies in id order (perm is the identity)
     row_ids = ids if s.order == "id" else ids[plan.perm]
     if s.out is None:
-        return row_ids, _lazy_crops(plan, iblocks, mblocks, layout, token, s.remove_background)
+        crops = _lazy_crops(plan, iblocks, mblocks, layout, token, s.remove_background)
+        _warn_clipped(clip, s)
+        return row_ids, crops
     row_cents = cents if s.order == "id" else cents[plan.perm]
     del cents
-    attrs = _store_attrs(s, img, msk, names, layout)
+    attrs = store_attrs(s, img, msk, names, layout, windows)
     group, todo = prepare_store(
         s.out,
         layout,
@@ -212,112 +244,25 @@ def extract_instances(
         storage_options=s.storage_options,
     )
     del row_cents  # written to the store
+    size = estimate_output_bytes(
+        layout.n, layout.crop_shape, img.array.dtype.itemsize, s.extract_mask
+    )
+    logger.info("extract_instances: %d instances, about %d bytes uncompressed", layout.n, size)
     job = WriteJob(
         plan, iblocks, mblocks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
     if todo.size:  # none when the store holds this call's extraction complete already
         write_passes(job, group, todo, s.progress)
     finish_store(group)
+    _warn_clipped(clip, s)
     return row_ids, da.from_zarr(group[IMAGE_KEY])
 
 
 # --------------------------------------------------------------------------- steps
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The checked arguments of one :func:`extract_instances` call (``chunk_i`` as given)."""
-
-    diameter: int
-    out: str | None
-    remove_background: bool
-    extract_mask: bool
-    chunk_i: int | None
-    order: str
-    seed: int
-    overwrite: bool
-    shards: int | None
-    zarr_format: int
-    tile_size: int
-    memory_limit: int
-    storage_options: dict[str, Any] | None
-    progress: bool | None
-
-
-def _reject_spatialdata(image: Any, mask: Any) -> None:
-    """Raise if ``image`` or ``mask`` is a ``SpatialData`` object (it has its own entry)."""
-    for name, value in (("image", image), ("mask", mask)):
-        if type(value).__name__ == "SpatialData":
-            msg = (
-                f"{name} is a SpatialData object: call zarr_instances.extract_from_spatialdata("
-                "sdata, image_name, labels_name, diameter, ...), or pass its elements "
-                "(image=sdata.images[name], mask=sdata.labels[name])"
-            )
-            raise ArgumentTypeError(msg)
-
-
-def _settings(
-    *,
-    diameter: Any,
-    depth: Any,
-    out: str | os.PathLike[str] | None,
-    remove_background: bool,
-    extract_mask: bool,
-    chunk_i: Any,
-    order: str,
-    seed: Any,
-    overwrite: bool,
-    shards: Any,
-    zarr_format: Any,
-    tile_size: Any,
-    memory_limit: Any,
-    storage_options: dict[str, Any] | None,
-    progress: bool | None,
-) -> _Settings:
-    """Check the arguments that need no input array; raise naming the first bad one."""
-    diameter = check_int(diameter, "diameter", minimum=1)
-    if depth is not None and check_int(depth, "depth") < diameter // 2:
-        msg = f"depth must be >= diameter // 2 = {diameter // 2}, got {depth!r}"
-        raise ArgumentError(msg)
-    if order not in _ORDERS:
-        msg = f"order must be one of {_ORDERS!r}, got {order!r}"
-        raise ArgumentError(msg)
-    seed = check_int(seed, "seed")
-    tile_size = check_int(tile_size, "tile_size", minimum=1)
-    memory_limit = check_int(memory_limit, "memory_limit", minimum=1)
-    if zarr_format not in (2, 3):
-        msg = f"zarr_format must be 2 or 3, got {zarr_format!r}"
-        raise ArgumentError(msg)
-    if chunk_i is not None:
-        chunk_i = check_int(chunk_i, "chunk_i", minimum=1)
-    if shards is not None:
-        shards = check_int(shards, "shards", minimum=1)
-        if zarr_format != 3:
-            msg = f"shards needs zarr_format=3, got shards={shards!r}, zarr_format={zarr_format!r}"
-            raise ArgumentError(msg)
-    if extract_mask and out is None:
-        msg = "extract_mask=True writes the mask crops to the store: pass out=..."
-        raise ArgumentError(msg)
-    return _Settings(
-        diameter=diameter,
-        out=None if out is None else os.fspath(out),
-        remove_background=remove_background,
-        extract_mask=extract_mask,
-        chunk_i=chunk_i,
-        order=order,
-        seed=seed,
-        overwrite=overwrite,
-        shards=shards,
-        zarr_format=int(zarr_format),
-        tile_size=tile_size,
-        memory_limit=memory_limit,
-        storage_options=storage_options,
-        progress=progress,
-    )
-
-
 def _open_inputs(
-    image: Any, mask: Any, channel_names: Sequence[str] | None, s: _Settings
+    image: Any, mask: Any, channel_names: Sequence[str] | None, s: Settings
 ) -> tuple[OpenedInput, OpenedInput, list[str] | None]:
     """Open image ``(c, z, y, x)`` and mask ``(z, y, x)``; return them and the channel names."""
     img = open_image(image, s.storage_options, s.tile_size)
@@ -329,6 +274,8 @@ def _open_inputs(
             f"needs a mask (z, y, x) = {tuple(im.shape[1:])}, got mask shape {tuple(mk.shape)}"
         )
         raise ArgumentError(msg)
+    if s.diameter is not None:
+        check_fits(s.diameter, (int(im.shape[2]), int(im.shape[3])))
     if channel_names is None:
         return img, msk, img.channel_names
     names = [str(c) for c in channel_names]
@@ -338,8 +285,8 @@ def _open_inputs(
     return img, msk, names
 
 
-def _centroids(mask: Blocks, source: str, token: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return the label ids (ascending) and their integer centroids ``(z, y, x)``.
+def _label_sums(mask: Blocks, source: str, token: str) -> LabelSums:
+    """Return the exact sums and extents of every label (ids ascending).
 
     One task per mask block sums its labels exactly; the sums are combined here.
     """
@@ -354,50 +301,70 @@ def _centroids(mask: Blocks, source: str, token: str) -> tuple[np.ndarray, np.nd
             "nothing to extract"
         )
         raise ArgumentError(msg)
-    return sums.labels, centroids(sums)
+    if mask.dtype == np.uint64 and sums.labels[0] < 0:  # ids >= 2**63 wrapped to int64
+        largest = int(sums.labels.view(np.uint64).max())
+        msg = (
+            f"mask holds ids above the int64 range: the largest id is {largest} (> 2**63 - 1) "
+            f"in mask from {source}; instance ids are stored as int64, so relabel the mask "
+            "to ids below 2**63 (e.g. skimage.segmentation.relabel_sequential)"
+        )
+        raise ArgumentError(msg)
+    return sums
+
+
+def _choose_diameter(
+    s: Settings, sums: LabelSums, cents: np.ndarray, image: da.Array
+) -> tuple[Settings, dict[str, Any]]:
+    """Settle ``diameter="auto"`` from the objects' extents; return how it was chosen."""
+    if s.diameter is not None:
+        return s, {"diameter": s.diameter}
+    need = needed_diameter(cents, sums.lo, sums.hi)
+    d = auto_diameter(need, s.auto_quantile)
+    fit = min(int(image.shape[2]), int(image.shape[3]))
+    logger.info(
+        'extract_instances: diameter="auto" chose %d (whole objects for %g of %d instances; '
+        "the largest object needs %d)%s",
+        min(d, fit),
+        s.auto_quantile,
+        need.size,
+        int(need.max()),
+        "" if d <= fit else f", capped to the image size {fit}",
+    )
+    d = min(d, fit)
+    windows = {"diameter": "auto", "auto_quantile": s.auto_quantile, "chosen": d}
+    return dataclasses.replace(s, diameter=d), windows
 
 
 def _rows(
     ids: np.ndarray,
     cents: np.ndarray,
     image: da.Array,
-    mask_dtype: np.dtype,
-    s: _Settings,
+    s: Settings,
     compressors: Any,
 ) -> tuple[TilePlan, StoreLayout]:
     """Return the tile plan of the instances and the layout of the output rows."""
+    assert s.diameter is not None
     edges_y = tile_edges(image.chunks[2], s.tile_size)
     edges_x = tile_edges(image.chunks[3], s.tile_size)
     yx = (int(image.shape[2]), int(image.shape[3]))
-    plan = TilePlan(ids, cents, s.order, s.seed, s.diameter, edges_y, edges_x, yx)
-    crop_shape = (int(image.shape[0]), int(image.shape[1]), s.diameter, s.diameter)
+    nz = int(image.shape[1])
+    plan = TilePlan(ids, cents, s.order, s.seed, s.diameter, edges_y, edges_x, yx, nz, s.z_window)
+    crop_shape = (int(image.shape[0]), plan.depth, s.diameter, s.diameter)
     crop_bytes = math.prod(crop_shape) * image.dtype.itemsize
-    chunk_i = _resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, ids.size)
+    chunk_i = resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, ids.size)
     if isinstance(compressors, str) and compressors == "auto":
         compressors = default_compressors(image.dtype, s.zarr_format)
     layout = StoreLayout(
         n=ids.size,
         crop_shape=crop_shape,
         dtype=image.dtype,
-        mask_dtype=mask_dtype if s.extract_mask else None,
+        mask_dtype=np.dtype(np.uint8) if s.extract_mask else None,
         chunk_i=chunk_i,
         shards=s.shards,
         zarr_format=s.zarr_format,
         compressors=compressors,
     )
     return plan, layout
-
-
-def _resolve_chunk_i(chunk_i: int | None, shards: int | None, crop_bytes: int, n: int) -> int:
-    """Rows per output chunk: as given, or about 2 MiB of crops dividing ``shards``."""
-    if chunk_i is None:
-        chunk_i = default_chunk_rows(crop_bytes, n)
-        if shards is not None:
-            chunk_i = max(d for d in range(1, min(chunk_i, shards) + 1) if shards % d == 0)
-    if shards is not None and shards % chunk_i:
-        msg = f"shards must be a multiple of chunk_i={chunk_i}, got shards={shards!r}"
-        raise ArgumentError(msg)
-    return chunk_i
 
 
 def _lazy_crops(
@@ -422,30 +389,9 @@ def _lazy_crops(
     return da.concatenate(pieces, axis=0)
 
 
-def _store_attrs(
-    s: _Settings, img: OpenedInput, msk: OpenedInput, names: list[str] | None, layout: StoreLayout
-) -> dict[str, Any]:
-    """Return the store's ``zarr_instances`` attributes (version, sources, parameters)."""
-    from . import __version__
-
-    im = img.array
-    return {
-        "version": __version__,
-        "source": {"image": img.source, "mask": msk.source},
-        "channel_names": names,
-        "parameters": {
-            "diameter": s.diameter,
-            "remove_background": bool(s.remove_background),
-            "extract_mask": bool(s.extract_mask),
-            "order": s.order,
-            "seed": s.seed,
-            "chunk_i": layout.chunk_i,
-            "shards": s.shards,
-            "zarr_format": s.zarr_format,
-            "compressors": repr(layout.compressors),
-            "dtype": str(im.dtype),
-            "image_shape": [int(d) for d in im.shape],
-            "n_instances": int(layout.n),
-        },
-        "axes": ["i", "c", "z", "y", "x"],
-    }
+def _warn_clipped(clip: Clipping, s: Settings) -> None:
+    """Warn (:class:`ClippedInstancesWarning`) when windows clip objects by more than 1 %."""
+    assert s.diameter is not None
+    msg = clip.message(s.diameter, s.z_window)
+    if msg is not None:
+        warnings.warn(msg, ClippedInstancesWarning, stacklevel=3)
