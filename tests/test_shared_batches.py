@@ -14,7 +14,7 @@ import torch.multiprocessing
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_convert
 
-from zarr_instances import ZarrIterableInstances
+from zarr_instances import ZarrIterableInstances, _refcount
 from zarr_instances import _shared_batches as sb
 
 KW = {
@@ -138,30 +138,37 @@ def test_worker_pool_reuses_only_released_unheld_segments():
     assert isinstance(default_convert(batch), sb.SharedBatch)  # not turned into a list
     assert batch[2].tolist() == [10, 11, 12, 13]
     seg = pool._segments[0]
-    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    assert _refcount.read_flag(seg.data) == sb._SENT
+    assert _refcount.read_flag(seg.cols) == sb._SENT
     # sent and not released: the next batches get the second segment, then fresh memory
     y = pool.take((4, 3), torch.float32)
     z = pool.take((4, 3), torch.float32)
     assert len(pool._segments) == 2
     assert z.untyped_storage().data_ptr() not in pool._by_ptr
     assert not isinstance(pool.pack(z, [np.arange(4)]), sb.SharedBatch)
-    # released by the receiver but still held in the worker: not reused
-    sb._state(seg.data.data_ptr()).value = sb._FREE
-    assert not seg.free()
-    held = batch[1][1:]  # a view of the column block is enough
+    assert (pool.reused, pool.fresh) == (0, 1)
+    # released by the receiver but the crops still held in the worker: not reused
+    _refcount.write_flag(seg.data, sb._FREE)
+    _refcount.write_flag(seg.cols, sb._FREE)
+    assert not sb._released(seg.data)
+    ids = batch[1][1:]  # a view of the column block holds the columns only
     del batch, x
-    assert not seg.free()
-    del held
-    assert seg.free()
+    assert sb._released(seg.data) and not sb._released(seg.cols)
+    old_cols = seg.cols
     again = pool.take((2, 3), torch.float32)  # a smaller last batch fits too
     assert again.untyped_storage().data_ptr() == seg.data.data_ptr()
-    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    assert _refcount.read_flag(seg.data) == sb._SENT
+    # the held column block is left alone: the batch gets a fresh one
+    pack = pool.pack(again, [np.arange(2) + 20, np.arange(2) + 30])
+    assert seg.cols is not old_cols and pool.fresh_columns == 2
+    assert ids.tolist() == [1, 2, 3] and pack[2].tolist() == [30, 31]
+    assert pool.reused == 1
     del y
 
 
 def test_receiver_releases_a_segment_once_nothing_references_it():
     first = _dummy_batch()
-    sb._state(first[0].untyped_storage().data_ptr()).value = sb._SENT
+    _refcount.write_flag(_refcount.keeper(first[0].untyped_storage()), sb._SENT)
     # the segment's state, read through a mapping of its own (no tensor reference)
     fd = os.dup(first[0].untyped_storage()._share_fd_cpu_()[0])
 
@@ -184,8 +191,7 @@ def test_receiver_releases_a_segment_once_nothing_references_it():
 
 def _dummy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A batch as a worker pool lays it out: the crops 64 bytes into their segment."""
-    storage = torch.UntypedStorage._new_shared(64 + 16)
-    x = torch.empty(0, dtype=torch.float32).set_(storage, 16, (1, 4))
+    x = torch.empty(0, dtype=torch.float32).set_(_refcount.new_shared(64 + 16), 16, (1, 4))
     return x, torch.zeros(1, dtype=torch.int64).share_memory_()
 
 
@@ -197,13 +203,13 @@ def test_receiver_keeps_released_segments_mapped_within_bounds(monkeypatch):
     del first
     sb._received(_dummy_batch())  # releases the first: kept mapped for its next batch
     assert sb.kept_segments() >= 1
-    # kept segments that do not come back are dropped after 64 arrivals
+    # kept blocks (crops and columns) that do not come back are dropped after 64 arrivals
     for _ in range(100):
         sb._received(_dummy_batch())
-    assert sb.kept_segments() <= sb._KEEP_ARRIVALS + 1
+    assert sb.kept_segments() <= 2 * (sb._KEEP_ARRIVALS + 1)
     # and they never exceed the byte budget (oldest dropped first)
     monkeypatch.setattr(sb, "_KEEP_BYTES", 3 * (64 + 16 + 8))
     sb._received(_dummy_batch())
-    assert 1 <= sb.kept_segments() <= 3
+    assert 1 <= sb.kept_segments() <= 6
     sb.drop_kept_segments()
     assert sb.kept_segments() == 0
