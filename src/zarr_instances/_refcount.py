@@ -96,7 +96,7 @@ def unused(keeper: torch.Tensor) -> bool:
     """Whether nothing in this process but ``keeper`` references its storage.
 
     Not another tensor or view on it, a NumPy array, a DLPack capsule, an autograd
-    graph, nor its storage object. Always ``False`` until the self-test has passed.
+    graph, nor its storage object. Only meaningful once :func:`reuse_enabled` is true.
     """
     return _storage_users(keeper) == _STORAGE_USERS and _storage_refs(keeper) == _STORAGE_REFS
 
@@ -109,8 +109,8 @@ def only_in(items: list[torch.Tensor], k: int) -> bool:
     """Whether nothing in this process but the list ``items`` references ``items[k]``.
 
     Neither the tensor (another name, a tuple, a DLPack capsule, an autograd graph)
-    nor its memory (a view, a NumPy array, the storage object). Always ``False``
-    until the self-test has passed.
+    nor its memory (a view, a NumPy array, the storage object). Only meaningful once
+    :func:`reuse_enabled` is true.
     """
     # the Python count first, while this frame holds no reference of its own
     if _item_refs(items, k) != _ITEM_REFS:
@@ -142,10 +142,13 @@ def reuse_enabled() -> bool:
     The self-test runs on the first call (under a millisecond); a failure
     warns once (``RuntimeWarning``) and switches reuse off for the process.
     """
-    global _FAILURE
+    global _FAILURE, _STORAGE_USERS, _STORAGE_REFS, _ITEM_REFS
+    global _ITEM_STORAGE_USERS, _ITEM_STORAGE_REFS
     if _FAILURE == _UNTESTED:
         failure = _self_test()
         if failure is not None:
+            _STORAGE_USERS = _STORAGE_REFS = _ITEM_REFS = -1  # never seen as unused
+            _ITEM_STORAGE_USERS = _ITEM_STORAGE_REFS = -1
             msg = (
                 f"zarr-instances: buffer reuse is off in this process, because {failure}; "
                 "every batch gets fresh memory (correct, but slower). Please report this "
