@@ -7,11 +7,13 @@ Runs in one process, without a DataLoader, so that it measures the pools alone:
   writing ``FREE`` into the blocks it would release (the crops always, the column
   block unless its ids are kept);
 * main side: :func:`_shared_batches._received` registers each arriving batch while
-  ``--held`` column blocks of earlier batches stay held (ids kept for joining);
+  0 or 1,000 column blocks of earlier batches stay held (ids kept for joining);
 * in-process: an :class:`OutputPool` hands out each batch.
 
-Only the interfaces that ``dataset.py`` uses are called (plus the header flag), so
-the script runs unchanged against an older checkout (``PYTHONPATH=old/src``).
+Times are CPU time of the process (one torch thread), so that other load on the
+machine changes them little. Only the interfaces that ``dataset.py`` uses are
+called (plus the header flag), so the script runs unchanged against an older
+checkout (``PYTHONPATH=old/src``).
 
 Example::
 
@@ -47,11 +49,11 @@ def _mark_free(block: torch.Tensor) -> None:
 
 
 def worker_cycle(batches: int, shape: tuple[int, ...], keep_ids: bool, write: bool) -> float:
-    """Microseconds per batch: take, (fill), pack, drop (keep the ids), release."""
+    """CPU microseconds per batch: take, (fill), pack, drop (keep the ids), release."""
     pool = sb.WorkerBatchPool(8)
     cols = [np.arange(shape[0], dtype=np.int64)] * 3
     kept: list[Any] = []
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(batches):
         x = pool.take(shape, torch.float32)
         if write:
@@ -65,7 +67,7 @@ def worker_cycle(batches: int, shape: tuple[int, ...], keep_ids: bool, write: bo
             _mark_free(seg.data)
             if not keep_ids and seg.cols is not None:
                 _mark_free(seg.cols)
-    return (time.perf_counter() - start) / batches * 1e6
+    return (time.process_time() - start) / batches * 1e6
 
 
 def _dummy(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +76,7 @@ def _dummy(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main_cycle(batches: int, held: int) -> float:
-    """Microseconds per arrival registered while ``held`` column blocks stay held."""
+    """CPU microseconds per arrival registered while ``held`` column blocks stay held."""
     sb.drop_kept_segments()
     kept = []
     for _ in range(held):
@@ -82,10 +84,10 @@ def main_cycle(batches: int, held: int) -> float:
         kept.append(batch[1])
         del batch
     arriving = [_dummy(4) for _ in range(batches)]  # each dropped once registered
-    start = time.perf_counter()
+    start = time.process_time()
     while arriving:
         sb._received(arriving.pop())
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     del kept
     for _ in range(2 * 64):  # release what this case held
         sb._received(_dummy(4))
@@ -94,11 +96,11 @@ def main_cycle(batches: int, held: int) -> float:
 
 
 def output_cycle(batches: int, shape: tuple[int, ...], keep_ids: bool, write: bool) -> float:
-    """Microseconds per batch: take from an :class:`OutputPool`, (fill), drop."""
+    """CPU microseconds per batch: take from an :class:`OutputPool`, (fill), drop."""
     pool = OutputPool(6)
     ids = np.arange(shape[0], dtype=np.int64)
     kept: list[Any] = []
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(batches):
         x = pool.take(shape, torch.float32)
         if write:
@@ -106,7 +108,7 @@ def output_cycle(batches: int, shape: tuple[int, ...], keep_ids: bool, write: bo
         if keep_ids:
             kept.append(torch.from_numpy(ids))
         del x
-    return (time.perf_counter() - start) / batches * 1e6
+    return (time.process_time() - start) / batches * 1e6
 
 
 CASES: dict[str, tuple[Any, ...]] = {
@@ -127,13 +129,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args()
+    torch.set_num_threads(1)
     results: dict[str, list[float]] = {name: [] for name in CASES}
     for _round in range(args.rounds):
         for name, (fn, *case) in CASES.items():
             large = len(case) > 1 and case[-1]
             n = max(50, args.batches // 10) if large else args.batches
             results[name].append(fn(n, *case))
-    print(f"{'case':48s} {'us/batch (median)':>18s}  rounds")
+    print(f"{'case':48s} {'CPU us/batch (median)':>18s}  rounds")
     for name, values in results.items():
         rounds = " ".join(f"{v:.1f}" for v in values)
         print(f"{name:48s} {statistics.median(values):18.1f}  {rounds}")

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.dlpack import to_dlpack
 
 __all__ = [
     "keeper",
@@ -213,14 +212,20 @@ def _grad_graph(t: torch.Tensor) -> torch.Tensor:
     return (t * torch.ones(2, requires_grad=True)).sum()
 
 
+def _capsule(t: torch.Tensor) -> Any:
+    from torch.utils.dlpack import to_dlpack  # missing in some torch: the test fails
+
+    return to_dlpack(t)
+
+
 # Ways to hold a tensor or its memory. Each takes the tensor and returns the holder.
 _HOLDERS: tuple[tuple[str, Callable[[torch.Tensor], Any]], ...] = (
     ("a tensor", lambda t: t),
     ("a tuple", lambda t: (t, 0)),
     ("a view", lambda t: t[1:3]),
     ("a NumPy array", lambda t: t.numpy()),
-    ("a DLPack capsule", to_dlpack),
-    ("a tensor from DLPack", lambda t: torch.from_dlpack(to_dlpack(t))),
+    ("a DLPack capsule", _capsule),
+    ("a tensor from DLPack", lambda t: torch.from_dlpack(_capsule(t))),
     ("an autograd graph", _grad_graph),
     ("its storage object", lambda t: t.untyped_storage()),
 )

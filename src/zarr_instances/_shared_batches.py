@@ -193,7 +193,7 @@ class WorkerBatchPool:
 
 _KEEP_BYTES = 256 * 2**20  # mapped bytes of released blocks kept at most
 _KEEP_ARRIVALS = 64  # a kept block not back within this many arrivals is dropped
-_RECHECK_MAX = 16  # arrivals between two checks of a block held for long, at most
+_RECHECK_MAX = 64  # arrivals between two checks of a block held for long, at most
 
 
 def _recheck_after(checks: int) -> int:
