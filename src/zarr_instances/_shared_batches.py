@@ -78,8 +78,8 @@ def _released(block: torch.Tensor) -> bool:
 
 def _data(block: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """Return a tensor of ``shape``/``dtype`` over ``block``'s data (after its header)."""
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), _HEADER // itemsize, shape)
+    offset = _HEADER // dtype.itemsize
+    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset, shape)
 
 
 class SharedBatch(tuple):  # type: ignore[type-arg]
@@ -138,8 +138,7 @@ class WorkerBatchPool:
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Return a tensor of ``shape``/``dtype`` in shared memory: pooled if one is free."""
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        seg = self._free_segment(math.prod(shape) * itemsize) if self.enabled else None
+        seg = self._free_segment(math.prod(shape) * dtype.itemsize) if self.enabled else None
         if seg is None:
             self.fresh += 1
             return empty_output(shape, dtype, shared=True)
