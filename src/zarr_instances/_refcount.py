@@ -180,7 +180,7 @@ def _shared_failure(storage: torch.UntypedStorage, nbytes: int) -> str | None:
     if int(k.sum()) != 0xA5 * nbytes:
         return "shared memory did not keep what was written"
     write_flag(k, 7)
-    as_int = torch.empty(0, dtype=torch.int32).set_(storage, 0, (1,))
+    as_int = torch.empty(0, dtype=torch.int32).set_(storage, 0, (1,), (1,))
     seen_by_tensor = int(as_int[0])
     as_int[0] = -3
     if seen_by_tensor != 7 or read_flag(k) != -3:
@@ -204,7 +204,7 @@ def _check_shared(nbytes: int) -> tuple[torch.Tensor, str | None]:
 
 
 def _floats_on(k: torch.Tensor) -> torch.Tensor:
-    return torch.empty(0, dtype=torch.float32).set_(k.untyped_storage(), 0, (4, 2))
+    return torch.empty(0, dtype=torch.float32).set_(k.untyped_storage(), 0, (4, 2), (2, 1))
 
 
 def _grad_graph(t: torch.Tensor) -> torch.Tensor:

@@ -78,8 +78,13 @@ def _released(block: torch.Tensor) -> bool:
 
 def _data(block: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """Return a tensor of ``shape``/``dtype`` over ``block``'s data (after its header)."""
+    strides: list[int] = []
+    step = 1
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
     offset = _HEADER // dtype.itemsize
-    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset, shape)
+    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset, shape, strides)
 
 
 class SharedBatch(tuple):  # type: ignore[type-arg]
