@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import sys
+import threading
 from collections import deque
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing
+import zarr
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_convert
+from torch.utils.dlpack import to_dlpack
 
-from zarr_instances import ZarrIterableInstances
+from zarr_instances import ZarrIterableInstances, _refcount
 from zarr_instances import _shared_batches as sb
 
 KW = {
@@ -138,30 +143,37 @@ def test_worker_pool_reuses_only_released_unheld_segments():
     assert isinstance(default_convert(batch), sb.SharedBatch)  # not turned into a list
     assert batch[2].tolist() == [10, 11, 12, 13]
     seg = pool._segments[0]
-    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    assert _refcount.read_flag(seg.data) == sb._SENT
+    assert _refcount.read_flag(seg.cols) == sb._SENT
     # sent and not released: the next batches get the second segment, then fresh memory
     y = pool.take((4, 3), torch.float32)
     z = pool.take((4, 3), torch.float32)
     assert len(pool._segments) == 2
     assert z.untyped_storage().data_ptr() not in pool._by_ptr
     assert not isinstance(pool.pack(z, [np.arange(4)]), sb.SharedBatch)
-    # released by the receiver but still held in the worker: not reused
-    sb._state(seg.data.data_ptr()).value = sb._FREE
-    assert not seg.free()
-    held = batch[1][1:]  # a view of the column block is enough
+    assert (pool.reused, pool.fresh) == (0, 1)
+    # released by the receiver but the crops still held in the worker: not reused
+    _refcount.write_flag(seg.data, sb._FREE)
+    _refcount.write_flag(seg.cols, sb._FREE)
+    assert not sb._released(seg.data)
+    ids = batch[1][1:]  # a view of the column block holds the columns only
     del batch, x
-    assert not seg.free()
-    del held
-    assert seg.free()
+    assert sb._released(seg.data) and not sb._released(seg.cols)
+    old_cols = seg.cols
     again = pool.take((2, 3), torch.float32)  # a smaller last batch fits too
     assert again.untyped_storage().data_ptr() == seg.data.data_ptr()
-    assert sb._state(seg.data.data_ptr()).value == sb._SENT
+    assert _refcount.read_flag(seg.data) == sb._SENT
+    # the held column block is left alone: the batch gets a fresh one
+    pack = pool.pack(again, [np.arange(2) + 20, np.arange(2) + 30])
+    assert seg.cols is not old_cols and pool.fresh_columns == 2
+    assert ids.tolist() == [1, 2, 3] and pack[2].tolist() == [30, 31]
+    assert pool.reused == 1
     del y
 
 
 def test_receiver_releases_a_segment_once_nothing_references_it():
     first = _dummy_batch()
-    sb._state(first[0].untyped_storage().data_ptr()).value = sb._SENT
+    _refcount.write_flag(_refcount.keeper(first[0].untyped_storage()), sb._SENT)
     # the segment's state, read through a mapping of its own (no tensor reference)
     fd = os.dup(first[0].untyped_storage()._share_fd_cpu_()[0])
 
@@ -184,8 +196,7 @@ def test_receiver_releases_a_segment_once_nothing_references_it():
 
 def _dummy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A batch as a worker pool lays it out: the crops 64 bytes into their segment."""
-    storage = torch.UntypedStorage._new_shared(64 + 16)
-    x = torch.empty(0, dtype=torch.float32).set_(storage, 16, (1, 4))
+    x = torch.empty(0, dtype=torch.float32).set_(_refcount.new_shared(64 + 16), 16, (1, 4))
     return x, torch.zeros(1, dtype=torch.int64).share_memory_()
 
 
@@ -197,13 +208,185 @@ def test_receiver_keeps_released_segments_mapped_within_bounds(monkeypatch):
     del first
     sb._received(_dummy_batch())  # releases the first: kept mapped for its next batch
     assert sb.kept_segments() >= 1
-    # kept segments that do not come back are dropped after 64 arrivals
-    for _ in range(100):
+    # kept blocks (crops and columns) that do not come back are dropped after 64 arrivals
+    # (blocks held long by earlier tests are re-checked every 64 arrivals at most)
+    for _ in range(2 * sb._RECHECK_MAX + sb._KEEP_ARRIVALS):
         sb._received(_dummy_batch())
-    assert sb.kept_segments() <= sb._KEEP_ARRIVALS + 1
+    assert sb.kept_segments() <= 2 * (sb._KEEP_ARRIVALS + 1)
     # and they never exceed the byte budget (oldest dropped first)
     monkeypatch.setattr(sb, "_KEEP_BYTES", 3 * (64 + 16 + 8))
     sb._received(_dummy_batch())
-    assert 1 <= sb.kept_segments() <= 3
+    assert 1 <= sb.kept_segments() <= 6
     sb.drop_kept_segments()
     assert sb.kept_segments() == 0
+
+
+# ----------------------------------------------------------------- batches held every way
+
+HELD = {
+    **KW,
+    "batch_size": 16,  # 66 batches of 1,050 rows: each worker's pool cycles several times
+}
+
+
+def expected(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Crops normalised as ``minmax01`` and instance ids, read from the store by zarr."""
+    group = zarr.open_group(path, mode="r")
+    img = np.asarray(group["image"][:], dtype=np.float32)
+    flat = img.reshape(img.shape[0], img.shape[1], -1)
+    lo = flat.min(axis=2)
+    span = flat.max(axis=2) - lo + np.float32(1e-8)
+    shape = (*lo.shape, *(1,) * (img.ndim - 2))
+    return (img - lo.reshape(shape)) / span.reshape(shape), np.asarray(group["instance_ids"][:])
+
+
+def _on_storage(x: torch.Tensor) -> tuple[torch.UntypedStorage, int, tuple[int, ...], Any]:
+    return x.untyped_storage(), x.storage_offset(), tuple(x.shape), x.dtype
+
+
+def _from_storage(held: tuple[torch.UntypedStorage, int, tuple[int, ...], Any]) -> np.ndarray:
+    storage, offset, shape, dtype = held
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape).numpy()
+
+
+# name -> (hold the batch list, read the crops back, rows of the batch they cover)
+HOLDERS: dict[str, tuple[Any, Any, slice]] = {
+    "tuple": (lambda b: b, lambda h: h[0].numpy(), slice(None)),
+    "view": (lambda b: b[0][1:3], lambda h: h.numpy(), slice(1, 3)),
+    "numpy": (lambda b: b[0].numpy(), lambda h: h, slice(None)),
+    "dlpack capsule": (
+        lambda b: to_dlpack(b[0]),
+        lambda h: torch.from_dlpack(h).numpy(),
+        slice(None),
+    ),
+    "from_dlpack": (
+        lambda b: torch.from_dlpack(to_dlpack(b[0])),
+        lambda h: h.numpy(),
+        slice(None),
+    ),
+    "storage object": (lambda b: _on_storage(b[0]), _from_storage, slice(None)),
+}
+MODES = [*HOLDERS, "thread", "dropped", "dropped"]
+
+
+def hold_every_way(loader: Any, epochs: int) -> tuple[list[Any], int, set[int]]:
+    """Iterate ``epochs`` epochs holding batches in turn in each way of :data:`MODES`.
+
+    Returns ``(kept, batches, crop pointers)``; ``kept`` holds ``(mode, holder, rows)``.
+    The thread holder hands the batch to a thread that reads it once all epochs are done.
+    """
+    kept: list[Any] = []
+    handed: queue.Queue = queue.Queue()
+    done = threading.Event()
+    read_by_thread: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def consume() -> None:
+        done.wait()
+        while not handed.empty():
+            batch = handed.get()
+            read_by_thread.append((batch[0].numpy().copy(), batch[2].numpy().copy()))
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    batches, ptrs = 0, set()
+    try:
+        for _epoch in range(epochs):
+            for batch in loader:
+                mode = MODES[batches % len(MODES)]
+                batches += 1
+                ptrs.add(batch[0].data_ptr())
+                if mode == "thread":
+                    handed.put(batch)
+                elif mode in HOLDERS:
+                    hold, _read, part = HOLDERS[mode]
+                    kept.append((mode, hold(batch), batch[2][part].numpy().copy()))
+                del batch
+    finally:
+        done.set()
+        thread.join()
+    kept += [("thread", x, rows) for x, rows in read_by_thread]
+    return kept, batches, ptrs
+
+
+def check_kept(path: str, kept: list[Any]) -> None:
+    """Every kept crop equals the store's, read and normalised independently."""
+    crops, _ids = expected(path)
+    modes = set()
+    for mode, held, rows in kept:
+        got = held if mode == "thread" else HOLDERS[mode][1](held)
+        assert got.shape[0] == rows.size > 0, mode
+        np.testing.assert_allclose(got, crops[rows], atol=2e-6, err_msg=mode)
+        modes.add(mode)
+    assert modes == {*HOLDERS, "thread"}
+
+
+@pytest.mark.parametrize(
+    ("workers", "ctx", "persistent"),
+    [(0, None, False), (2, "fork", False), (2, "spawn", True)],
+    ids=["in-process", "fork", "spawn-persistent"],
+)
+def test_batches_held_every_way_over_two_epochs_are_never_overwritten(
+    store, workers, ctx, persistent
+):
+    path = str(store.store_path.store.root)
+    loader = DataLoader(
+        ZarrIterableInstances(path, **HELD),
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context=ctx,
+        persistent_workers=persistent,
+    )
+    reused = sb.reused_segments()
+    kept, batches, ptrs = hold_every_way(loader, epochs=2)
+    assert batches == 2 * 66
+    # a third epoch, dropping every batch, churns the pools while the others are held
+    assert sum(int(b[0].shape[0]) for b in loader) == 1050
+    check_kept(path, kept)
+    # the batches dropped as they came were written into reused memory meanwhile
+    if workers:
+        assert sb.reused_segments() - reused >= 10
+    else:
+        assert len(ptrs) < batches - 20
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true:UserWarning")
+def test_pinned_batches_held_every_way_are_exact(store):
+    path = str(store.store_path.store.root)
+    loader = DataLoader(
+        ZarrIterableInstances(path, **HELD), batch_size=None, num_workers=2, pin_memory=True
+    )
+    kept, batches, _ptrs = hold_every_way(loader, epochs=1)
+    assert batches == 66
+    check_kept(path, kept)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_keeping_only_ids_does_not_stop_reuse(store, workers):
+    path = str(store.store_path.store.root)
+    crops, ids = expected(path)
+    loader = DataLoader(ZarrIterableInstances(path, **HELD), batch_size=None, num_workers=workers)
+    reused = sb.reused_segments()
+    kept_ids, checked, ptrs, segments = [], 0, set(), set()
+    for batch in loader:
+        x, iid = batch[0], batch[1]
+        kept_ids.append(iid)  # joins predictions back: holds the column block only
+        # the crops, compared now (then dropped), belong to the rows of the kept ids
+        rows = np.searchsorted(ids, iid.numpy())
+        np.testing.assert_allclose(x.numpy(), crops[rows], atol=2e-6)
+        checked += int(x.shape[0])
+        ptrs.add(x.data_ptr())
+        if workers:
+            segments.add(segment(x))
+        del batch, x
+    assert checked == 1050
+    # every kept id is still the one it was: none of the held column blocks was reused
+    assert np.array_equal(np.sort(torch.cat(kept_ids).numpy()), ids)
+    assert len(kept_ids) == 66
+    if workers:
+        # crop segments kept cycling: released and reused despite the held ids
+        assert sb.reused_segments() - reused >= 66 // 2
+        assert len(segments) <= 24 < 66
+        assert sb.held_segments() <= 2 * 8
+        assert sb.held_column_blocks() >= 66
+    else:
+        assert len(ptrs) <= 8 < 66

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from . import _kernels
+from . import _kernels, _refcount
 from .errors import ArgumentError
 
 __all__ = [
@@ -59,7 +58,7 @@ def empty_output(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> to
     """
     if shared:
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * itemsize)
+        storage = _refcount.new_shared(math.prod(shape) * itemsize)
         return torch.empty(0, dtype=dtype).set_(storage).view(shape)
     return torch.empty(shape, dtype=dtype)
 
@@ -76,12 +75,12 @@ class OutputPool:
     """Output tensors reused once nothing but the pool references them.
 
     Writing a batch into freshly allocated memory costs a page fault per 4 KiB (an 8 MiB
-    float32 batch: 2,048 faults, about a third of the loader's CPU time in profiles).
-    The pool keeps the last ``size`` tensors it handed out and hands one out again
-    only when no Python object (``sys.getrefcount``), no other tensor sharing its
-    storage (views, ``.numpy()`` arrays hold the tensor) and no C++ holder (autograd
-    saving it for backward) references it any more. Anything the caller still holds
-    is never overwritten: it simply stays out of the pool.
+    float32 batch: 2,048 faults). The pool keeps the last ``size`` tensors it handed
+    out and hands one out again only when nothing references it or its memory any
+    more (:func:`._refcount.only_in`: no other name or container, view, NumPy array,
+    DLPack capsule, autograd record or storage object). Anything the caller still
+    holds is never overwritten: it simply stays out of the pool. If the reference
+    counts fail their self-test, every tensor is fresh (``enabled`` is ``False``).
 
     Not for tensors that leave the process (DataLoader workers): their receiver's
     references are invisible here. A tensor the caller sends to another process anyway
@@ -97,32 +96,15 @@ class OutputPool:
     def __init__(self, size: int = 6) -> None:
         self.size = size
         self._items: list[torch.Tensor] = []
-        self.enabled = hasattr(torch.Tensor, "_use_count") and hasattr(
-            torch._C, "_storage_Use_Count"
-        )
-        if self.enabled:  # references held while checking one item of the list
-            probe = [torch.empty(1)]
-            self._base = self._refs(probe, 0)
-            self._base_storage = self._storage_refs(probe[0])
-
-    @staticmethod
-    def _refs(items: list[torch.Tensor], k: int) -> int:
-        return sys.getrefcount(items[k])
-
-    @staticmethod
-    def _storage_refs(t: torch.Tensor) -> int:
-        return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+        self.enabled = _refcount.reuse_enabled()
 
     def _free(self, k: int, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-        # the reference count first, while this frame holds no reference of its own
-        if self._refs(self._items, k) != self._base:
+        if not _refcount.only_in(self._items, k):
             return False
         t = self._items[k]
         return (
             t.dtype == dtype
             and tuple(t.shape) == shape
-            and t._use_count() == 1  # type: ignore[attr-defined]
-            and self._storage_refs(t) == self._base_storage
             # sent to another process (moved to shared memory on the way): its
             # receiver's mapping is invisible here, so never reuse it
             and not t.untyped_storage().is_shared()

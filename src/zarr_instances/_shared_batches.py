@@ -5,30 +5,36 @@ Left to torch, every batch is a new segment: the worker allocates it
 (``posix_fallocate``), zero-fills it page by page (2,048 page faults for an 8 MiB
 float32 batch), and the main process maps and unmaps it. On a small machine that
 caps the DataLoader at a few tens of thousands of 64 x 64 crops per second, whatever
-the dataset does (BENCHMARKS.md: "DataLoader transfer alone").
+the dataset does.
 
 Here a worker keeps a small pool of segments and writes each batch into one that
 the main process has released, so its pages are already there:
 
-* The batch tensor sits 64 bytes into its segment; the first 4 bytes hold the
-  segment's state: ``SENT`` (written by the worker when it fills the segment) or
-  ``FREE`` (written by the main process once nothing there references the batch
-  any more).
+* A batch is two blocks of shared memory: its crops (a pooled *segment*) and its
+  per-row columns (labels, ids, rows: the segment's *column block*). Each block
+  starts with a 64-byte header whose first 4 bytes hold its state: ``SENT``
+  (written by the worker when it fills the block) or ``FREE`` (written by the main
+  process once nothing there references the block any more).
 * The worker yields a :class:`SharedBatch` (a tuple). Pickled to the main process, it
   unpickles (:func:`_received`) into the list of tensors a plain tuple would have
-  become, after registering the segment. On every arrival, the main process releases
-  each earlier batch that no tensor, view, NumPy array or autograd record references
-  any more: it writes ``FREE`` into the segment. It keeps the segment mapped (up to
-  256 MiB of them, each until it has not come back for 64 arrivals), so that reading
-  the segment's next batch costs no page faults either.
+  become, after registering both blocks. On every arrival, the main process releases
+  each earlier block that no tensor, view, NumPy array, DLPack capsule, autograd
+  record or storage object references any more: it writes ``FREE`` into it. It keeps
+  released blocks mapped (up to 256 MiB, each until it has not come back for 64
+  arrivals), so that reading the block's next batch costs no page faults either.
+* The crops and the columns are released separately: keeping a batch's ids (to join
+  predictions back) holds the column block only, and the crop segment is reused.
 * A worker reuses a segment only when it reads ``FREE`` *and* nothing in the worker
-  references it (a wrapping dataset that keeps a batch keeps its segment). With no
+  references it (a wrapping dataset that keeps a batch keeps its segment); likewise
+  the segment's column block, which is otherwise replaced by a fresh one. With no
   segment free and the pool full (the consumer keeps batches), it falls back to a
   fresh segment per batch, as torch does: never waiting, never overwriting.
+* Whether anything references a block is answered by :mod:`._refcount`; when its
+  self-test fails, the pool hands out fresh segments for every batch.
 
 A batch that never reaches :func:`_received` (a wrapping dataset that builds its
-own tuple) leaves its segment ``SENT``: that segment is not reused, and the pool
-falls back to fresh segments once all of its segments are stuck.
+own tuple) leaves its blocks ``SENT``: they are not reused, and the pool falls back
+to fresh segments once all of its segments are stuck.
 
 Not tracked: a batch the main process sends on to yet another process (a
 ``torch.multiprocessing`` queue passes the same segment along). Once the main
@@ -38,7 +44,7 @@ it; ``clone()`` a batch before sending it on.
 
 from __future__ import annotations
 
-import ctypes
+import heapq
 import math
 import threading
 from collections import OrderedDict
@@ -47,31 +53,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _runtime
+from . import _refcount, _runtime
 from ._normalize import empty_output
 
 __all__ = ["SegmentRegistry", "SharedBatch", "WorkerBatchPool"]
 
-_HEADER = 64  # bytes before the batch tensor in its segment (alignment for any dtype)
+_HEADER = 64  # bytes before the data in a block (alignment for any dtype)
 _FREE, _SENT = 0, 1
 
 
-def _state(storage_ptr: int) -> ctypes.c_int32:
-    return ctypes.c_int32.from_address(storage_ptr)
+def _block(nbytes: int) -> torch.Tensor:
+    """Return the keeper of a new shared block: a header, then ``nbytes`` of data."""
+    return _refcount.keeper(_refcount.new_shared(_HEADER + nbytes))
 
 
-def _keeper(storage: torch.UntypedStorage) -> torch.Tensor:
-    """Return a tensor holding ``storage`` (one reference, counted by ``_users``)."""
-    return torch.empty(0, dtype=torch.uint8).set_(storage)
+def _capacity(block: torch.Tensor) -> int:
+    return int(block.untyped_storage().nbytes()) - _HEADER
 
 
-def _users(keeper: torch.Tensor) -> int:
-    return int(torch._C._storage_Use_Count(keeper.untyped_storage()._cdata))
+def _released(block: torch.Tensor) -> bool:
+    """Whether the main process released ``block`` and nothing here references it."""
+    return _refcount.read_flag(block) == _FREE and _refcount.unused(block)
 
 
-_USABLE = hasattr(torch._C, "_storage_Use_Count")
-# references to a storage held by nothing but its keeper (as _users counts them)
-_BASE = _users(_keeper(torch.UntypedStorage(8))) if _USABLE else -1
+def _data(block: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Return a tensor of ``shape``/``dtype`` over ``block``'s data (after its header)."""
+    strides: list[int] = []
+    step = 1
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    offset = _HEADER // dtype.itemsize
+    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset, shape, strides)
 
 
 class SharedBatch(tuple):  # type: ignore[type-arg]
@@ -96,17 +109,8 @@ class _Segment:
     __slots__ = ("cols", "data")
 
     def __init__(self, nbytes: int) -> None:
-        self.data = _keeper(torch.UntypedStorage._new_shared(_HEADER + nbytes))
+        self.data = _block(nbytes)
         self.cols: torch.Tensor | None = None
-
-    @property
-    def capacity(self) -> int:
-        return int(self.data.untyped_storage().nbytes()) - _HEADER
-
-    def free(self) -> bool:
-        if _state(self.data.data_ptr()).value != _FREE or _users(self.data) != _BASE:
-            return False
-        return self.cols is None or _users(self.cols) == _BASE
 
 
 class WorkerBatchPool:
@@ -119,28 +123,37 @@ class WorkerBatchPool:
     size
         Segments kept (about the batches in flight: produced ahead, queued in the
         DataLoader, held by the consumer). Beyond it, fresh segments are used.
+
+    Attributes
+    ----------
+    reused
+        Batches written into a segment that had been used before.
+    fresh
+        Batches that got fresh shared memory (pool full, or reuse off).
+    fresh_columns
+        Column blocks allocated for pooled segments (first use, or the last one held).
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._segments: list[_Segment] = []
         self._by_ptr: dict[int, _Segment] = {}
-        self.enabled = _USABLE
+        self.enabled = _refcount.reuse_enabled()
+        self.reused = self.fresh = self.fresh_columns = 0
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Return a tensor of ``shape``/``dtype`` in shared memory: pooled if one is free."""
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        seg = self._free_segment(math.prod(shape) * itemsize) if self.enabled else None
+        seg = self._free_segment(math.prod(shape) * dtype.itemsize) if self.enabled else None
         if seg is None:
+            self.fresh += 1
             return empty_output(shape, dtype, shared=True)
-        _state(seg.data.data_ptr()).value = _SENT
-        return torch.empty(0, dtype=dtype).set_(
-            seg.data.untyped_storage(), _HEADER // itemsize, shape
-        )
+        _refcount.write_flag(seg.data, _SENT)
+        return _data(seg.data, dtype, shape)
 
     def _free_segment(self, nbytes: int) -> _Segment | None:
         for seg in self._segments:
-            if seg.capacity >= nbytes and seg.free():
+            if _capacity(seg.data) >= nbytes and _released(seg.data):
+                self.reused += 1
                 return seg
         if len(self._segments) >= self.size:
             return None
@@ -152,9 +165,10 @@ class WorkerBatchPool:
     def pack(self, x: torch.Tensor, cols: list[np.ndarray]) -> tuple[Any, ...]:
         """Return the batch tuple ``(x, *cols)`` to yield, columns as int64 tensors.
 
-        With ``x`` from a pooled segment, the columns go into that segment's own
-        column block and the result is a :class:`SharedBatch`; otherwise a plain
-        tuple with the columns in one fresh shared block.
+        With ``x`` from a pooled segment, the columns go into that segment's column
+        block and the result is a :class:`SharedBatch`; a column block still held
+        (here, or by the main process) is left alone and replaced by a fresh one.
+        Otherwise a plain tuple with the columns in one fresh shared block.
         """
         m = int(x.shape[0])
         seg = self._by_ptr.get(x.untyped_storage().data_ptr())
@@ -162,12 +176,11 @@ class WorkerBatchPool:
             block = empty_output((len(cols), m), torch.int64, shared=True)
         else:
             need = 8 * len(cols) * m
-            # the segment was free when taken, so its old block can be replaced
-            if seg.cols is None or seg.cols.untyped_storage().nbytes() < need:
-                seg.cols = _keeper(torch.UntypedStorage._new_shared(max(1, need)))
-            block = torch.empty(0, dtype=torch.int64).set_(
-                seg.cols.untyped_storage(), 0, (len(cols), m)
-            )
+            if seg.cols is None or _capacity(seg.cols) < need or not _released(seg.cols):
+                seg.cols = _block(max(8, need))
+                self.fresh_columns += 1
+            _refcount.write_flag(seg.cols, _SENT)
+            block = _data(seg.cols, torch.int64, (len(cols), m))
         for k, col in enumerate(cols):
             block[k] = torch.from_numpy(np.asarray(col, dtype=np.int64))
         if seg is None:
@@ -182,91 +195,144 @@ class WorkerBatchPool:
 # page faults (2,048 per 8 MiB). Kept mappings are bounded in bytes, and dropped when
 # their segment has not come back for a while (a finished loader, a new epoch's pool).
 
-_KEEP_BYTES = 256 * 2**20  # mapped bytes of released segments kept at most
-_KEEP_ARRIVALS = 64  # a kept segment not back within this many arrivals is dropped
+_KEEP_BYTES = 256 * 2**20  # mapped bytes of released blocks kept at most
+_KEEP_ARRIVALS = 64  # a kept block not back within this many arrivals is dropped
+_RECHECK_MAX = 64  # arrivals between two checks of a block held for long, at most
 
-_Keepers = tuple[torch.Tensor, "torch.Tensor | None"]
 
+def _recheck_after(checks: int) -> int:
+    """Arrivals until the next check of a block found held ``checks`` times.
 
-def _nbytes(keepers: _Keepers) -> int:
-    return sum(int(k.untyped_storage().nbytes()) for k in keepers if k is not None)
+    Every arrival for the first two (a consumer drops a batch when it takes the
+    next), then doubling up to :data:`_RECHECK_MAX`: blocks kept for good (ids joined
+    back after inference) cost a bounded share of the checks per arrival.
+    """
+    return min(_RECHECK_MAX, 1 << max(0, checks - 2))
 
 
 class SegmentRegistry:
-    """Main process: the segments of received batches, held or released and kept mapped.
+    """Main process: the blocks of received batches, held or released and kept mapped.
 
     One per process (:func:`._runtime.segment_registry`); thread-safe.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # segment address -> (keeper of the batch segment, keeper of its column block)
-        self._held: dict[int, _Keepers] = {}
-        # released segments still mapped: address -> (keepers, arrival count when last seen)
-        self._kept: OrderedDict[int, tuple[_Keepers, int]] = OrderedDict()
+        # block address -> (its keeper, whether it holds crops rather than columns)
+        self._held: dict[int, tuple[torch.Tensor, bool]] = {}
+        # checks of held blocks: (arrival when due, checks so far, block address)
+        self._due: list[tuple[int, int, int]] = []
+        # released blocks still mapped: address -> (keeper, arrival count when released)
+        self._kept: OrderedDict[int, tuple[torch.Tensor, int]] = OrderedDict()
+        self._kept_bytes = 0
         self._arrivals = 0
+        self._reused = 0
 
     def received(self, data: torch.Tensor, cols: torch.Tensor | None) -> None:
-        """Register the segment of a batch that just arrived; release unused ones."""
+        """Register the blocks of a batch that just arrived; release unused ones.
+
+        Parameters
+        ----------
+        data
+            Keeper of the batch's crop segment.
+        cols
+            Keeper of its column block, if any.
+        """
         with self._lock:
             self._arrivals += 1
-            ptr = data.data_ptr()
-            self._kept.pop(ptr, None)  # back from the worker: held again
+            blocks = [(data, True)] if cols is None else [(data, True), (cols, False)]
+            for block, crops in blocks:
+                kept = self._kept.pop(block.data_ptr(), None)  # back from the worker
+                if kept is not None:
+                    self._kept_bytes -= int(kept[0].untyped_storage().nbytes())
+                    self._reused += crops
             self._release_unused()
-            self._held[ptr] = (data, cols)
+            for block, crops in blocks:
+                ptr = block.data_ptr()
+                if ptr not in self._held:
+                    self._held[ptr] = (block, crops)
+                    heapq.heappush(self._due, (self._arrivals + 1, 0, ptr))
 
     def _release_unused(self) -> None:
         now = self._arrivals
-        for ptr in list(self._held):
-            data, cols = self._held[ptr]
-            if _users(data) == _BASE and (cols is None or _users(cols) == _BASE):
-                _state(ptr).value = _FREE
-                self._kept[ptr] = (self._held.pop(ptr), now)
-        for ptr in [p for p, (_k, seen) in self._kept.items() if now - seen > _KEEP_ARRIVALS]:
-            del self._kept[ptr]
-        total = sum(_nbytes(k) for k, _seen in self._kept.values())
-        while self._kept and total > _KEEP_BYTES:  # oldest first
-            _ptr, (keepers, _seen) = self._kept.popitem(last=False)
-            total -= _nbytes(keepers)
+        while self._due and self._due[0][0] <= now:
+            _due, checks, ptr = heapq.heappop(self._due)
+            block, _crops = self._held[ptr]
+            if _refcount.unused(block):
+                _refcount.write_flag(block, _FREE)
+                del self._held[ptr]
+                self._kept[ptr] = (block, now)
+                self._kept_bytes += int(block.untyped_storage().nbytes())
+            else:
+                checks += 1
+                heapq.heappush(self._due, (now + _recheck_after(checks), checks, ptr))
+        # oldest first: not back for too long, then beyond the byte budget
+        while self._kept and (
+            now - next(iter(self._kept.values()))[1] > _KEEP_ARRIVALS
+            or self._kept_bytes > _KEEP_BYTES
+        ):
+            _ptr, (block, _seen) = self._kept.popitem(last=False)
+            self._kept_bytes -= int(block.untyped_storage().nbytes())
 
     def drop_kept(self) -> None:
-        """Unmap the released segments kept for reuse."""
+        """Unmap the released blocks kept for reuse."""
         with self._lock:
             self._kept.clear()
+            self._kept_bytes = 0
 
     def held(self) -> int:
-        """Segments of received batches not released yet."""
+        """Crop segments of received batches not released yet."""
         with self._lock:
-            return len(self._held)
+            return sum(crops for _block, crops in self._held.values())
+
+    def held_columns(self) -> int:
+        """Column blocks of received batches not released yet."""
+        with self._lock:
+            return sum(not crops for _block, crops in self._held.values())
 
     def kept(self) -> int:
-        """Released segments kept mapped for reuse."""
+        """Released blocks kept mapped for reuse."""
         with self._lock:
             return len(self._kept)
 
+    def reused(self) -> int:
+        """Crop segments that came back from their worker while kept mapped."""
+        with self._lock:
+            return self._reused
+
 
 def _received(items: tuple[Any, ...]) -> list[Any]:
-    """Unpickle a :class:`SharedBatch`: register its segment, release unused ones.
+    """Unpickle a :class:`SharedBatch`: register its blocks, release unused ones.
 
     Returns a list, as the DataLoader's ``default_convert`` makes of any other tuple.
     """
-    if _USABLE:
-        x = items[0]
-        cols = _keeper(items[1].untyped_storage()) if len(items) > 1 else None
-        _runtime.segment_registry().received(_keeper(x.untyped_storage()), cols)
+    if _refcount.reuse_enabled():
+        data = _refcount.keeper(items[0].untyped_storage())
+        cols = _refcount.keeper(items[1].untyped_storage()) if len(items) > 1 else None
+        _runtime.segment_registry().received(data, cols)
     return list(items)
 
 
 def drop_kept_segments() -> None:
-    """Unmap the released segments kept for reuse (they are mapped again when needed)."""
+    """Unmap the released blocks kept for reuse (they are mapped again when needed)."""
     _runtime.segment_registry().drop_kept()
 
 
 def held_segments() -> int:
-    """Segments of received batches the main process has not released yet (for tests)."""
+    """Crop segments the main process has not released yet (for tests)."""
     return int(_runtime.segment_registry().held())
 
 
+def held_column_blocks() -> int:
+    """Column blocks the main process has not released yet (for tests)."""
+    return int(_runtime.segment_registry().held_columns())
+
+
 def kept_segments() -> int:
-    """Released segments the main process keeps mapped for reuse (for tests)."""
+    """Released blocks the main process keeps mapped for reuse (for tests)."""
     return int(_runtime.segment_registry().kept())
+
+
+def reused_segments() -> int:
+    """Crop segments that came back to the main process for another batch (for tests)."""
+    return int(_runtime.segment_registry().reused())
