@@ -182,8 +182,11 @@ def test_user_input_errors_are_one_line(paths, tmp_path, capsys):
             "zarr-instances extract: error: argument --workers: must be >= 1, got 0 "
             "(see 'zarr-instances extract --help')",
         ),
-        ([*ex, out, "--diameter", "0"], "argument --diameter: must be >= 1, got 0"),
-        ([*ex, out, "--diameter", "twelve"], "must be an integer >= 1, got 'twelve'"),
+        (
+            [*ex, out, "--diameter", "0"],
+            "argument --diameter: must be an integer >= 1 or 'auto', got '0'",
+        ),
+        ([*ex, out, "--diameter", "twelve"], "must be an integer >= 1 or 'auto', got 'twelve'"),
         ([*ex, out, "--diameter", "12", "--chunk-i", "0"], "argument --chunk-i: must be >= 1"),
         ([*ex, out, "--diameter", "12", "--memory-limit", "0"], "argument --memory-limit: must"),
         ([*ex, out], "the following arguments are required: --diameter"),
@@ -287,6 +290,7 @@ def test_interrupted_store_then_rerun_then_finished(paths, tmp_path, capsys, mon
     with pytest.raises(KeyboardInterrupt):
         main(argv)
     monkeypatch.undo()
+    assert "of crops uncompressed" in capsys.readouterr().err  # the estimate came first
     n_units = zarr.open_array(out + "/progress").size
     assert n_units == 8
 
@@ -354,3 +358,26 @@ def test_console_errors_in_a_real_process(paths, tmp_path):
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+
+
+def test_extract_diameter_auto_reports_its_choice_and_clipping(tmp_path, capsys):
+    import zarr
+
+    from zarr_instances.testing import make_image_and_mask
+
+    image, mask = make_image_and_mask((128, 128), 20, 12, seed=1)
+    zarr.save_array(str(tmp_path / "i.zarr"), image)
+    zarr.save_array(str(tmp_path / "m.zarr"), mask)
+    args = [str(tmp_path / "i.zarr"), str(tmp_path / "m.zarr")]
+    code = main(["extract", *args, str(tmp_path / "a.zarr"), "--diameter", "auto", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert 'diameter="auto" chose' in err and "of crops uncompressed" in err
+    assert "warning" not in err and "Traceback" not in err
+    code = main(["extract", *args, str(tmp_path / "b.zarr"), "--diameter", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "warning:" in ln]
+    assert len(lines) == 1 and "20 of 20 instances" in lines[0] and "--diameter" not in err
+    assert main(["extract", *args, str(tmp_path / "c.zarr"), "--diameter", "big"]) == 2
+    assert "must be an integer >= 1 or 'auto'" in capsys.readouterr().err

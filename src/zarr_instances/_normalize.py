@@ -169,31 +169,41 @@ def normalize_rows(
     """
     n = src.shape[0] if index is None else int(index.size)
     shape = (n, *src.shape[1:])
+    if pool is not None and not shared:
+        out = pool.take(shape, x_dtype)
+    else:
+        out = empty_output(shape, x_dtype, shared)
+    scale = _unit_scale(src.dtype) if mode == "unit" else None
+    factor = None if scale is None else np.float32(1 / scale)
+    if x_dtype == torch.float32 and _kernels.gather_scale(src, index, mode, out.numpy(), factor):
+        return out
+    _normalize_blocks(src, index, mode, out, factor)
+    return out
+
+
+def _normalize_blocks(
+    src: np.ndarray,
+    index: np.ndarray | None,
+    mode: str,
+    out: torch.Tensor,
+    factor: np.float32 | None,
+) -> None:
+    """Write ``normalise(src[index])`` into ``out`` with NumPy, block by block in cache."""
+    n = int(out.shape[0])
     row = max(1, math.prod(src.shape[1:]))
     block = max(1, _BLOCK_BYTES // (4 * row))
-
-    def new(dtype: torch.dtype) -> torch.Tensor:
-        if pool is not None and not shared:
-            return pool.take(shape, dtype)
-        return empty_output(shape, dtype, shared)
 
     def rows(a: int, b: int) -> np.ndarray:
         return src[a:b] if index is None else src[index[a:b]]
 
-    out = new(x_dtype)
-    scale = _unit_scale(src.dtype) if mode == "unit" else None
-    factor = None if scale is None else np.float32(1 / scale)
-    direct = x_dtype == torch.float32
-    if direct and _kernels.gather_scale(src, index, mode, out.numpy(), factor):
-        return out
     if mode == "none":
         if index is None:
             out.copy_(torch.from_numpy(np.ascontiguousarray(src)))
         else:
             for a in range(0, n, block):
                 out[a : a + block].copy_(torch.from_numpy(rows(a, a + block)))
-        return out
-
+        return
+    direct = out.dtype == torch.float32
     xf = out.numpy() if direct else np.empty((block, *src.shape[1:]), np.float32)
     for a in range(0, n, block):
         b = min(a + block, n)
@@ -209,9 +219,7 @@ def normalize_rows(
             bshape = (b - a, blk.shape[1]) + (1,) * (blk.ndim - 2)
             np.subtract(o, lo.reshape(bshape), out=o)
             np.multiply(o, (np.float32(1) / span).reshape(bshape), out=o)
-        elif scale is not None:
+        elif factor is not None:
             np.multiply(o, factor, out=o)
         if not direct:
             out[a:b].copy_(torch.from_numpy(o))
-
-    return out

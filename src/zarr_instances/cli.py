@@ -3,135 +3,37 @@
 No user input ends in a traceback: a bad flag or value, or an error the library
 raises for its input, ends with exit code 2 and one line on stderr naming the flag
 and the fix in CLI words (the library's messages name Python parameters; see
-:func:`_cli_words`). Unexpected internal errors still show their traceback.
+:func:`cli_words`). Unexpected internal errors still show their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
-import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from ._cli_words import (
+    USER_ERRORS,
+    Parser,
+    cli_words,
+    diameter,
+    fail,
+    int_at_least,
+    json_object,
+    mib,
+)
 from ._store import is_url
-from .errors import ArgumentError, ZarrInstancesError
+from .errors import ArgumentError, ClippedInstancesWarning, ZarrInstancesError
 
 __all__ = ["main"]
-
-# Errors the library raises for user input; anything else is a bug and keeps its traceback.
-_USER_ERRORS = (
-    ZarrInstancesError,
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """Return an argparse ``type`` accepting integers ``>= low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            msg = f"must be an integer >= {low}, got {text!r}"
-            raise argparse.ArgumentTypeError(msg) from None
-        if value < low:
-            msg = f"must be >= {low}, got {value}"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    return parse
-
-
-def _mib(text: str) -> float:
-    """Parse ``--memory-limit``: MiB, at least one byte."""
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"must be a number of MiB > 0, e.g. 256, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not value * 2**20 >= 1:  # also refuses nan
-        msg = f"must be a number of MiB > 0, e.g. 256, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-# Python parameter -> CLI word, per command (positional arguments in capitals).
-_WORDS = {
-    "extract": {
-        "out": "OUT",
-        "image": "IMAGE",
-        "mask": "MASK",
-        "diameter": "--diameter",
-        "extract_mask": "--extract-mask",
-        "chunk_i": "--chunk-i",
-        "shards": "--shards",
-        "order": "--order",
-        "seed": "--seed",
-        "zarr_format": "--zarr-format",
-        "compressors": "--compressor",
-        "tile_size": "--tile-size",
-        "memory_limit": "--memory-limit",
-        "storage_options": "--storage-options",
-    },
-    "inspect": {
-        "zarr_path": "STORE",
-        "store": "STORE",
-        "channel": "--channel",
-        "n": "--n",
-        "storage_options": "--storage-options",
-    },
-}
-
-
-def _cli_words(message: str, command: str) -> str:
-    """Rewrite a library message for a CLI user: flags for parameters, one line.
-
-    ``name=value`` becomes ``FLAG value`` (``OUT value`` for a positional argument);
-    ``name must``, ``name needs`` and ``name: stored`` name the flag;
-    ``overwrite=True`` becomes ``--overwrite`` and ``remove_background`` becomes
-    ``--keep-background`` (with the values inverted). Names inside paths and quotes
-    are left alone.
-    """
-    text = " ".join(message.split())
-    text = text.replace("overwrite=True", "--overwrite")
-    text = text.replace(
-        "the same extract_instances call (or zarr-instances extract command)",
-        "the same zarr-instances extract command",
-    )
-
-    def keep(match: re.Match[str]) -> str:
-        was, now = ("off" if v == "True" else "on" for v in match.groups())
-        return f"--keep-background: stored {was}, now {now}"
-
-    text = re.sub(r"\bremove_background: stored (True|False), now (True|False)", keep, text)
-    for name, word in _WORDS.get(command, {}).items():
-        text = re.sub(rf"(?<![\w'\"./-]){name}=", f"{word} ", text)
-        if word.startswith("--"):  # not "image and mask must ..."
-            text = re.sub(rf"(?<![\w'\"./-]){name}(?= must\b| needs\b|: stored\b)", word, text)
-    return text
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"zarr-instances {command}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _step(message: str) -> None:
@@ -206,23 +108,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    """Parse the value of ``--storage-options``: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        msg = f"must be a JSON object, e.g. '{{\"anon\": true}}', got {text!r} ({exc})"
-        raise argparse.ArgumentTypeError(msg) from exc
-    if not isinstance(value, dict):
-        kind = _JSON_KINDS.get(type(value), "null")
-        msg = f"must be a JSON object, e.g. '{{\"anon\": true}}', got {text!r} (a JSON {kind})"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def _extract(args: argparse.Namespace) -> int:
     import dask
 
@@ -244,16 +129,20 @@ def _extract(args: argparse.Namespace) -> int:
         "progress": False if args.no_progress else None,
         "storage_options": args.storage_options,
     }
+    if args.diameter == "auto":
+        kwargs["auto_quantile"] = args.auto_quantile
     finished = not args.overwrite and _complete_store(args.out, args.storage_options)
     t0 = time.perf_counter()
-    if args.scheduler == "distributed":
-        from distributed import Client, LocalCluster
+    with _reported():
+        if args.scheduler == "distributed":
+            from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1) as cluster, Client(cluster):
-            ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
-    else:
-        with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
-            ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1)
+            with cluster, Client(cluster):
+                ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
+        else:
+            with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
+                ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
     dt = time.perf_counter() - t0
     if finished:  # extract_instances checked that this command made it
         print(
@@ -266,6 +155,32 @@ def _extract(args: argparse.Namespace) -> int:
         f"in {dt:.2f} s ({ids.size / dt:.0f} crops/s)"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Show the library's log lines (size estimate, chosen diameter) and warnings on stderr.
+
+    Each as one line, without a source location.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("zarr-instances: %(message)s"))
+    log = logging.getLogger("zarr_instances")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ClippedInstancesWarning)
+            yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    for w in caught:
+        if issubclass(w.category, ClippedInstancesWarning):
+            print(f"zarr-instances extract: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _compressors(compressor: str, clevel: int) -> Any:
@@ -312,7 +227,19 @@ def _add_extract(sub: Any) -> None:
     p.add_argument("image", help="Zarr / OME-Zarr image (c, y, x) or (c, z, y, x)")
     p.add_argument("mask", help="Zarr / OME-Zarr integer mask (y, x) or (z, y, x)")
     p.add_argument("out", help="instance store to write")
-    p.add_argument("--diameter", type=_int_at_least(1), required=True, help="crop size in y and x")
+    p.add_argument(
+        "--diameter",
+        type=diameter,
+        required=True,
+        help="crop size in y and x, or 'auto': the smallest window holding whole objects "
+        "for --auto-quantile of them",
+    )
+    p.add_argument(
+        "--auto-quantile",
+        type=float,
+        default=0.99,
+        help="share of objects a --diameter auto window holds whole (default 0.99)",
+    )
     p.add_argument(
         "--keep-background",
         action="store_true",
@@ -320,9 +247,9 @@ def _add_extract(sub: Any) -> None:
     )
     p.add_argument("--extract-mask", action="store_true", help="also write the mask crops")
     p.add_argument(
-        "--chunk-i", type=_int_at_least(1), default=None, help="rows per chunk (default ~2 MiB)"
+        "--chunk-i", type=int_at_least(1), default=None, help="rows per chunk (default ~2 MiB)"
     )
-    p.add_argument("--shards", type=_int_at_least(1), default=None, help="rows per shard (Zarr v3)")
+    p.add_argument("--shards", type=int_at_least(1), default=None, help="rows per shard (Zarr v3)")
     p.add_argument("--order", choices=("id", "random"), default="id", help="row order")
     p.add_argument("--seed", type=int, default=0, help="seed of --order random")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
@@ -332,8 +259,8 @@ def _add_extract(sub: Any) -> None:
     p.add_argument(
         "--clevel", type=int, default=3, help="compression level (blosc 0-9, zstd up to 22)"
     )
-    p.add_argument("--tile-size", type=_int_at_least(1), default=1024, help="tile edge in pixels")
-    p.add_argument("--memory-limit", type=_mib, default=256, help="MiB of crops per pass")
+    p.add_argument("--tile-size", type=int_at_least(1), default=1024, help="tile edge in pixels")
+    p.add_argument("--memory-limit", type=mib, default=256, help="MiB of crops per pass")
     p.add_argument(
         "--scheduler",
         default="threads",
@@ -341,11 +268,11 @@ def _add_extract(sub: Any) -> None:
         help="Dask scheduler; distributed starts a LocalCluster",
     )
     p.add_argument(
-        "--workers", type=_int_at_least(1), default=None, help="threads / processes / workers"
+        "--workers", type=int_at_least(1), default=None, help="threads / processes / workers"
     )
     p.add_argument(
         "--storage-options",
-        type=_json_object,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for URLs (s3://, gs://, https://) of IMAGE, MASK and OUT, as a "
@@ -401,12 +328,12 @@ def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="summary of an instance store or crop array")
     p.add_argument("store", help="instance store group or crop array (i, c, z, y, x)")
     p.add_argument("--montage", default=None, help="save a PNG grid of crops with their ids")
-    p.add_argument("--n", type=_int_at_least(1), default=64, help="crops in the montage")
+    p.add_argument("--n", type=int_at_least(1), default=64, help="crops in the montage")
     p.add_argument("--channel", type=int, default=0, help="channel shown in the montage")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--storage-options",
-        type=_json_object,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for a STORE URL (s3://, gs://, https://), as a JSON object; "
@@ -418,7 +345,7 @@ def _add_inspect(sub: Any) -> None:
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="zarr-instances", description=__doc__.split("\n")[0])
+    parser = Parser(prog="zarr-instances", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"zarr-instances {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_extract(sub)
@@ -426,8 +353,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="synthetic image + mask -> extract_instances -> stream one epoch"
     )
-    demo.add_argument("--n", type=_int_at_least(1), default=20_000, help="number of cells drawn")
-    demo.add_argument("--workers", type=_int_at_least(0), default=2, help="DataLoader workers")
+    demo.add_argument("--n", type=int_at_least(1), default=20_000, help="number of cells drawn")
+    demo.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers")
     demo.set_defaults(func=_demo)
     return parser
 
@@ -440,11 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     try:
         return int(args.func(args))
-    except _USER_ERRORS as exc:
-        message = _cli_words(str(exc), args.command)
+    except USER_ERRORS as exc:
+        message = cli_words(str(exc), args.command)
         if not isinstance(exc, ZarrInstancesError):
             message = f"{type(exc).__name__}: {message}"
-        return _fail(args.command, message)
+        return fail(args.command, message)
 
 
 if __name__ == "__main__":  # pragma: no cover

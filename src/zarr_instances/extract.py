@@ -247,7 +247,8 @@ def extract_instances(
     size = estimate_output_bytes(
         layout.n, layout.crop_shape, img.array.dtype.itemsize, s.extract_mask
     )
-    logger.info("extract_instances: %d instances, about %d bytes uncompressed", layout.n, size)
+    logger.info("extract_instances: %d instances, about %s of crops uncompressed", layout.n,
+                _size_text(size))  # fmt: skip
     job = WriteJob(
         plan, iblocks, mblocks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
@@ -395,3 +396,11 @@ def _warn_clipped(clip: Clipping, s: Settings) -> None:
     msg = clip.message(s.diameter, s.z_window)
     if msg is not None:
         warnings.warn(msg, ClippedInstancesWarning, stacklevel=3)
+
+
+def _size_text(nbytes: int) -> str:
+    """Return a byte count for a reader (``"3.2 GiB"``)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
