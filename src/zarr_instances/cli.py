@@ -124,6 +124,7 @@ def _extract(args: argparse.Namespace) -> int:
         "memory_limit": int(args.memory_limit * 2**20),
         "progress": False if args.no_progress else None,
         "storage_options": args.storage_options,
+        "axes": args.axes,
     }
     t0 = time.perf_counter()
     if args.scheduler == "distributed":
@@ -159,6 +160,7 @@ def _add_extract(sub: Any) -> None:
         help="keep pixels of other labels and background (remove_background=False)",
     )
     p.add_argument("--extract-mask", action="store_true", help="also write the mask crops")
+    p.add_argument("--axes", default=None, help="image axes if not recorded, e.g. yxc or zyx")
     p.add_argument("--chunk-i", type=int, default=None, help="rows per chunk (default ~2 MiB)")
     p.add_argument("--shards", type=int, default=None, help="rows per shard (Zarr v3)")
     p.add_argument("--order", choices=("id", "random"), default="id", help="row order")
