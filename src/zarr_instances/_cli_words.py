@@ -79,6 +79,8 @@ _WORDS = {
         "image": "IMAGE",
         "mask": "MASK",
         "diameter": "--diameter",
+        "auto_quantile": "--auto-quantile",
+        "axes": "--axes",
         "extract_mask": "--extract-mask",
         "chunk_i": "--chunk-i",
         "shards": "--shards",

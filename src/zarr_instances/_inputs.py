@@ -2,8 +2,12 @@
 
 Accepted: NumPy arrays, Dask arrays, ``zarr.Array``, paths or URLs of a Zarr
 array, of a Zarr group holding one array, or of an OME-Zarr multiscale image
-(level 0 is used), and SpatialData elements (xarray ``DataArray`` or a ``DataTree``
-of scales, level 0 used; axes from ``dims``, channel names from the ``c`` coordinate).
+(level 0 is used; axes from the NGFF ``multiscales`` metadata), paths of TIFF /
+OME-TIFF and ``.npy`` files (read lazily, :mod:`._formats`), and SpatialData elements
+(xarray ``DataArray`` or a ``DataTree`` of scales, level 0 used; axes from ``dims``,
+channel names from the ``c`` coordinate). Inputs without recorded axes take
+``axes=`` / ``mask_axes=`` or the defaults of :mod:`._axes`; the input is reordered
+to the target axes there.
 
 Chunks of a Zarr input follow zarr's semantics: a chunk that is not stored reads as
 the array's fill value (zarr 3 does not store chunks that are all fill value, e.g.
@@ -24,20 +28,37 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from . import _chunk_io
+from . import _axes, _chunk_io
+from ._formats import SUPPORTED, open_file, path_kind
 from ._store import open_zarr, url_options
 from .errors import ArgumentError, ArgumentTypeError, ChunkReadError
 
-__all__ = ["CheckedZarr", "OpenedInput", "open_image", "open_mask"]
+__all__ = ["CheckedZarr", "OpenedInput", "check_same_pixels", "open_image", "open_mask"]
 
 
 @dataclass(frozen=True)
 class OpenedInput:
-    """A Dask view of an input, where it came from and its channel names (if known)."""
+    """A Dask view of an input, where it came from and its channel names (if known).
+
+    ``shape`` and ``axes`` are the input's own (before reordering); ``axes`` is
+    ``None`` where it was assumed rather than recorded or given.
+    """
 
     array: da.Array
     source: str
     channel_names: list[str] | None
+    shape: tuple[int, ...] = ()
+    axes: str | None = None
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """An input as found: Dask array or array-like to wrap, source, recorded axes, names."""
+
+    data: Any
+    source: str
+    axes: str | None
+    names: list[str] | None
 
 
 class CheckedZarr:
@@ -178,15 +199,20 @@ def _channel_names(attrs: dict[str, Any]) -> list[str] | None:
 
 def _open_path(
     name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
-) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
+) -> _Raw:
     spath = os.fspath(path)
+    kind = path_kind(spath)
+    if kind != "zarr":
+        found = open_file(name, spath, kind)
+        return _Raw(found.data, spath, found.axes, found.channel_names)
     node = open_zarr(spath, url_options(spath, storage_options), name=name)
-    return _resolve_node(name, spath, node)
+    arr, axes, names = _resolve_node(name, spath, node)
+    return _Raw(_from_zarr(name, arr), spath, axes, names)
 
 
 def _resolve_node(
     name: str, where: str, node: zarr.Array | zarr.Group
-) -> tuple[zarr.Array, list[str] | None, list[str] | None]:
+) -> tuple[zarr.Array, str | None, list[str] | None]:
     if isinstance(node, zarr.Array):
         return node, None, None
     attrs = dict(node.attrs)
@@ -196,7 +222,7 @@ def _resolve_node(
         axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms[0].get("axes", [])]
         arr = node[level0]
         assert isinstance(arr, zarr.Array)
-        return arr, axes or None, _channel_names(attrs)
+        return arr, _axes.letters(axes or None), _channel_names(attrs)
     keys = sorted(node.array_keys())
     if len(keys) == 1:
         arr = node[keys[0]]
@@ -214,7 +240,7 @@ def _is_xarray(value: Any, kind: str) -> bool:
     return cls.__name__ == kind and cls.__module__.split(".")[0] == "xarray"
 
 
-def _from_xarray(name: str, value: Any, chunk: int) -> tuple:
+def _from_xarray(name: str, value: Any) -> _Raw:
     """Open a SpatialData element (xarray ``DataArray``, or ``DataTree``: level 0)."""
     if _is_xarray(value, "DataTree"):
         scales = sorted(value.children)
@@ -230,24 +256,19 @@ def _from_xarray(name: str, value: Any, chunk: int) -> tuple:
             )
             raise ArgumentError(msg)
         value = level0[variables[0]]
-    data = value.data
-    if not isinstance(data, da.Array):
-        data = np.asarray(data)
-        nd = data.ndim
-        chunks = tuple(min(s, chunk) if i >= nd - 2 else s for i, s in enumerate(data.shape))
-        data = da.from_array(data, chunks=chunks)
+    data = value.data if isinstance(value.data, da.Array) else np.asarray(value.data)
     axes = [str(d) for d in value.dims]
     names = None
     if "c" in value.coords and "c" in axes:
         names = [str(c) for c in value.coords["c"].values]
     label = f"xarray {value.name!r}" if value.name is not None else "xarray element"
-    return data, label, axes, names
+    return _Raw(data, label, _axes.letters(axes), names)
 
 
-def _to_dask(name: str, value: Any, storage_options: dict[str, Any] | None, chunk: int) -> tuple:
-    """Return ``(dask array, source description, axes, channel names)``."""
+def _to_raw(name: str, value: Any, storage_options: dict[str, Any] | None) -> _Raw:
+    """Return the input as found (Dask array or an array-like still to wrap)."""
     if _is_xarray(value, "DataArray") or _is_xarray(value, "DataTree"):
-        return _from_xarray(name, value, chunk)
+        return _from_xarray(name, value)
     if type(value).__name__ == "SpatialData":
         msg = (
             f"{name} is a SpatialData object: pass its elements, e.g. "
@@ -257,78 +278,123 @@ def _to_dask(name: str, value: Any, storage_options: dict[str, Any] | None, chun
         )
         raise ArgumentTypeError(msg)
     if isinstance(value, da.Array):
-        return value, f"dask array {value.name}", None, None
+        return _Raw(value, f"dask array {value.name}", None, None)
     if isinstance(value, (zarr.Array, zarr.Group)):
         where = str(value.store_path)
         arr, axes, names = _resolve_node(name, where, value)
-        return _from_zarr(name, arr), where, axes, names
+        return _Raw(_from_zarr(name, arr), where, axes, names)
     if isinstance(value, (str, os.PathLike)):
-        arr, axes, names = _open_path(name, value, storage_options)
-        return _from_zarr(name, arr), os.fspath(value), axes, names
+        return _open_path(name, value, storage_options)
     if isinstance(value, np.ndarray):
-        nd = value.ndim
-        chunks = tuple(min(s, chunk) if i >= nd - 2 else s for i, s in enumerate(value.shape))
-        return da.from_array(value, chunks=chunks), "numpy array", None, None
-    msg = (
-        f"{name} must be a NumPy, Dask or Zarr array or a path/URL of a Zarr or OME-Zarr "
-        f"image, got {type(value).__name__}: {value!r}"
-    )
+        return _Raw(value, "numpy array", None, None)
+    msg = f"{name} must be a NumPy, Dask or Zarr array or a path/URL; supported: {SUPPORTED}"
+    msg += f"; got {type(value).__name__}: {value!r:.200}"
     raise ArgumentTypeError(msg)
 
 
-def _drop_leading(arr: da.Array, keep: int) -> da.Array:
-    """Drop leading length-1 axes (e.g. OME-Zarr ``t``) until ``keep`` dims remain."""
-    while arr.ndim > keep and arr.shape[0] == 1:
-        arr = arr[0]
-    return arr
+def _as_dask(name: str, raw: _Raw, axes: str, chunk: int) -> da.Array:
+    """Wrap a NumPy array or file as Dask: blocks of ``chunk`` in y and x, whole elsewhere.
+
+    A TIFF read through its Zarr store gets blocks of whole tiles or strips where these
+    are not larger than ``chunk``.
+    """
+    data = raw.data
+    if isinstance(data, da.Array):
+        return data
+    file_chunks = getattr(data, "chunks", None) or data.shape
+    chunks = []
+    for a, n, c in zip(axes, data.shape, file_chunks, strict=True):
+        c = max(int(c), 1)
+        if a not in "yx":
+            chunks.append(n)
+        else:
+            chunks.append(min(n, chunk if c >= chunk else max(c, chunk // c * c)))
+    if isinstance(data, np.ndarray):
+        return da.from_array(data, chunks=tuple(chunks))
+    token = f"zi-{name}-{tokenize(raw.source, os.stat(raw.source).st_mtime_ns, data.shape)}"
+    meta = np.empty((0,) * data.ndim, dtype=data.dtype)
+    return da.from_array(data, chunks=tuple(chunks), name=token, asarray=False, meta=meta)
+
+
+def _open(
+    kind: str, value: Any, storage_options: dict[str, Any] | None, chunk: int, axes: str | None
+) -> OpenedInput:
+    """Open ``value`` as ``kind`` (``"image"`` / ``"mask"``) in its target axes."""
+    raw = _to_raw(kind, value, storage_options)
+    shape = tuple(int(n) for n in raw.data.shape)
+    found, known = _axes.resolve_axes(kind, shape, raw.axes, axes, raw.source)
+    if axes is not None:
+        origin = f"the given {'axes' if kind == 'image' else 'mask_axes'}={found!r}"
+    elif known:
+        origin = f"the axes {found!r} recorded in {raw.source}"
+    else:
+        param = "axes" if kind == "image" else "mask_axes"
+        origin = f"the axes {found!r} assumed for {raw.source} (name them with {param}=...)"
+    plan = _axes.plan_axes(kind, found, shape, origin)
+    arr = plan.apply(_as_dask(kind, raw, found, chunk))
+    return OpenedInput(arr, raw.source, raw.names, shape, found if known else None)
 
 
 def open_image(
-    image: Any, storage_options: dict[str, Any] | None = None, chunk: int = 2048
+    image: Any,
+    storage_options: dict[str, Any] | None = None,
+    chunk: int = 2048,
+    axes: str | None = None,
 ) -> OpenedInput:
     """Open ``image`` as a Dask array ``(c, z, y, x)``.
 
-    A 3-D image ``(c, y, x)`` gets ``z = 1``. A 5-D OME-Zarr image ``(t, c, z, y, x)``
-    with one time point drops ``t``; an OME-Zarr image without a ``c`` axis gets one.
+    ``axes`` names the axes of an input without recorded axes (e.g. ``"yxc"``);
+    without it a 3-D image is ``(c, y, x)`` (``z = 1``), a 4-D one ``(c, z, y, x)``
+    and a 5-D one ``(t, c, z, y, x)``. A ``t`` axis of length 1 is dropped; missing
+    ``c`` and ``z`` axes get length 1.
     """
-    arr, where, axes, names = _to_dask("image", image, storage_options, chunk)
-    if axes is not None and "c" not in axes:
-        arr = arr[None]
-    if arr.ndim == 5:
-        arr = _drop_leading(arr, 4)
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4:
-        msg = (
-            f"image must be (c, y, x) or (c, z, y, x), got shape {tuple(arr.shape)} "
-            f"({arr.ndim}-D) from {where}"
-        )
-        raise ArgumentError(msg)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        msg = f"image must hold numbers, got dtype {arr.dtype} from {where}"
+    img = _open("image", image, storage_options, chunk, axes)
+    if not (np.issubdtype(img.array.dtype, np.number) or img.array.dtype == np.bool_):
+        msg = f"image must hold numbers, got dtype {img.array.dtype} from {img.source}"
         raise ArgumentTypeError(msg)
-    return OpenedInput(arr, where, names)
+    return img
 
 
 def open_mask(
-    mask: Any, storage_options: dict[str, Any] | None = None, chunk: int = 2048
+    mask: Any,
+    storage_options: dict[str, Any] | None = None,
+    chunk: int = 2048,
+    axes: str | None = None,
 ) -> OpenedInput:
-    """Open ``mask`` as an integer Dask array ``(z, y, x)`` (a 2-D mask gets ``z = 1``)."""
-    arr, where, _, _ = _to_dask("mask", mask, storage_options, chunk)
-    if arr.ndim > 3:
-        arr = _drop_leading(arr, 3)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
+    """Open ``mask`` as an integer Dask array ``(z, y, x)`` (a 2-D mask gets ``z = 1``).
+
+    ``axes`` (``mask_axes`` of the caller) names the axes of a mask without recorded
+    axes; ``t`` and ``c`` axes of length 1 are dropped.
+    """
+    msk = _open("mask", mask, storage_options, chunk, axes)
+    if not np.issubdtype(msk.array.dtype, np.integer):
         msg = (
-            f"mask must be (y, x) or (z, y, x), got shape {tuple(arr.shape)} "
-            f"({arr.ndim}-D) from {where}"
-        )
-        raise ArgumentError(msg)
-    if not np.issubdtype(arr.dtype, np.integer):
-        msg = (
-            f"mask must hold integer labels (0 = background), got dtype {arr.dtype} "
-            f"from {where}; convert it, e.g. mask.astype('int32')"
+            f"mask must hold integer labels (0 = background), got dtype {msk.array.dtype} "
+            f"from {msk.source}; convert it, e.g. mask.astype('int32')"
         )
         raise ArgumentTypeError(msg)
-    return OpenedInput(arr, where, None)
+    return msk
+
+
+def check_same_pixels(img: OpenedInput, msk: OpenedInput) -> None:
+    """Raise unless image ``(c, z, y, x)`` and mask ``(z, y, x)`` cover the same pixels.
+
+    When another layout of an input whose axes were assumed would fit, the message
+    says which ``axes=`` / ``mask_axes=`` to pass.
+    """
+    im, mk = tuple(img.array.shape), tuple(msk.array.shape)
+    if im[1:] == mk:
+        return
+    msg = (
+        f"image and mask must cover the same pixels: image (c, z, y, x) = {im} "
+        f"needs a mask (z, y, x) = {im[1:]}, got mask shape {mk}"
+    )
+    hint = _axes.suggest(img.shape, img.axes, msk.shape, msk.axes)
+    if hint is not None:
+        msg += f"; {_axes.describe(img.shape, *hint)}"
+    elif img.axes is None or msk.axes is None:
+        msg += (
+            f" (image shape {img.shape}, mask shape {msk.shape}); name their axes with "
+            "axes=... (image) and mask_axes=... (mask), e.g. axes='yxc'"
+        )
+    raise ArgumentError(msg)

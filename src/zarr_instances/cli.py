@@ -128,6 +128,7 @@ def _extract(args: argparse.Namespace) -> int:
         "memory_limit": int(args.memory_limit * 2**20),
         "progress": False if args.no_progress else None,
         "storage_options": args.storage_options,
+        "axes": args.axes,
     }
     if args.diameter == "auto":
         kwargs["auto_quantile"] = args.auto_quantile
@@ -246,6 +247,7 @@ def _add_extract(sub: Any) -> None:
         help="keep pixels of other labels and background (remove_background=False)",
     )
     p.add_argument("--extract-mask", action="store_true", help="also write the mask crops")
+    p.add_argument("--axes", default=None, help="image axes if not recorded, e.g. yxc or zyx")
     p.add_argument(
         "--chunk-i", type=int_at_least(1), default=None, help="rows per chunk (default ~2 MiB)"
     )

@@ -52,7 +52,7 @@ from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, se
 from ._extract_write import WriteJob, write_passes
 from ._geometry import LabelSums, centroids, combine_sums, label_sums, tile_edges
 from ._graph import as_delayed, task, task_with_parts
-from ._inputs import OpenedInput, open_image, open_mask
+from ._inputs import OpenedInput, check_same_pixels, open_image, open_mask
 from ._schedule import compute
 from ._store import IMAGE_KEY
 from ._tile_plan import TilePlan
@@ -95,6 +95,8 @@ def extract_instances(
     channel_names: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
+    axes: str | None = None,
+    mask_axes: str | None = None,
 ) -> tuple[np.ndarray, da.Array]:
     """Cut one ``diameter x diameter`` crop per labelled instance of ``mask`` out of ``image``.
 
@@ -104,9 +106,10 @@ def extract_instances(
     Parameters
     ----------
     image
-        ``(c, y, x)`` or ``(c, z, y, x)``: NumPy, Dask or Zarr array, or the path/URL of
-        a Zarr array or an OME-Zarr image (level 0 is used), or a SpatialData image
-        element (``sdata.images[name]``). For a ``SpatialData`` object and element
+        ``(c, y, x)`` or ``(c, z, y, x)`` (else see ``axes``): NumPy, Dask or Zarr array,
+        the path/URL of a Zarr array or an OME-Zarr image (level 0), the path of a TIFF,
+        OME-TIFF or ``.npy`` file (read lazily), or a SpatialData image element
+        (``sdata.images[name]``). For a ``SpatialData`` object and element
         names use :func:`~zarr_instances.extract_from_spatialdata`.
     mask
         Integer labels ``(y, x)`` or ``(z, y, x)`` matching the image; ``0`` is
@@ -169,6 +172,10 @@ def extract_instances(
         local inputs and write to an object store.
     progress
         Show a progress bar; ``None``: only when stderr is a terminal.
+    axes, mask_axes
+        Axes of image and mask inputs that record none (unlike OME-Zarr, OME-TIFF,
+        xarray), letters ``t c z y x`` in order: ``"yxc"``, ``"zyx"``, ... A ``t`` (and
+        a mask's ``c``) of length 1 is dropped, missing ``c``/``z`` get length 1.
 
     Returns
     -------
@@ -215,7 +222,7 @@ def extract_instances(
         storage_options=storage_options,
         progress=progress,
     )
-    img, msk, names = _open_inputs(image, mask, channel_names, s)
+    img, msk, names = _open_inputs(image, mask, channel_names, s, (axes, mask_axes))
     token = uuid.uuid4().hex[:12]
     iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
     sums = _label_sums(mblocks, msk.source, token)
@@ -263,18 +270,17 @@ def extract_instances(
 
 
 def _open_inputs(
-    image: Any, mask: Any, channel_names: Sequence[str] | None, s: Settings
+    image: Any,
+    mask: Any,
+    channel_names: Sequence[str] | None,
+    s: Settings,
+    axes: tuple[str | None, str | None] = (None, None),
 ) -> tuple[OpenedInput, OpenedInput, list[str] | None]:
     """Open image ``(c, z, y, x)`` and mask ``(z, y, x)``; return them and the channel names."""
-    img = open_image(image, s.storage_options, s.tile_size)
-    msk = open_mask(mask, s.storage_options, s.tile_size)
-    im, mk = img.array, msk.array
-    if tuple(im.shape[1:]) != tuple(mk.shape):
-        msg = (
-            f"image and mask must cover the same pixels: image (c, z, y, x) = {tuple(im.shape)} "
-            f"needs a mask (z, y, x) = {tuple(im.shape[1:])}, got mask shape {tuple(mk.shape)}"
-        )
-        raise ArgumentError(msg)
+    img = open_image(image, s.storage_options, s.tile_size, axes[0])
+    msk = open_mask(mask, s.storage_options, s.tile_size, axes[1])
+    check_same_pixels(img, msk)
+    im = img.array
     if s.diameter is not None:
         check_fits(s.diameter, (int(im.shape[2]), int(im.shape[3])))
     if channel_names is None:
