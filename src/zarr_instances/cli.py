@@ -36,10 +36,11 @@ def _demo(args: argparse.Namespace) -> int:
         t_extract = time.perf_counter() - t0
         labels = np.random.default_rng(0).integers(-1, 4, size=ids.size)
         rows = []
-        for mode, kwargs in (
+        modes: tuple[tuple[str, dict[str, Any]], ...] = (
             ("per-sample (harpy-compatible)", {}),
             ("batched, 4-chunk buffers", {"batch_size": 128, "buffer_chunks": 4}),
-        ):
+        )
+        for mode, kwargs in modes:
             ds = ZarrIterableInstances(
                 store,
                 None,
