@@ -41,20 +41,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "a.zarr")
         make_instance_array(path, N, (1, 1, 2, 2), chunk_i=CHUNK)
-        ds = ZarrIterableInstances(path, np.arange(N), shuffle_chunks=True,
-                                   shuffle_within_chunk=True, buffer_seed=0, buffer_chunks=2)
+        ds = ZarrIterableInstances(
+            path,
+            np.arange(N),
+            shuffle_chunks=True,
+            shuffle_within_chunk=True,
+            buffer_seed=0,
+            buffer_chunks=2,
+        )
         epochs = {e: streams(ds, e) for e in (0, 1)}
     n_chunks = N // CHUNK
     width = max(len(s) for ep in epochs.values() for s in ep.values())
     left, top, gap = 150, 44, 30
     h = top + 2 * (WORLD * WORKERS * (CELL + 4) + gap) + 60
-    img = Image.new("RGB", (max(left + width * CELL, left + n_chunks * 3 * CELL, 620) + 20, h),
-                    "white")
+    img = Image.new(
+        "RGB", (max(left + width * CELL, left + n_chunks * 3 * CELL, 620) + 20, h), "white"
+    )
     d = ImageDraw.Draw(img)
-    d.text((10, 6), "each cell = one sample in stream order, colour = its source chunk",
-           fill="black")
-    d.text((10, 20), f"{N} rows, {n_chunks} chunks of {CHUNK}, shuffle_chunks, "
-           "shuffle_within_chunk, buffer_chunks=2, 2 ranks x 2 workers", fill="black")
+    d.text(
+        (10, 6), "each cell = one sample in stream order, colour = its source chunk", fill="black"
+    )
+    d.text(
+        (10, 20),
+        f"{N} rows, {n_chunks} chunks of {CHUNK}, shuffle_chunks, "
+        "shuffle_within_chunk, buffer_chunks=2, 2 ranks x 2 workers",
+        fill="black",
+    )
     y = top
     for epoch, ss in epochs.items():
         d.text((10, y), f"epoch {epoch}", fill="black")
@@ -63,8 +75,9 @@ def main() -> None:
             d.text((10, y + 1), f"rank {rank} worker {worker}", fill="black")
             for j, row in enumerate(rows):
                 x0 = left + j * CELL
-                d.rectangle([x0, y, x0 + CELL - 2, y + CELL - 2],
-                            fill=colour(int(row) // CHUNK, n_chunks))
+                d.rectangle(
+                    [x0, y, x0 + CELL - 2, y + CELL - 2], fill=colour(int(row) // CHUNK, n_chunks)
+                )
             y += CELL + 4
         y += gap - 16
     y += 4

@@ -100,7 +100,7 @@ def _v2_layout(meta: Any) -> Layout | None:
     config = dict(get_config()) if callable(get_config) else {}
     if config.get("id") not in _V2_COMPRESSORS:
         return None
-    import numcodecs  # type: ignore[import-untyped]
+    import numcodecs
 
     return Layout(numcodecs.get_codec(config), typed=True)
 
@@ -117,7 +117,7 @@ def _v3_layout(codecs: list[dict[str, Any]], dtype: np.dtype) -> Layout | None:
     if name not in _V3_CODECS:
         return None
     if name == "zstd":
-        import numcodecs  # type: ignore[import-untyped]
+        import numcodecs
 
         zstd = {"level": config.get("level", 0), "checksum": config.get("checksum", False)}
         return Layout(numcodecs.Zstd(**zstd), typed=False)
@@ -130,7 +130,7 @@ def _blosc(config: dict[str, Any]) -> Any:
     numcodecs takes ``typesize`` from 0.16 on; an older numcodecs (whose Blosc does
     not accept it) is given the rest, which is what zarr gives it there.
     """
-    import numcodecs  # type: ignore[import-untyped]
+    import numcodecs
 
     kw: dict[str, Any] = {
         "cname": config["cname"],

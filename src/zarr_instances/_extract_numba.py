@@ -21,7 +21,7 @@ _BIG = np.iinfo(np.int64).max
 
 
 @jit
-def _find(keys: Any, used: Any, key: Any, shift: Any) -> int:
+def _find(keys: Any, used: Any, key: Any, shift: Any) -> Any:
     mask = np.int64(keys.size - 1)
     s = np.int64((np.uint64(key) * _GOLDEN) >> shift)
     while used[s] and keys[s] != key:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -71,7 +72,8 @@ def summarize(path: ZarrPath, storage_options: dict[str, Any] | None = None) -> 
         else path
     )
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs.get(ATTRS_KEY, {}))
+        stored = node.attrs.get(ATTRS_KEY, {})
+        attrs: dict[str, Any] = dict(stored) if isinstance(stored, Mapping) else {}
         if attrs:
             info["complete"] = bool(attrs.get("complete", False))
             info["parameters"] = attrs.get("parameters")
@@ -79,7 +81,7 @@ def summarize(path: ZarrPath, storage_options: dict[str, Any] | None = None) -> 
             info["channel_names"] = attrs.get("channel_names")
             info["version"] = attrs.get("version")
         if PROGRESS_KEY in set(node.array_keys()):
-            done = np.asarray(node[PROGRESS_KEY][...])
+            done = np.asarray(cast("zarr.Array[Any]", node[PROGRESS_KEY])[...])
             info["units_written"] = [int(done.sum()), int(done.size)]
     return info
 
@@ -168,7 +170,9 @@ def montage(
     for j in range(k):
         r, c = divmod(j, cols)
         x0, y0 = pad + c * cell_w, pad + r * cell_h
-        sheet.paste(Image.fromarray(img8[j]).resize((tile, tile), Image.NEAREST), (x0, y0))
+        sheet.paste(
+            Image.fromarray(img8[j]).resize((tile, tile), Image.Resampling.NEAREST), (x0, y0)
+        )
         draw.text((x0 + 1, y0 + tile), str(int(ids[j])), fill=255)
     sheet.save(os.fspath(out_png))
     return k

@@ -145,7 +145,7 @@ def gather_scale(
     index: np.ndarray | None,
     mode: str,
     out: np.ndarray,
-    factor: float | None = None,
+    factor: float | np.floating[Any] | None = None,
 ) -> bool:
     """Write ``normalise(src[index])`` into the float32 array ``out``; ``False`` if not applicable.
 

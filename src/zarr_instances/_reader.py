@@ -76,7 +76,7 @@ def stored_chunk_decoder(array: zarr.Array) -> Decoder | None:
 
 def read_chunks(
     array: zarr.Array,
-    chunks: Sequence[int],
+    chunks: Sequence[int] | np.ndarray,
     out: np.ndarray,
     decoder: Decoder,
     where: str = "",
@@ -212,7 +212,7 @@ def read_rows(
 
     async def _one(r: np.ndarray) -> np.ndarray:
         a, b = _row_span(r)
-        block = await aarr.getitem((slice(a, b),))
+        block = np.asarray(await aarr.getitem((slice(a, b),)))
         if check_missing and _all_fill(block, fill):
             missing = await _missing_keys(array, a, b)
             if missing:

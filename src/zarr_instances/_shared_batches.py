@@ -87,7 +87,7 @@ def _data(block: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> to
     return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset, shape, strides)
 
 
-class SharedBatch(tuple):  # type: ignore[type-arg]
+class SharedBatch(tuple[Any, ...]):
     """A batch tuple whose tensors live in a pooled worker segment.
 
     Inside the worker it behaves as the tuple it is. ``_fields`` makes

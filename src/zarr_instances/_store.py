@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -42,6 +42,7 @@ __all__ = [
     "is_url",
     "open_instances",
     "open_zarr",
+    "read_array",
     "remote_error",
     "url_options",
 ]
@@ -138,7 +139,7 @@ def open_zarr(
     storage_options: dict[str, Any] | None = None,
     *,
     name: str = "zarr_path",
-    mode: str = "r",
+    mode: Literal["r", "r+", "a", "w", "w-"] = "r",
     group: bool = False,
     **kwargs: Any,
 ) -> zarr.Array | zarr.Group:
@@ -283,6 +284,15 @@ def check_complete(group: zarr.Group, where: str) -> None:
     raise StoreIncompleteError(msg)
 
 
+def read_array(group: zarr.Group, key: str) -> np.ndarray:
+    """Return the whole array ``group[key]`` as NumPy."""
+    node = group[key]
+    if not isinstance(node, zarr.Array):
+        msg = f"{key!r} in {group.store_path} is a group, not an array"
+        raise ArgumentError(msg)
+    return np.asarray(node[...])
+
+
 def open_instances(
     path: ZarrPath,
     storage_options: dict[str, Any] | None = None,
@@ -319,9 +329,9 @@ def open_instances(
         check_complete(node, where)
         array = node[IMAGE_KEY]
         if INSTANCE_IDS_KEY in keys:
-            ids = np.asarray(node[INSTANCE_IDS_KEY][...])
+            ids = read_array(node, INSTANCE_IDS_KEY)
         if LABELS_KEY in keys:
-            labels = np.asarray(node[LABELS_KEY][...])
+            labels = read_array(node, LABELS_KEY)
         where = f"{where} (array {IMAGE_KEY!r})"
     else:
         array = node

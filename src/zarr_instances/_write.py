@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ import numpy as np
 import zarr
 
 from . import _chunk_io
-from ._store import is_url, open_zarr, url_options
+from ._store import is_url, open_zarr, read_array, url_options
 from .errors import StoreExistsError
 
 
@@ -221,7 +222,7 @@ def prepare_store(
         raise StoreExistsError(msg)
     if complete:
         return group, np.arange(0)
-    done = np.asarray(group[PROGRESS_KEY][...])
+    done = read_array(group, PROGRESS_KEY)
     return group, np.flatnonzero(done == 0)
 
 
@@ -251,8 +252,8 @@ def _mismatch(
     ]
     if diffs:
         return f"parameters differ from the {what}: " + "; ".join(diffs)
-    same = np.array_equal(group["instance_ids"][...], ids) and np.array_equal(
-        group[CENTROIDS_KEY][...], cents
+    same = np.array_equal(read_array(group, "instance_ids"), ids) and np.array_equal(
+        read_array(group, CENTROIDS_KEY), cents
     )
     if not same:
         return f"the instance ids or centroids differ from the {what} (another mask?)"
@@ -267,7 +268,7 @@ def finish_store(group: zarr.Group) -> None:
     which zarr opens as well (one request per array), and which the next call
     consolidates. A complete, consolidated store is left as it is.
     """
-    attrs = dict(group.attrs[ATTRS_KEY])
+    attrs = dict(cast(Mapping[str, Any], group.attrs[ATTRS_KEY]))
     if attrs.get("complete") and group.metadata.consolidated_metadata is not None:
         return
     attrs["complete"] = True

@@ -184,6 +184,8 @@ class InstancesDataModule(pl.LightningDataModule):
                 "buffer_chunks": self.buffer_chunks,
             }
             val_kw: dict[str, Any] = {"drop_unlabeled": True}
+            train_labels: np.ndarray | None
+            val_labels: np.ndarray | None
             if self.split is not None:
                 train_labels, val_labels = (self._split_labels("train"), self._split_labels("val"))
             else:
@@ -195,8 +197,8 @@ class InstancesDataModule(pl.LightningDataModule):
                 val_kw["allowed_chunk_indexes"] = val_c
                 train_labels = val_labels = self.labels
             self.train_set = self._dataset(train_labels, **train_kw)
-            has_val = self.split is not None and np.any(self._split_labels("val") >= 0)
-            has_val = has_val or (self.split is None and len(val_kw["allowed_chunk_indexes"]))
+            has_val = self.split is not None and bool(np.any(self._split_labels("val") >= 0))
+            has_val = has_val or (self.split is None and len(val_kw["allowed_chunk_indexes"]) > 0)
             self.val_set = self._dataset(val_labels, **val_kw) if has_val else None
         if stage in (None, "predict") and self.predict_set is None:
             self.predict_set = self._dataset(None)

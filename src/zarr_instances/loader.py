@@ -178,5 +178,9 @@ class ZarrDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` (or a merged worker state) at the next ``iter()``."""
-        self.dataset.load_state_dict(state)
+        ds = self.dataset
+        if not isinstance(ds, ZarrIterableInstances):
+            msg = "ZarrDataLoader.load_state_dict needs a ZarrIterableInstances dataset"
+            raise ArgumentTypeError(msg)
+        ds.load_state_dict(state)
         self.epoch = int(state["epoch"])

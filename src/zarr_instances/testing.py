@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -28,7 +28,7 @@ def make_instance_array(
     chunk_i: int = 100,
     dtype: Any = "uint16",
     seed: int = 0,
-    zarr_format: int = 3,
+    zarr_format: Literal[2, 3] = 3,
     shards: int | None = None,
     compressors: Any = "auto",
 ) -> zarr.Array:
