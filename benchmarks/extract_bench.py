@@ -25,8 +25,8 @@ Rows:
                 of the issue (17,460 crops/s on an idle machine)
 
 With --repeats N every row (harpy's too; not the NumPy loop) runs N times, the rows
-interleaved (so that load from other jobs hits them alike); each row reports its
-median run.
+interleaved (so that load from other jobs hits them alike) and in reverse order every
+other round (a run right after another is slower); each row reports its median run.
 """
 
 from __future__ import annotations
@@ -306,7 +306,9 @@ def main() -> int:
             runs.append(("harpy (threads)", _HARPY, hp, None, None, args.harpy_python))
         times: dict[str, list[dict]] = {}
         for r in range(args.repeats):
-            for name, code, extra, src, env, python in runs:
+            # every other round in reverse order: the run after another one is slower
+            # (the page cache holds the first one's output), so no row always comes second
+            for name, code, extra, src, env, python in runs if r % 2 == 0 else runs[::-1]:
                 shutil.rmtree(extra["out"], ignore_errors=True)
                 try:
                     res = _child(python, code, {**common, **extra}, src=src, env_extra=env)
