@@ -15,8 +15,8 @@ from zarr_instances import (
     ZarrIterableInstances,
     merge_worker_states,
 )
-from zarr_instances._plan import plan_worker, select_rows, split_evenly
-from zarr_instances._resume import Step, domain_after, resolve, round_robin
+from zarr_instances._plan import select_rows, split_evenly
+from zarr_instances._resume import Step, domain_after, resolve, resumed_plan, round_robin
 from zarr_instances._sampling import Sampling
 
 SAMPLING = {
@@ -30,18 +30,9 @@ SAMPLING = {
 
 
 def stream(sel, epoch, rank, world, worker, k, resume=None, **sampling):
-    resume = resume or resolve(sel, Sampling(**sampling), epoch, None, world, k, worker)
-    plan = plan_worker(
-        sel,
-        epoch=epoch,
-        rank=rank,
-        world=world,
-        worker=worker if resume.role is None else resume.role,
-        num_workers=k,
-        domain=resume.domain,
-        generation=resume.generation,
-        **sampling,
-    )
+    sampling = Sampling(**sampling)
+    resume = resume or resolve(sel, sampling, epoch, None, world, k, worker)
+    plan = resumed_plan(sel, sampling, epoch, (rank, world, worker, k), resume)
     parts = [b.rows for b in plan.buffers(resume.start)]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
