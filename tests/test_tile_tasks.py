@@ -10,6 +10,7 @@ from zarr_instances import _tile_tasks as tiles
 from zarr_instances import extract_instances
 from zarr_instances._geometry import centroids, combine_sums, label_sums, tile_edges
 from zarr_instances._graph import take, task_with_parts
+from zarr_instances._study_plan import StudyPlan
 from zarr_instances._tile_plan import TilePlan
 from zarr_instances._tile_tasks import Blocks, assemble_crops, copy_regions, tile_tasks
 from zarr_instances.testing import make_image_and_mask
@@ -32,7 +33,17 @@ def test_each_decoded_block_feeds_one_tile_whole(image_chunks, mask_chunks, hand
     plan = TilePlan(ids, cents, "id", 0, 16, edges_y, edges_x, (160, 192))
     iblocks, mblocks = Blocks(im), Blocks(mk)
     graph: dict = {}
-    tile_tasks(plan, iblocks, mblocks, [0, ids.size], True, False, "t", graph, handoff=handoff)
+    tile_tasks(
+        StudyPlan.single(plan),
+        [iblocks],
+        [mblocks],
+        [0, ids.size],
+        True,
+        False,
+        "t",
+        graph,
+        handoff=handoff,
+    )
     cuts = [task for key, task in graph.items() if key.startswith("zi-cut")]
     assert len(cuts) > 20  # many tiles, most windows reach into a neighbour
     whole: dict[str, int] = {}
@@ -95,7 +106,16 @@ def test_graph_variants_cut_the_same_crops(handoff, pack, monkeypatch):
     monkeypatch.setattr(tiles, "_piece", piece)  # before the graph holds it
     graph: dict = {}
     parts = tile_tasks(
-        plan, Blocks(im), Blocks(mk), bounds, True, False, "t", graph, pack=pack, handoff=handoff
+        StudyPlan.single(plan),
+        [Blocks(im)],
+        [Blocks(mk)],
+        bounds,
+        True,
+        False,
+        "t",
+        graph,
+        pack=pack,
+        handoff=handoff,
     )
     shape = (2, 1, 16, 16)
     keys = [f"out-{g}" for g in range(len(bounds) - 1)]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from zarr_instances import ArgumentError, ClippedInstancesWarning, extract_instances
 from zarr_instances._clip_tasks import clipping
 from zarr_instances._geometry import centroids, label_sums, tile_edges
+from zarr_instances._study_plan import StudyPlan
 from zarr_instances._tile_plan import TilePlan
 from zarr_instances._tile_tasks import Blocks
 from zarr_instances._windows import auto_diameter, estimate_output_bytes, needed_diameter
@@ -72,7 +73,7 @@ def test_clipping_counts_exactly(seed, shape, n_labels, diameter, z_window, chun
     plan = TilePlan(
         sums.labels, centroids(sums), "id", 0, diameter, *edges, shape[1:], shape[0], z_window
     )
-    got = clipping(plan, sums, Blocks(dmask), "t")
+    got = clipping(StudyPlan.single(plan), [sums], [Blocks(dmask)], "t")
     np.testing.assert_array_equal(sums.labels, ids)
     np.testing.assert_array_equal(got.area, area)
     np.testing.assert_array_equal(got.inside, inside)

@@ -8,6 +8,7 @@ pixels holding the object's label. Every other object has all its pixels inside.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from ._geometry import LabelSums, pad_box
 from ._graph import as_delayed, task_with_parts
 from ._schedule import compute
-from ._tile_plan import TilePlan
+from ._study_plan import StudyPlan
 from ._tile_tasks import Blocks, fill
 from ._windows import Clipping, may_clip
 
@@ -53,25 +54,33 @@ def count_inside(windows: _Windows, starts: list, *blocks: Any) -> np.ndarray:
     return out
 
 
-def clipping(plan: TilePlan, sums: LabelSums, mask: Blocks, token: str) -> Clipping:
-    """Count, for every instance, its pixels inside its window (exact).
+def clipping(
+    plan: StudyPlan, sums: Sequence[LabelSums], masks: Sequence[Blocks], token: str
+) -> Clipping:
+    """Count, for every instance of ``plan``, its pixels inside its window (exact).
 
+    ``sums[s]`` and ``masks[s]`` are the label sums and mask blocks of source ``s``.
     Reads the mask blocks of the tiles holding an instance whose bounding box reaches
-    out of its window, and only those; reads nothing when no box does.
+    out of its window, and only those (one Dask computation over every source);
+    reads nothing when no box does.
     """
     starts = np.column_stack((plan.starts_z, plan.starts))
     sizes = (plan.depth, plan.diameter, plan.diameter)
-    candidates = np.flatnonzero(may_clip(starts, sizes, sums.lo, sums.hi))
-    inside = sums.count.copy()
+    count = np.concatenate([s.count for s in sums])
+    lo = np.concatenate([s.lo for s in sums]).reshape(-1, 3)
+    hi = np.concatenate([s.hi for s in sums]).reshape(-1, 3)
+    candidates = np.flatnonzero(may_clip(starts, sizes, lo, hi))
+    inside = count.copy()
     if not candidates.size:
-        return Clipping(sums.count, inside)
+        return Clipping(count, inside)
     graph: dict[Any, Any] = {}
     keys, groups = [], []
     tiles = plan.tile[candidates]
     for t in np.unique(tiles):
         inst = candidates[tiles == t]
         box = plan.box(inst)
-        (ys, xs), _ = pad_box(plan.image_yx, *box)
+        (ys, xs), _ = pad_box(plan.image_yx(int(t)), *box)
+        mask = masks[plan.tile_source(int(t))]
         pieces = mask.cover(ys, xs, graph)
         windows = _Windows(
             box,
@@ -89,7 +98,8 @@ def clipping(plan: TilePlan, sums: LabelSums, mask: Blocks, token: str) -> Clipp
         )
         keys.append(key)
         groups.append(inst)
-    counts = compute(*as_delayed(f"zi-clip-{token}", graph, keys, [mask.source]))
+    sources = [m.source for m in masks]
+    counts = compute(*as_delayed(f"zi-clip-{token}", graph, keys, sources))
     for inst, got in zip(groups, counts, strict=True):
         inside[inst] = got
-    return Clipping(sums.count, inside)
+    return Clipping(count, inside)

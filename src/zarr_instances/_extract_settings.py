@@ -8,6 +8,7 @@ Nothing here reads an input.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from ._validate import check_int
 from .errors import ArgumentError, ArgumentTypeError
 
 if TYPE_CHECKING:
-    from ._inputs import OpenedInput
+    from ._sources import Source
     from ._write import StoreLayout
 
 __all__ = ["Settings", "reject_spatialdata", "resolve_chunk_i", "settings", "store_attrs"]
@@ -162,21 +163,24 @@ def resolve_chunk_i(chunk_i: int | None, shards: int | None, crop_bytes: int, n:
 
 def store_attrs(
     s: Settings,
-    img: OpenedInput,
-    msk: OpenedInput,
+    sources: Sequence[Source],
     names: list[str] | None,
     layout: StoreLayout,
     windows: dict[str, Any],
+    study: bool,
 ) -> dict[str, Any]:
     """Return the store's ``zarr_instances`` attributes (version, sources, parameters).
 
     ``parameters`` are what a resumed call must repeat; ``z_window`` and
     ``auto_quantile`` appear there only when used. ``windows`` (how the diameter was
-    chosen, how many windows clip their object) is recorded as it is.
+    chosen, how many windows clip their object) is recorded as it is. A single image
+    records its inputs under ``source`` and its shape as ``image_shape``; a study
+    records every source's under ``sources`` and its shapes per source name.
     """
     from . import __version__
 
-    im = img.array
+    first = sources[0].image.array
+    shapes = {x.name: [int(d) for d in x.image.array.shape] for x in sources}
     parameters: dict[str, Any] = {
         "diameter": s.diameter,
         "remove_background": bool(s.remove_background),
@@ -187,17 +191,19 @@ def store_attrs(
         "shards": s.shards,
         "zarr_format": s.zarr_format,
         "compressors": repr(layout.compressors),
-        "dtype": str(im.dtype),
-        "image_shape": [int(d) for d in im.shape],
+        "dtype": str(first.dtype),
+        "image_shape": shapes if study else shapes[sources[0].name],
         "n_instances": int(layout.n),
     }
     if s.z_window is not None:
         parameters["z_window"] = s.z_window
     if "auto_quantile" in windows:
         parameters["auto_quantile"] = windows["auto_quantile"]
+    inputs = {x.name: {"image": x.image.source, "mask": x.mask.source} for x in sources}
+    where: dict[str, Any] = {"sources": inputs} if study else {"source": inputs[sources[0].name]}
     return {
         "version": __version__,
-        "source": {"image": img.source, "mask": msk.source},
+        **where,
         "channel_names": names,
         "parameters": parameters,
         "windows": windows,

@@ -23,7 +23,8 @@ from ._graph import as_delayed, task_with_parts
 from ._pass_memory import plan_passes
 from ._schedule import client, run_with_progress
 from ._store import IMAGE_KEY
-from ._tile_plan import TilePlan, write_groups
+from ._study_plan import StudyPlan
+from ._tile_plan import write_groups
 from ._tile_tasks import Blocks, assemble, tile_tasks
 from ._write import MASK_KEY, PROGRESS_KEY, StoreLayout, flag_done, write_rows
 
@@ -41,13 +42,14 @@ _PACK_ABOVE = 64 * 2**20
 class WriteJob:
     """What the write passes of one call need besides the store.
 
-    ``image``/``mask`` are the input blocks, ``plan`` the tile plan of the rows;
-    ``token`` makes the task keys unique to the call.
+    ``images[s]``/``masks[s]`` are the input blocks of source ``s``, ``plan`` the
+    plan of the rows over all sources; ``token`` makes the task keys unique to the
+    call.
     """
 
-    plan: TilePlan
-    image: Blocks
-    mask: Blocks
+    plan: StudyPlan
+    images: Sequence[Blocks]
+    masks: Sequence[Blocks]
     layout: StoreLayout
     remove_background: bool
     extract_mask: bool
@@ -119,8 +121,8 @@ def _write_pass(
     graph: dict[Any, Any] = {}
     parts = tile_tasks(
         job.plan,
-        job.image,
-        job.mask,
+        job.images,
+        job.masks,
         bounds,
         job.remove_background,
         job.extract_mask,
@@ -132,6 +134,6 @@ def _write_pass(
     keys = [f"zi-write-{token}-{units.start}" for units in pass_groups]
     for key, units, a, b, p in zip(keys, pass_groups, bounds[:-1], bounds[1:], parts, strict=True):
         graph[key] = task_with_parts(write, (units, a, b), p)
-    sources = [job.image.source, job.mask.source]
+    sources = [b.source for b in (*job.images, *job.masks)]
     writes = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, keys, sources)
     run_with_progress(writes, bar, f"zi-write-{token}-", on)

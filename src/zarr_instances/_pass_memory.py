@@ -14,13 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._study_plan import StudyPlan
 from ._tile_plan import TilePlan
 
 __all__ = ["held_bytes", "plan_passes"]
 
 
 def held_bytes(
-    plan: TilePlan, groups: Sequence[range], unit: int, n: int, row_bytes: int
+    plan: StudyPlan | TilePlan, groups: Sequence[range], unit: int, n: int, row_bytes: int
 ) -> np.ndarray:
     """Bytes of crops held after each tile when ``groups`` are cut in one pass.
 
@@ -54,7 +55,7 @@ def held_bytes(
 
 
 def plan_passes(
-    plan: TilePlan,
+    plan: StudyPlan | TilePlan,
     groups: Sequence[range],
     unit: int,
     n: int,

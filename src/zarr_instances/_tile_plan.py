@@ -7,11 +7,16 @@ runs of consecutive output units. Nothing here touches Dask or Zarr.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._geometry import window_starts
 
-__all__ = ["TilePlan", "group_last_tiles", "write_groups"]
+if TYPE_CHECKING:
+    from ._study_plan import StudyPlan
+
+__all__ = ["TilePlan", "group_last_tiles", "rows_by_tile", "write_groups"]
 
 
 class TilePlan:
@@ -92,19 +97,7 @@ class TilePlan:
 
     def tiles(self, r0: int, r1: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """Tiles of rows ``[r0, r1)``: ``(tile, rows ascending, instance indexes)``."""
-        rows = np.arange(r0, r1)
-        inst = self.perm[r0:r1]
-        tiles = self.tile[inst]
-        order = np.argsort(tiles, kind="stable")
-        tiles, rows, inst = tiles[order], rows[order], inst[order]
-        cut = np.flatnonzero(np.diff(tiles)) + 1
-        return [
-            (int(t[0]), r, i)
-            for t, r, i in zip(
-                np.split(tiles, cut), np.split(rows, cut), np.split(inst, cut), strict=True
-            )
-            if t.size
-        ]
+        return rows_by_tile(self.perm, self.tile, r0, r1)
 
     def rect(self, tile: int) -> tuple[slice, slice]:
         """Return the pixels ``(ys, xs)`` of ``tile``."""
@@ -119,7 +112,29 @@ class TilePlan:
         return int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])
 
 
-def group_last_tiles(plan: TilePlan, bounds: np.ndarray) -> np.ndarray:
+def rows_by_tile(
+    perm: np.ndarray, tile: np.ndarray, r0: int, r1: int
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Tiles of rows ``[r0, r1)``: ``(tile, rows ascending, instance indexes)``.
+
+    ``perm`` gives the instance of each row and ``tile`` the tile of each instance.
+    """
+    rows = np.arange(r0, r1)
+    inst = perm[r0:r1]
+    tiles = tile[inst]
+    order = np.argsort(tiles, kind="stable")
+    tiles, rows, inst = tiles[order], rows[order], inst[order]
+    cut = np.flatnonzero(np.diff(tiles)) + 1
+    return [
+        (int(t[0]), r, i)
+        for t, r, i in zip(
+            np.split(tiles, cut), np.split(rows, cut), np.split(inst, cut), strict=True
+        )
+        if t.size
+    ]
+
+
+def group_last_tiles(plan: TilePlan | StudyPlan, bounds: np.ndarray) -> np.ndarray:
     """Last tile (highest index) holding a row of each group ``[bounds[g], bounds[g + 1])``."""
     r0, r1 = int(bounds[0]), int(bounds[-1])
     tiles = plan.tile[plan.perm[r0:r1]]

@@ -27,7 +27,8 @@ from ._graph import (
     task_with_parts,
 )
 from ._packed import Packed, unpacked
-from ._tile_plan import TilePlan, group_last_tiles
+from ._study_plan import StudyPlan
+from ._tile_plan import group_last_tiles
 
 __all__ = [
     "Blocks",
@@ -273,9 +274,9 @@ def assemble_crops(r0: int, r1: int, shape: tuple, dtype: Any, *parts: Any) -> n
 
 
 def tile_tasks(
-    plan: TilePlan,
-    image: Blocks,
-    mask: Blocks,
+    plan: StudyPlan,
+    images: Sequence[Blocks],
+    masks: Sequence[Blocks],
     bounds: Sequence[int],
     remove_background: bool,
     with_mask: bool,
@@ -285,6 +286,8 @@ def tile_tasks(
     handoff: bool = False,
 ) -> list[list[Any]]:
     """Add the cuts of the tiles holding rows ``[bounds[0], bounds[-1])`` to ``graph``.
+
+    ``images[s]`` and ``masks[s]`` are the blocks of source ``s`` of ``plan``.
 
     Group ``g`` holds rows ``[bounds[g], bounds[g + 1])`` (a write task, or a chunk).
     Returns, per group, the tile results ``(rows, crops, mask crops)`` that hold its
@@ -315,30 +318,36 @@ def tile_tasks(
     out: list[list[Any]] = [[] for _ in range(len(edges) - 1)]
     copies: Copies | None = {} if handoff else None
     last = group_last_tiles(plan, edges) if pack else None
-    settings = CutSettings(
-        image.shape[:-2],
-        image.dtype,
-        mask.shape[:-2],
-        mask.dtype,
-        plan.diameter,
-        remove_background,
-        with_mask,
-        handoff,
-        plan.depth,
-    )
+    settings = [
+        CutSettings(
+            image.shape[:-2],
+            image.dtype,
+            mask.shape[:-2],
+            mask.dtype,
+            plan.diameter,
+            remove_background,
+            with_mask,
+            handoff,
+            plan.depth,
+        )
+        for image, mask in zip(images, masks, strict=True)
+    ]
     for t, rows, inst in plan.tiles(r0, r1):
         segments, feeds = _split_by_group(rows, edges)
         # a part for one group waits (compressed) unless this is that group's last tile
         packs = [] if last is None else [len(f) == 1 and bool(last[f[0]] != t) for f in feeds]
         cut = f"zi-cut-{token}-{r0}-{t}"
-        tile, src = _tile_cut(plan, inst, rows, segments, packs)
+        src_i = plan.tile_source(t)
+        tile, src = _tile_cut(plan, inst, rows, segments, packs, plan.image_yx(t))
         own, name = plan.rect(t), f"zi-piece-{token}-{r0}-{t}"
-        ipieces = image.cover(*src, graph, own, f"{name}-i", copies, pack)
+        ipieces = images[src_i].cover(*src, graph, own, f"{name}-i", copies, pack)
         need_mask = remove_background or with_mask
-        mpieces = mask.cover(*src, graph, own, f"{name}-m", copies, pack) if need_mask else []
+        mpieces = (
+            masks[src_i].cover(*src, graph, own, f"{name}-m", copies, pack) if need_mask else []
+        )
         starts = [p[0] for p in (*ipieces, *mpieces)]
         refs = [p[1] for p in (*ipieces, *mpieces)]
-        static = (starts, len(ipieces), tile, settings)
+        static = (starts, len(ipieces), tile, settings[src_i])
         graph[cut] = task_with_parts(_cut_from_pieces, static, refs)
         for i, groups in enumerate(feeds):
             part = _part_ref(graph, cut, i, len(groups), handoff, f"zi-part-{token}-{r0}-{t}-{i}")
@@ -365,11 +374,19 @@ def _split_by_group(rows: np.ndarray, edges: np.ndarray) -> tuple[list, list[lis
 
 
 def _tile_cut(
-    plan: TilePlan, inst: np.ndarray, rows: np.ndarray, segments: list, packs: list[bool]
+    plan: StudyPlan,
+    inst: np.ndarray,
+    rows: np.ndarray,
+    segments: list,
+    packs: list[bool],
+    image_yx: tuple[int, int],
 ) -> tuple[TileCut, tuple[slice, slice]]:
-    """Return the cut of the windows ``inst`` (at ``rows``) and the pixels of its box."""
+    """Return the cut of the windows ``inst`` (at ``rows``) and the pixels of its box.
+
+    ``image_yx``: the size of the image holding the windows.
+    """
     box = plan.box(inst)
-    (ys, xs), _ = pad_box(plan.image_yx, *box)
+    (ys, xs), _ = pad_box(image_yx, *box)
     padded = (ys.stop - ys.start, xs.stop - xs.start) != (box[1] - box[0], box[3] - box[2])
     starts, ids, starts_z = plan.starts[inst], plan.ids[inst], plan.starts_z[inst]
     tile = TileCut(box, padded, starts, ids, rows, segments, packs, starts_z)

@@ -52,15 +52,15 @@ from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, se
 from ._extract_write import WriteJob, write_passes
 from ._geometry import LabelSums, centroids, combine_sums, label_sums, tile_edges
 from ._graph import as_delayed, task, task_with_parts
-from ._inputs import OpenedInput, check_same_pixels, open_image, open_mask
 from ._schedule import compute
+from ._sources import Source, check_study, named_inputs, open_sources
 from ._store import IMAGE_KEY
+from ._study_plan import StudyPlan
 from ._tile_plan import TilePlan
 from ._tile_tasks import Blocks, assemble_crops, tile_tasks
 from ._windows import (
     Clipping,
     auto_diameter,
-    check_fits,
     estimate_output_bytes,
     needed_diameter,
 )
@@ -202,7 +202,9 @@ def extract_instances(
         the input, the array and the chunk). A chunk that is not stored reads as the
         array's fill value, as in zarr.
     """
-    reject_spatialdata(image, mask)
+    named, study = named_inputs(image, mask)
+    for _, im_, mk_ in named:
+        reject_spatialdata(im_, mk_)
     s = settings(
         diameter=diameter,
         depth=depth,
@@ -222,25 +224,29 @@ def extract_instances(
         storage_options=storage_options,
         progress=progress,
     )
-    img, msk, names = _open_inputs(image, mask, channel_names, s, (axes, mask_axes))
+    sources = open_sources(named, s.storage_options, s.tile_size, (axes, mask_axes), s.diameter)
+    check_study(sources, s.z_window)
+    names = _channel_names(sources[0], channel_names)
     token = uuid.uuid4().hex[:12]
-    iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
-    sums = _label_sums(mblocks, msk.source, token)
-    ids, cents = sums.labels, centroids(sums)
-    s, windows = _choose_diameter(s, sums, cents, img.array)
-    plan, layout = _rows(ids, cents, img.array, s=s, compressors=compressors)
-    clip = clipping(plan, sums, mblocks, token)
+    sums = _label_sums(sources, token, study)
+    cents = [centroids(x) for x in sums]
+    s, windows = _choose_diameter(s, sums, cents, sources)
+    plan, layout = _rows(sums, cents, sources, s=s, compressors=compressors)
+    images = [src.image_blocks for src in sources]
+    masks = [src.mask_blocks for src in sources]
+    clip = clipping(plan, sums, masks, token)
     windows["n_clipped"] = int(clip.clipped.sum())
     windows["max_clipped"] = float(clip.fraction.max())
     # per instance, held to the end: keep no copies in id order (perm is the identity)
-    row_ids = ids if s.order == "id" else ids[plan.perm]
+    row_ids = plan.ids if s.order == "id" else plan.ids[plan.perm]
     if s.out is None:
-        crops = _lazy_crops(plan, iblocks, mblocks, layout, token, s.remove_background)
+        crops = _lazy_crops(plan, images, masks, layout, token, s.remove_background)
         _warn_clipped(clip, s)
         return row_ids, crops
-    row_cents = cents if s.order == "id" else cents[plan.perm]
-    del cents
-    attrs = store_attrs(s, img, msk, names, layout, windows)
+    all_cents = np.concatenate(cents)
+    row_cents = all_cents if s.order == "id" else all_cents[plan.perm]
+    del cents, all_cents
+    attrs = store_attrs(s, sources, names, layout, windows, study)
     group, todo = prepare_store(
         s.out,
         layout,
@@ -250,14 +256,11 @@ def extract_instances(
         overwrite=s.overwrite,
         storage_options=s.storage_options,
     )
-    del row_cents  # written to the store
-    size = estimate_output_bytes(
-        layout.n, layout.crop_shape, img.array.dtype.itemsize, s.extract_mask
-    )
+    size = estimate_output_bytes(layout.n, layout.crop_shape, layout.dtype.itemsize, s.extract_mask)
     logger.info("extract_instances: %d instances, about %s of crops uncompressed", layout.n,
                 _size_text(size))  # fmt: skip
     job = WriteJob(
-        plan, iblocks, mblocks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
+        plan, images, masks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
     if todo.size:  # none when the store holds this call's extraction complete already
         write_passes(job, group, todo, s.progress)
@@ -269,65 +272,77 @@ def extract_instances(
 # --------------------------------------------------------------------------- steps
 
 
-def _open_inputs(
-    image: Any,
-    mask: Any,
-    channel_names: Sequence[str] | None,
-    s: Settings,
-    axes: tuple[str | None, str | None] = (None, None),
-) -> tuple[OpenedInput, OpenedInput, list[str] | None]:
-    """Open image ``(c, z, y, x)`` and mask ``(z, y, x)``; return them and the channel names."""
-    img = open_image(image, s.storage_options, s.tile_size, axes[0])
-    msk = open_mask(mask, s.storage_options, s.tile_size, axes[1])
-    check_same_pixels(img, msk)
-    im = img.array
-    if s.diameter is not None:
-        check_fits(s.diameter, (int(im.shape[2]), int(im.shape[3])))
+def _channel_names(first: Source, channel_names: Sequence[str] | None) -> list[str] | None:
+    """Return the channel names: as given (one per channel), else those the input records."""
     if channel_names is None:
-        return img, msk, img.channel_names
+        return first.image.channel_names
     names = [str(c) for c in channel_names]
-    if len(names) != im.shape[0]:
-        msg = f"channel_names must name {im.shape[0]} channels, got {names!r}"
+    n = int(first.image.array.shape[0])
+    if len(names) != n:
+        msg = f"channel_names must name {n} channels, got {names!r}"
         raise ArgumentError(msg)
-    return img, msk, names
+    return names
 
 
-def _label_sums(mask: Blocks, source: str, token: str) -> LabelSums:
-    """Return the exact sums and extents of every label (ids ascending).
+def _label_sums(sources: Sequence[Source], token: str, study: bool) -> list[LabelSums]:
+    """Return the exact sums and extents of every label of every source (ids ascending).
 
-    One task per mask block sums its labels exactly; the sums are combined here.
+    One task per mask block sums its labels exactly (one Dask computation over every
+    source); the sums are combined per source here. A study may hold sources without
+    labels, but not only such.
     """
     graph: dict[Any, Any] = {}
-    for k, idx in enumerate(np.ndindex(*mask.keys.shape)):
-        start = [int(mask.edges[a][i]) for a, i in enumerate(idx)]
-        graph[f"zi-sums-{token}-{k}"] = task(label_sums, mask.keys[idx], start)
-    sums = combine_sums(compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), [mask.source])))
-    if sums.labels.size == 0:
+    owner: list[int] = []
+    for i, src in enumerate(sources):
+        mask = src.mask_blocks
+        for idx in np.ndindex(*mask.keys.shape):
+            start = [int(mask.edges[a][j]) for a, j in enumerate(idx)]
+            graph[f"zi-sums-{token}-{len(owner)}"] = task(label_sums, mask.keys[idx], start)
+            owner.append(i)
+    sources_dask = [src.mask_blocks.source for src in sources]
+    parts = compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), sources_dask))
+    owners = np.asarray(owner)
+    out = [
+        combine_sums([parts[k] for k in np.flatnonzero(owners == i)]) for i in range(len(sources))
+    ]
+    for src, sums in zip(sources, out, strict=True):
+        _check_labels(src, sums, study)
+    if study and not any(x.labels.size for x in out):
+        msg = "every mask of the study has no labels (all pixels 0, background): nothing to extract"
+        raise ArgumentError(msg)
+    return out
+
+
+def _check_labels(src: Source, sums: LabelSums, study: bool) -> None:
+    """Raise on a mask without labels (single image) or with ids above the int64 range."""
+    where = src.mask.source if not study else f"{src.mask.source} (source {src.name!r})"
+    if sums.labels.size == 0 and not study:
         msg = (
-            f"mask has no labels: every pixel of mask from {source} is 0 (background); "
+            f"mask has no labels: every pixel of mask from {where} is 0 (background); "
             "nothing to extract"
         )
         raise ArgumentError(msg)
-    if mask.dtype == np.uint64 and sums.labels[0] < 0:  # ids >= 2**63 wrapped to int64
-        largest = int(sums.labels.view(np.uint64).max())
+    if src.mask_blocks.dtype == np.uint64 and sums.labels.size and sums.labels[0] < 0:
+        largest = int(sums.labels.view(np.uint64).max())  # ids >= 2**63 wrapped to int64
         msg = (
             f"mask holds ids above the int64 range: the largest id is {largest} (> 2**63 - 1) "
-            f"in mask from {source}; instance ids are stored as int64, so relabel the mask "
+            f"in mask from {where}; instance ids are stored as int64, so relabel the mask "
             "to ids below 2**63 (e.g. skimage.segmentation.relabel_sequential)"
         )
         raise ArgumentError(msg)
-    return sums
 
 
 def _choose_diameter(
-    s: Settings, sums: LabelSums, cents: np.ndarray, image: da.Array
+    s: Settings, sums: Sequence[LabelSums], cents: Sequence[np.ndarray], sources: Sequence[Source]
 ) -> tuple[Settings, dict[str, Any]]:
     """Settle ``diameter="auto"`` from the objects' extents; return how it was chosen."""
     if s.diameter is not None:
         return s, {"diameter": s.diameter}
-    need = needed_diameter(cents, sums.lo, sums.hi)
+    need = np.concatenate(
+        [needed_diameter(c, x.lo, x.hi) for c, x in zip(cents, sums, strict=True)]
+    )
     d = auto_diameter(need, s.auto_quantile)
-    fit = min(int(image.shape[2]), int(image.shape[3]))
+    fit = min(min(int(x.image.array.shape[2]), int(x.image.array.shape[3])) for x in sources)
     logger.info(
         'extract_instances: diameter="auto" chose %d (whole objects for %g of %d instances; '
         "the largest object needs %d)%s",
@@ -343,26 +358,33 @@ def _choose_diameter(
 
 
 def _rows(
-    ids: np.ndarray,
-    cents: np.ndarray,
-    image: da.Array,
+    sums: Sequence[LabelSums],
+    cents: Sequence[np.ndarray],
+    sources: Sequence[Source],
     s: Settings,
     compressors: Any,
-) -> tuple[TilePlan, StoreLayout]:
-    """Return the tile plan of the instances and the layout of the output rows."""
+) -> tuple[StudyPlan, StoreLayout]:
+    """Return the plan of the instances of every source and the layout of the output rows."""
     assert s.diameter is not None
-    edges_y = tile_edges(image.chunks[2], s.tile_size)
-    edges_x = tile_edges(image.chunks[3], s.tile_size)
-    yx = (int(image.shape[2]), int(image.shape[3]))
-    nz = int(image.shape[1])
-    plan = TilePlan(ids, cents, s.order, s.seed, s.diameter, edges_y, edges_x, yx, nz, s.z_window)
+    parts = []
+    for x, c, src in zip(sums, cents, sources, strict=True):
+        image = src.image.array
+        edges_y = tile_edges(image.chunks[2], s.tile_size)
+        edges_x = tile_edges(image.chunks[3], s.tile_size)
+        yx = (int(image.shape[2]), int(image.shape[3]))
+        nz = int(image.shape[1])
+        parts.append(
+            TilePlan(x.labels, c, "id", 0, s.diameter, edges_y, edges_x, yx, nz, s.z_window)
+        )
+    plan = StudyPlan(parts, s.order, s.seed)
+    image = sources[0].image.array
     crop_shape = (int(image.shape[0]), plan.depth, s.diameter, s.diameter)
     crop_bytes = math.prod(crop_shape) * image.dtype.itemsize
-    chunk_i = resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, ids.size)
+    chunk_i = resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, plan.n)
     if isinstance(compressors, str) and compressors == "auto":
         compressors = default_compressors(image.dtype, s.zarr_format)
     layout = StoreLayout(
-        n=ids.size,
+        n=plan.n,
         crop_shape=crop_shape,
         dtype=image.dtype,
         mask_dtype=np.dtype(np.uint8) if s.extract_mask else None,
@@ -375,9 +397,9 @@ def _rows(
 
 
 def _lazy_crops(
-    plan: TilePlan,
-    image: Blocks,
-    mask: Blocks,
+    plan: StudyPlan,
+    images: Sequence[Blocks],
+    masks: Sequence[Blocks],
     layout: StoreLayout,
     token: str,
     remove_background: bool,
@@ -388,11 +410,12 @@ def _lazy_crops(
     for a in range(0, n, chunk_i):
         b = min(n, a + chunk_i)
         graph: dict[Any, Any] = {}
-        (parts,) = tile_tasks(plan, image, mask, [a, b], remove_background, False, token, graph)
+        (parts,) = tile_tasks(plan, images, masks, [a, b], remove_background, False, token, graph)
         key = f"zi-crops-{token}-{a}"
-        graph[key] = task_with_parts(assemble_crops, (a, b, crop_shape, image.dtype), parts)
-        (delayed,) = as_delayed(key, graph, [key], [image.source, mask.source])
-        pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=image.dtype))
+        graph[key] = task_with_parts(assemble_crops, (a, b, crop_shape, layout.dtype), parts)
+        sources = [x.source for x in (*images, *masks)]
+        (delayed,) = as_delayed(key, graph, [key], sources)
+        pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=layout.dtype))
     return da.concatenate(pieces, axis=0)
 
 
