@@ -153,6 +153,7 @@ def test_no_block_imports_harpy():
 def test_install_instructions_use_the_repository():
     # the package is not on the package index: installs are from a clone
     bad = re.compile(r"pip install\s+(-U\s+)?[\"']?zarr-instances")
-    for path in [*DOC_FILES, ROOT / "BENCHMARKS.md"]:
+    # (nor in the error messages and docstrings of the package)
+    for path in [*DOC_FILES, ROOT / "BENCHMARKS.md", *sorted((ROOT / "src").rglob("*.py"))]:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             assert not bad.search(line), f"{path.relative_to(ROOT)}:{n}: {line.strip()}"

@@ -131,7 +131,7 @@ class ZarrIterableInstances(IterableDataset):
         GZip, Zlib or no compressor) are decoded chunk by chunk straight into a reused
         buffer; other layouts go through zarr's codec pipeline. ``"zarrs"`` reads
         everything through the Rust ``zarrs`` pipeline (``pip install
-        'zarr-instances[zarrs]'``), bound to the array in each worker; its thread pool
+        zarrs``, the ``[zarrs]`` extra), bound to the array in each worker; its thread pool
         does not survive ``fork``: if the dataset was iterated in the parent, start
         workers with ``spawn`` or ``forkserver``.
     check_missing_chunks
