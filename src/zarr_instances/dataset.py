@@ -65,7 +65,8 @@ class ZarrIterableInstances(IterableDataset):
     """Chunk-wise iterable dataset of per-instance crops stored in Zarr.
 
     A drop-in replacement for harpy's ``ZarrIterableInstances``: same positional
-    parameters, defaults, modes and yielded tuples. It
+    parameters, defaults and yielded tuples (``normalize="unit"`` divides by the
+    stored dtype's maximum, harpy by 65535; docs/migration-harpy.md). It
 
     * iterates chunk by chunk (or ``buffer_chunks`` chunks per read),
     * optionally shuffles chunks deterministically per epoch,
