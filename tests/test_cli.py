@@ -260,8 +260,8 @@ def test_montage_without_pillow_is_one_line(paths, tmp_path, capsys, monkeypatch
     err = _one_line_error(
         capsys,
         ["inspect", out, "--montage", str(tmp_path / "m.png")],
-        "zarr-instances inspect: error: --montage needs pillow: pip install "
-        "'zarr-instances[montage]' (or pillow), or leave out --montage",
+        "zarr-instances inspect: error: --montage needs pillow: pip install pillow "
+        "(the [montage] extra), or leave out --montage",
     )
     assert not (tmp_path / "m.png").exists(), err
 

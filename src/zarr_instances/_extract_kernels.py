@@ -1,6 +1,6 @@
 """Optional compiled kernels (numba) of ``extract_instances``: label sums and window cuts.
 
-With the ``fast`` extra (``pip install "zarr-instances[fast]"``) two steps of the
+With the ``fast`` extra (numba: ``pip install -e ".[fast]"`` in a clone) two steps of the
 extraction run through these kernels:
 
 * :func:`label_sums` scans a mask block once, run by run, and adds each run's pixel

@@ -145,7 +145,7 @@ def montage(
     try:
         from PIL import Image, ImageDraw
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        msg = "--montage needs pillow: pip install 'zarr-instances[montage]' (or pillow)"
+        msg = "--montage needs pillow: pip install pillow (the [montage] extra)"
         raise ImportError(msg) from exc
     opened = open_instances(path, storage_options)
     arr = opened.array

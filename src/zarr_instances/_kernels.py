@@ -1,6 +1,6 @@
 """Optional compiled kernels (numba): gather + cast + scale of crops in one pass.
 
-With the ``fast`` extra (``pip install "zarr-instances[fast]"``) the batched and
+With the ``fast`` extra (numba: ``pip install -e ".[fast]"`` in a clone) the batched and
 per-sample normalisation of integer crops runs through these kernels: each row and
 channel is read once for its minimum and maximum (the stored values, in cache) and once
 to write the float32 output, with no temporaries. They give bit-identical results to

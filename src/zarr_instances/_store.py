@@ -225,7 +225,7 @@ def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> di
         except ImportError as exc:
             msg = (
                 "codec_pipeline='zarrs' needs the zarrs package: "
-                "pip install 'zarr-instances[zarrs]'"
+                "pip install zarrs (the [zarrs] extra)"
             )
             raise ArgumentError(msg) from exc
         if record and _runtime.zarrs_used_by_parent():

@@ -316,7 +316,7 @@ def _check_montage(png: str) -> None:
         import PIL.Image  # noqa: F401
     except ImportError:
         msg = (
-            "--montage needs pillow: pip install 'zarr-instances[montage]' (or pillow), "
+            "--montage needs pillow: pip install pillow (the [montage] extra), "
             "or leave out --montage"
         )
         raise ArgumentError(msg) from None

@@ -65,7 +65,8 @@ class ZarrIterableInstances(IterableDataset):
     """Chunk-wise iterable dataset of per-instance crops stored in Zarr.
 
     A drop-in replacement for harpy's ``ZarrIterableInstances``: same positional
-    parameters, defaults, modes and yielded tuples. It
+    parameters, defaults and yielded tuples (``normalize="unit"`` divides by the
+    stored dtype's maximum, harpy by 65535; docs/migration-harpy.md). It
 
     * iterates chunk by chunk (or ``buffer_chunks`` chunks per read),
     * optionally shuffles chunks deterministically per epoch,
@@ -131,7 +132,7 @@ class ZarrIterableInstances(IterableDataset):
         GZip, Zlib or no compressor) are decoded chunk by chunk straight into a reused
         buffer; other layouts go through zarr's codec pipeline. ``"zarrs"`` reads
         everything through the Rust ``zarrs`` pipeline (``pip install
-        'zarr-instances[zarrs]'``), bound to the array in each worker; its thread pool
+        zarrs``, the ``[zarrs]`` extra), bound to the array in each worker; its thread pool
         does not survive ``fork``: if the dataset was iterated in the parent, start
         workers with ``spawn`` or ``forkserver``.
     check_missing_chunks

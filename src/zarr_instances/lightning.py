@@ -37,10 +37,7 @@ from .loader import ZarrDataLoader
 try:
     import lightning.pytorch as pl
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    msg = (
-        "zarr_instances.lightning needs Lightning: pip install 'zarr-instances[lightning]' "
-        "(or pip install lightning)"
-    )
+    msg = "zarr_instances.lightning needs Lightning: pip install lightning (the [lightning] extra)"
     raise ImportError(msg) from exc
 
 __all__ = ["InstancesDataModule"]

@@ -26,7 +26,7 @@ def _require_spatialdata() -> Any:
     except ImportError as exc:
         msg = (
             "SpatialData input needs the spatialdata package: "
-            "pip install 'zarr-instances[spatialdata]' (or pip install spatialdata)"
+            "pip install spatialdata (the [spatialdata] extra)"
         )
         raise ImportError(msg) from exc
     return spatialdata
