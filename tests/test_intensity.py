@@ -16,7 +16,7 @@ from zarr_instances._intensity import (
     percentiles,
 )
 
-SMALL_DTYPES = ["bool", "uint8", "int8", "uint16", "int16"]
+SMALL_DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "float16"]
 QS = [0.0, 0.1, 1.0, 12.5, 33.3, 50.0, 66.7, 99.0, 99.9, 100.0]
 
 
@@ -31,7 +31,8 @@ def _reference(image: np.ndarray, mask: np.ndarray, q: list[float]) -> np.ndarra
             # np.percentile rejects bool and wraps b - a in int8/int16; int64 does neither
             x = x.astype(np.int64)
         if x.size:
-            out[ch] = np.percentile(x, q)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf
+                out[ch] = np.percentile(x, q)
     return out
 
 
@@ -39,6 +40,11 @@ def _random_image(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) 
     dt = np.dtype(dtype)
     if dt.kind == "b":
         return rng.random(shape) < 0.3
+    if dt.kind == "f":  # any bit pattern: NaNs, infinities, subnormals, -0.0
+        img = rng.integers(0, 2**16, size=shape).astype(np.uint16).view(np.float16)
+        if rng.random() < 0.5:
+            img = rng.choice(np.float16([-0.0, 0.0, -np.inf, np.inf, np.nan, 1, -2.5]), shape)
+        return img
     info = np.iinfo(dt)
     img = rng.integers(info.min, int(info.max) + 1, size=shape, dtype=np.int64)
     if rng.random() < 0.5:  # few distinct values: many ties
@@ -100,7 +106,7 @@ def _case(draw: st.DrawFn, dtypes: list[str]) -> tuple:
 
 @settings(max_examples=150, deadline=None)
 @given(_case(SMALL_DTYPES))
-def test_small_integer_blocks_equal_numpy(case: tuple) -> None:
+def test_16_bit_blocks_equal_numpy(case: tuple) -> None:
     image, mask, cuts, rng = case
     merged = _tree(_blocks(image, mask, cuts), rng)
     _same(merged, block_histogram(image, mask))
@@ -108,11 +114,12 @@ def test_small_integer_blocks_equal_numpy(case: tuple) -> None:
     assert got.dtype == np.float64
     assert got.shape == (image.shape[0], len(QS))
     np.testing.assert_array_equal(got, _reference(image, mask, QS))
-    assert merged.totals.tolist() == [int((mask > 0).sum())] * image.shape[0]
+    finite = ~np.isnan(image) if image.dtype.kind == "f" else np.ones(image.shape, bool)
+    assert merged.totals.tolist() == [int((ok & (mask > 0)).sum()) for ok in finite]
 
 
 @settings(max_examples=80, deadline=None)
-@given(_case(["float16", "float32", "float64", "int32", "uint32", "int64", "uint64"]))
+@given(_case(["float32", "float64", "int32", "uint32", "int64", "uint64"]))
 def test_wide_dtypes_below_the_limit_are_exact(case: tuple) -> None:
     image, mask, cuts, rng = case
     if image.dtype.kind == "f":

@@ -9,15 +9,16 @@ A summary holds, per channel, the distinct values seen and how often each occurr
 (sorted, ``int64`` counts): a sparse histogram. Two regimes:
 
 * **Exact** — images of at most 16 bits (``bool``, ``uint8``, ``int8``, ``uint16``,
-  ``int16``) always, and any other dtype while the channel has at most
+  ``int16``, ``float16``) always, and any other dtype while the channel has at most
   :data:`EXACT_LIMIT` distinct values. The histogram is the multiset of object
   values itself, so :func:`percentiles` equals ``np.percentile`` (default
-  ``"linear"`` method) on the object pixels bit for bit. Integer images are
-  histogrammed with ``np.bincount`` (one counter per possible value).
-* **Binned** — wider dtypes (floats, 32/64-bit integers) once a channel has more than
-  :data:`EXACT_LIMIT` distinct values. Each value is converted to ``float64`` and
-  its significand truncated (toward zero) to :data:`MANTISSA_BITS` bits; the
-  histogram counts these truncated values. Truncation is monotone, so the ``k``-th
+  ``"linear"`` method) on the object pixels bit for bit. Images of at most 16 bits
+  are histogrammed with ``np.bincount`` (one counter per possible value; ``float16``
+  through an order-preserving map of its bit patterns).
+* **Binned** — wider dtypes (``float32``/``float64``, 32/64-bit integers) once a
+  channel has more than :data:`EXACT_LIMIT` distinct values. Each value is converted
+  to ``float64`` and its significand truncated (toward zero) to :data:`MANTISSA_BITS`
+  bits; the histogram counts these truncated values. Truncation is monotone, so the ``k``-th
   smallest truncated value is the truncation of the ``k``-th smallest value, and a
   percentile (a convex combination of two order statistics) is off by less than
   ``2**-MANTISSA_BITS`` times the larger magnitude of those two order statistics
@@ -30,13 +31,16 @@ Both regimes are exactly associative and commutative: whatever the blocking and 
 order of merging, the result is the exact histogram of all values when the channel
 has at most :data:`EXACT_LIMIT` distinct values in total, and the binned histogram
 of all values otherwise. Memory is bounded by ``EXACT_LIMIT`` entries per exact
-channel (65,536 for 16-bit images) and by the number of occupied bins (at most
-``2**MANTISSA_BITS`` per octave of magnitude) once binned.
+channel (65,536 for 16-bit images) and by the number of occupied bins once binned:
+at most ``2**MANTISSA_BITS`` per octave of magnitude and sign (a few tens of
+thousands for real images, whose values span a few decades).
 
 NaN pixels are ignored. Unlike ``np.percentile`` on ``int8``/``int16`` input, whose
 interpolation computes ``b - a`` in the input dtype and wraps around when it
 overflows, the interpolation here never wraps; both agree whenever NumPy's does not
-wrap. ``np.percentile`` rejects ``bool`` arrays; here they count as ``0``/``1``.
+wrap. For floats ``b - a`` is computed in the image dtype, exactly as NumPy does
+(so ``float16`` rounds it, and overflows to ``inf`` beyond 65504, as NumPy does).
+``np.percentile`` rejects ``bool`` arrays; here they count as ``0``/``1``.
 """
 
 from __future__ import annotations
@@ -63,7 +67,11 @@ MANTISSA_BITS = 12
 _DROP = np.uint64(~((1 << (52 - MANTISSA_BITS)) - 1) & (2**64 - 1))
 
 # dtypes histogrammed with one bincount counter per possible value
-_SMALL = frozenset("?bBhH")
+_SMALL = frozenset("?bBhHe")
+# float16 keys (see _small_keys) of -inf and +inf
+_NEG_INF16 = 0x03FF
+_POS_INF16 = 0xFC00
+_ZERO16 = 0x8000  # the key of 0.0; -0.0 has the one below
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +120,11 @@ class IntensityCounts:
 def _small_keys(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Map ≤16-bit values to order-preserving non-negative bincount keys and their range."""
     kind = x.dtype.char
+    if kind == "e":
+        # IEEE order: flip every bit of negatives, only the sign bit of the rest
+        bits = x.view(np.uint16)
+        flip = np.where(bits >> 15, np.uint16(0xFFFF), np.uint16(0x8000))
+        return bits ^ flip, 65536
     if kind == "?":
         return x.view(np.uint8), 2
     if kind == "b":
@@ -124,6 +137,9 @@ def _small_keys(x: np.ndarray) -> tuple[np.ndarray, int]:
 def _small_values(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Invert :func:`_small_keys` on ``intp`` keys."""
     kind = dtype.char
+    if kind == "e":
+        k = keys.astype(np.uint16)
+        return np.where(k >> 15, k ^ np.uint16(0x8000), ~k).view(np.float16)
     if kind == "b":
         return (keys - 128).astype(dtype)
     if kind == "h":
@@ -205,6 +221,11 @@ def block_histogram(image: np.ndarray, mask: np.ndarray) -> IntensityCounts:
         if img.dtype.char in _SMALL:
             keys, size = _small_keys(x)
             hist = np.bincount(keys, minlength=size)
+            if img.dtype.char == "e":  # NaNs lie beyond the keys of -inf and +inf
+                hist[:_NEG_INF16] = 0
+                hist[_POS_INF16 + 1 :] = 0
+                hist[_ZERO16] += hist[_ZERO16 - 1]  # -0.0 counts as 0.0
+                hist[_ZERO16 - 1] = 0
             nz = np.flatnonzero(hist)
             values.append(_small_values(nz, img.dtype))
             counts.append(hist[nz].astype(np.int64, copy=False))
@@ -352,8 +373,9 @@ def percentiles(counts: IntensityCounts, q: Sequence[float] = (0.1, 1, 99, 99.9)
         # order statistic k (-1: the largest) -> index of its distinct value
         a_idx = np.searchsorted(cum, np.where(prev_i < 0, n - 1, prev_i), side="right")
         b_idx = np.searchsorted(cum, np.where(nxt_i < 0, n - 1, nxt_i), side="right")
-        a, b, diff = _lerp_inputs(values, a_idx, b_idx)
-        res = a + diff * gamma
-        np.subtract(b, diff * (1 - gamma), out=res, where=gamma >= 0.5)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in NumPy
+            a, b, diff = _lerp_inputs(values, a_idx, b_idx)
+            res = a + diff * gamma
+            np.subtract(b, diff * (1 - gamma), out=res, where=gamma >= 0.5)
         out[ch] = res
     return out
