@@ -140,22 +140,28 @@ def _check_columns(meta: pd.DataFrame, table: pd.DataFrame, sources_given: bool)
     return extra
 
 
-def _duplicates(keys: pd.MultiIndex | pd.Index, meta: pd.DataFrame, sources_given: bool) -> None:
-    dup = keys.duplicated()
+def _check_unique(
+    key: np.ndarray, ids: np.ndarray, sources: pd.Series | None, meta: pd.DataFrame
+) -> None:
+    """Raise if an int64 ``key`` of the metadata rows repeats; show up to 5 keys."""
+    dup = pd.Series(key).duplicated().to_numpy()
     if not dup.any():
         return
-    shown = list(dict.fromkeys(keys[dup].tolist()))[:_SHOW]
-    what = f"({SOURCE}, {INSTANCE_ID})" if sources_given else INSTANCE_ID
+    rows = np.flatnonzero(dup)
+    shown: list[Any] = ids[rows].tolist()
+    if sources is not None:
+        shown = list(zip(sources.to_numpy()[rows].tolist(), shown, strict=True))
+    shown = list(dict.fromkeys(shown))[:_SHOW]
+    what = f"({SOURCE}, {INSTANCE_ID})" if sources is not None else INSTANCE_ID
     hint = ""
-    if not sources_given and SOURCE in meta.columns and meta[SOURCE].nunique() > 1:
+    if sources is None and SOURCE in meta.columns and meta[SOURCE].nunique() > 1:
         hint = (
             f"; metadata has {meta[SOURCE].nunique()} distinct {SOURCE!r} values, but the "
             f"store holds one image: select its rows first"
         )
     msg = (
-        f"metadata has {int(dup.sum())} row(s) whose {what} key repeats an earlier "
-        f"row's, e.g. {shown!r}; "
-        f"each instance needs at most one metadata row{hint}"
+        f"metadata has {rows.size} row(s) whose {what} key repeats an earlier "
+        f"row's, e.g. {shown!r}; each instance needs at most one metadata row{hint}"
     )
     raise ArgumentError(msg)
 
@@ -220,29 +226,38 @@ def join_metadata(
     extra = _check_columns(meta, table, sources_given)
     ids = _integral_ids(meta[INSTANCE_ID])
     table_ids = np.asarray(table[INSTANCE_ID], dtype=np.int64)
+    # Dense codes of the ids (metadata and table together), so that a (source, id)
+    # pair is one int64: source code * n_ids + id code.
+    id_codes, unique_ids = pd.factorize(np.concatenate([ids, table_ids]))
+    n_ids = max(len(unique_ids), 1)
+    meta_ids, crop_ids = id_codes[: len(ids)], id_codes[len(ids) :]
     rows = np.arange(len(meta))
     if sources_given:
         sources = _sources(meta[SOURCE])
-        _duplicates(pd.MultiIndex.from_arrays([sources, ids]), meta, True)
+        _check_unique(pd.factorize(sources)[0] * n_ids + meta_ids, ids, sources, meta)
         table_sources = pd.Categorical(table[SOURCE])
         categories = table_sources.categories.astype(str)
-        table_codes = table_sources.codes
+        table_codes = np.asarray(table_sources.codes, dtype=np.int64)
         if not categories.is_unique:  # e.g. categories 1 and "1": compare as str
             categories = categories.unique()
-            table_codes = pd.Categorical(table[SOURCE].astype(str), categories=categories).codes
-        meta_codes = np.asarray(pd.Categorical(sources, categories=categories).codes)
+            table_codes = np.asarray(
+                pd.Categorical(table[SOURCE].astype(str), categories=categories).codes,
+                dtype=np.int64,
+            )
+        meta_codes = np.asarray(pd.Categorical(sources, categories=categories).codes, np.int64)
         known = meta_codes >= 0  # rows of a source absent from the table match no crop
         rows = rows[known]
-        keys: pd.Index = pd.MultiIndex.from_arrays([meta_codes[known], ids[known]])
-        wanted: pd.Index = pd.MultiIndex.from_arrays([np.asarray(table_codes), table_ids])
+        keys = meta_codes[known] * n_ids + meta_ids[known]
+        wanted = table_codes * n_ids + crop_ids
     else:
-        keys = pd.Index(ids)
-        _duplicates(keys, meta, False)
-        wanted = pd.Index(table_ids)
-    where = keys.get_indexer(wanted)
+        keys, wanted = meta_ids, crop_ids
+        _check_unique(keys, ids, None, meta)
+    where = pd.Index(keys).get_indexer(wanted)
     positions = np.where(where >= 0, rows[np.maximum(where, 0)] if rows.size else -1, -1)
     found = positions >= 0
-    n_unmatched_rows = len(meta) - int(np.unique(positions[found]).size)
+    hit = np.zeros(len(meta), dtype=bool)
+    hit[positions[found]] = True
+    n_unmatched_rows = len(meta) - int(np.count_nonzero(hit))
     n_crops_without = int(np.count_nonzero(~found))
     joined = {}
     for name in extra:
