@@ -22,6 +22,7 @@ from .extract import extract_instances
 from .spatialdata import extract_from_spatialdata  # imports spatialdata on first call only
 
 if TYPE_CHECKING:
+    from ._table import read_table
     from .dataset import ZarrIterableInstances
     from .loader import ZarrDataLoader, merge_worker_states
     from .quality import ShuffleQuality, shuffle_quality
@@ -34,6 +35,8 @@ _LAZY = {
     "merge_worker_states": ".loader",
     "ShuffleQuality": ".quality",
     "shuffle_quality": ".quality",
+    # pandas (~0.3 s to import) only when the table is read
+    "read_table": "._table",
 }
 
 
@@ -73,5 +76,6 @@ __all__ = [
     "extract_from_spatialdata",
     "extract_instances",
     "merge_worker_states",
+    "read_table",
     "shuffle_quality",
 ]
