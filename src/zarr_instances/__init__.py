@@ -16,6 +16,7 @@ from .errors import (
     StoreExistsError,
     StoreIncompleteError,
     StoreNotFoundError,
+    UnmatchedMetadataWarning,
     ZarrInstancesError,
 )
 from .extract import extract_instances
@@ -69,6 +70,7 @@ __all__ = [
     "StoreExistsError",
     "StoreIncompleteError",
     "StoreNotFoundError",
+    "UnmatchedMetadataWarning",
     "ZarrDataLoader",
     "ZarrInstancesError",
     "ZarrIterableInstances",

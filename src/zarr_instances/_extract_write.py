@@ -44,7 +44,8 @@ class WriteJob:
 
     ``images[s]``/``masks[s]`` are the input blocks of source ``s``, ``plan`` the
     plan of the rows over all sources; ``token`` makes the task keys unique to the
-    call.
+    call. ``first_row``: the store row of the plan's first row (rows appended after
+    the ``first_row`` rows a store holds already).
     """
 
     plan: StudyPlan
@@ -55,12 +56,14 @@ class WriteJob:
     extract_mask: bool
     memory_limit: int
     token: str
+    first_row: int = 0
 
 
 def write_units(
     image: zarr.Array,
     mask: zarr.Array | None,
     progress: zarr.Array,
+    first_row: int,
     units: range,
     r0: int,
     r1: int,
@@ -68,11 +71,19 @@ def write_units(
 ) -> range:
     """Write rows ``[r0, r1)`` (whole units: chunks or shards), then flag ``units`` done.
 
-    ``parts`` are tile results ``(rows, crops, mask crops)`` holding the rows.
+    ``parts`` are tile results ``(rows, crops, mask crops)`` holding the rows, their
+    rows counted from store row ``first_row``. Rows before ``first_row`` (the rows
+    an append's first unit holds already) are read back from the store and written
+    again unchanged.
     """
     mshape = None if mask is None else mask.shape[1:]
     mdtype = None if mask is None else mask.dtype
-    buf, mbuf = assemble(r0, r1, image.shape[1:], image.dtype, mshape, mdtype, parts)
+    a, b = r0 - first_row, r1 - first_row
+    buf, mbuf = assemble(a, b, image.shape[1:], image.dtype, mshape, mdtype, parts)
+    if r0 < first_row:
+        buf[: first_row - r0] = image[r0:first_row]
+        if mask is not None and mbuf is not None:
+            mbuf[: first_row - r0] = mask[r0:first_row]
     write_rows(image, r0, r1, buf)
     if mask is not None and mbuf is not None:
         write_rows(mask, r0, r1, mbuf)
@@ -92,14 +103,17 @@ def write_passes(job: WriteJob, group: zarr.Group, todo: np.ndarray, progress: b
     marr = cast("zarr.Array | None", group.get(MASK_KEY))
     if marr is not None:
         marr = marr.with_config({"write_empty_chunks": True})
-    write = functools.partial(write_units, arr, marr, cast("zarr.Array", group[PROGRESS_KEY]))
+    flags = cast("zarr.Array", group[PROGRESS_KEY])
+    write = functools.partial(write_units, arr, marr, flags, job.first_row)
     layout, n = job.layout, job.layout.n
     crop_bytes = math.prod(layout.crop_shape) * np.dtype(layout.dtype).itemsize
     # a mask crop: one uint8 plane stack (1, z, d, d)
     row_bytes = crop_bytes + (math.prod(layout.crop_shape[1:]) if job.extract_mask else 0)
     per_task = max(1, min(_TASK_BYTES, job.memory_limit) // (layout.unit * row_bytes))
     groups = write_groups(todo, per_task)
-    passes = plan_passes(job.plan, groups, layout.unit, n, row_bytes, job.memory_limit)
+    passes = plan_passes(
+        job.plan, groups, layout.unit, n, row_bytes, job.memory_limit, job.first_row
+    )
     disable = None if progress is None else not progress
     with tqdm(total=int(todo.size), desc="extract_instances", unit="chunk", disable=disable) as bar:
         for pass_groups, peak in passes:
@@ -123,7 +137,7 @@ def _write_pass(
         job.plan,
         job.images,
         job.masks,
-        bounds,
+        [max(0, b - job.first_row) for b in bounds],
         job.remove_background,
         job.extract_mask,
         token,

@@ -21,7 +21,12 @@ __all__ = ["held_bytes", "plan_passes"]
 
 
 def held_bytes(
-    plan: StudyPlan | TilePlan, groups: Sequence[range], unit: int, n: int, row_bytes: int
+    plan: StudyPlan | TilePlan,
+    groups: Sequence[range],
+    unit: int,
+    n: int,
+    row_bytes: int,
+    first_row: int = 0,
 ) -> np.ndarray:
     """Bytes of crops held after each tile when ``groups`` are cut in one pass.
 
@@ -37,6 +42,8 @@ def held_bytes(
         Number of rows.
     row_bytes
         Bytes of one row (crop, and mask crop if written).
+    first_row
+        Store row of the plan's first row; rows before it are in the store already.
 
     Returns
     -------
@@ -47,7 +54,7 @@ def held_bytes(
     n_tiles = plan.n_tiles
     diff = np.zeros(n_tiles + 1, dtype=np.int64)
     for g in groups:
-        r0, r1 = g.start * unit, min(n, g.stop * unit)
+        r0, r1 = max(0, g.start * unit - first_row), min(n, g.stop * unit) - first_row
         tiles = plan.tile[plan.perm[r0:r1]]
         diff += np.bincount(tiles, minlength=n_tiles + 1) * row_bytes
         diff[int(tiles.max()) + 1] -= (r1 - r0) * row_bytes
@@ -61,6 +68,7 @@ def plan_passes(
     n: int,
     row_bytes: int,
     memory_limit: int,
+    first_row: int = 0,
 ) -> list[tuple[list[range], int]]:
     """Group the write tasks into passes whose crops held stay within ``memory_limit``.
 
@@ -78,7 +86,7 @@ def plan_passes(
     cur: list[range] = []
     held = np.zeros(n_tiles, dtype=np.int64)
     for g in groups:
-        add = held_bytes(plan, [g], unit, n, row_bytes)
+        add = held_bytes(plan, [g], unit, n, row_bytes, first_row)
         if cur and int((held + add).max()) > memory_limit:
             out.append((cur, int(held.max())))
             cur, held = [], np.zeros(n_tiles, dtype=np.int64)

@@ -33,7 +33,7 @@ import zarr
 from ._store import check_complete, describe, open_zarr
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["TABLE_KEY", "read_table", "write_table"]
+__all__ = ["TABLE_KEY", "read_table", "table_of", "write_table"]
 
 TABLE_KEY = "obs"
 _INDEX = "_index"
@@ -289,6 +289,12 @@ def read_table(
     group = _open_group(store, storage_options)
     where = describe(store)
     check_complete(group, where)
+    return table_of(group, where)
+
+
+def table_of(group: zarr.Group, where: str = "") -> pd.DataFrame:
+    """Return the instance table of ``group``, finished or not (see :func:`read_table`)."""
+    where = where or str(group.store_path)
     if TABLE_KEY not in group:
         msg = (
             f"store={where} has no instance table ({TABLE_KEY!r}): it was written by an "

@@ -18,6 +18,7 @@ __all__ = [
     "StoreExistsError",
     "StoreIncompleteError",
     "StoreNotFoundError",
+    "UnmatchedMetadataWarning",
     "ZarrInstancesError",
 ]
 
@@ -63,3 +64,7 @@ class StoreConnectionError(ZarrInstancesError, ConnectionError):
 
 class ClippedInstancesWarning(UserWarning):
     """Windows of ``extract_instances`` leave more than 1 % of some objects' pixels out."""
+
+
+class UnmatchedMetadataWarning(UserWarning):
+    """``metadata`` rows match no crop, or crops have no ``metadata`` row."""

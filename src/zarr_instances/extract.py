@@ -47,12 +47,14 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ._append import AppendTarget, check_append, open_append_target
 from ._clip_tasks import clipping
 from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
-from ._extract_write import WriteJob, write_passes
-from ._geometry import LabelSums, centroids, combine_sums, label_sums, tile_edges
-from ._graph import as_delayed, task, task_with_parts
-from ._schedule import compute
+from ._extract_store import Rows, check_metadata, write_store
+from ._extract_write import WriteJob
+from ._geometry import LabelSums, centroids, tile_edges
+from ._graph import as_delayed, task_with_parts
+from ._mask_pass import PERCENTILES, mask_pass
 from ._sources import Source, check_study, named_inputs, open_sources
 from ._store import IMAGE_KEY
 from ._study_plan import StudyPlan
@@ -64,7 +66,7 @@ from ._windows import (
     estimate_output_bytes,
     needed_diameter,
 )
-from ._write import StoreLayout, default_compressors, finish_store, prepare_store
+from ._write import StoreLayout, default_compressors
 from .errors import ArgumentError, ClippedInstancesWarning
 
 __all__ = ["estimate_output_bytes", "extract_instances"]
@@ -97,6 +99,8 @@ def extract_instances(
     progress: bool | None = None,
     axes: str | None = None,
     mask_axes: str | None = None,
+    metadata: Any = None,
+    append: bool = False,
 ) -> tuple[np.ndarray, da.Array]:
     """Cut one ``diameter x diameter`` crop per labelled instance of ``mask`` out of ``image``.
 
@@ -224,14 +228,22 @@ def extract_instances(
         storage_options=storage_options,
         progress=progress,
     )
+    s, target = _append_target(s, append)
     sources = open_sources(named, s.storage_options, s.tile_size, (axes, mask_axes), s.diameter)
     check_study(sources, s.z_window)
+    study = study or target is not None  # rows are told apart by source
+    if target is not None:
+        check_append(target, [x.name for x in sources], _crop_parameters(s, sources))
+    if metadata is not None:
+        check_metadata(metadata, study)
     names = _channel_names(sources[0], channel_names)
     token = uuid.uuid4().hex[:12]
-    sums = _label_sums(sources, token, study)
+    found = mask_pass(sources, token, study, intensity=s.out is not None)
+    sums = found.sums
     cents = [centroids(x) for x in sums]
     s, windows = _choose_diameter(s, sums, cents, sources)
-    plan, layout = _rows(sums, cents, sources, s=s, compressors=compressors)
+    first_row = 0 if target is None else target.first_row
+    plan, layout = _rows(sums, cents, sources, s, compressors, first_row)
     images = [src.image_blocks for src in sources]
     masks = [src.mask_blocks for src in sources]
     clip = clipping(plan, sums, masks, token)
@@ -245,27 +257,23 @@ def extract_instances(
         return row_ids, crops
     all_cents = np.concatenate(cents)
     row_cents = all_cents if s.order == "id" else all_cents[plan.perm]
-    del cents, all_cents
+    del cents
     attrs = store_attrs(s, sources, names, layout, windows, study)
-    group, todo = prepare_store(
-        s.out,
-        layout,
-        row_ids,
-        row_cents,
-        attrs,
-        overwrite=s.overwrite,
-        storage_options=s.storage_options,
-    )
+    attrs["intensity"] = {
+        "percentiles": list(PERCENTILES),
+        "sources": found.percentiles([x.name for x in sources]),
+    }
     size = estimate_output_bytes(layout.n, layout.crop_shape, layout.dtype.itemsize, s.extract_mask)
     logger.info("extract_instances: %d instances, about %s of crops uncompressed", layout.n,
                 _size_text(size))  # fmt: skip
     job = WriteJob(
         plan, images, masks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
-    if todo.size:  # none when the store holds this call's extraction complete already
-        write_passes(job, group, todo, s.progress)
-    finish_store(group)
+    rows = Rows(plan, [x.name for x in sources], row_ids, row_cents, all_cents, clip)
+    group = write_store(job, s, rows, attrs, target, metadata, study)
     _warn_clipped(clip, s)
+    if target is not None:
+        return row_ids, da.from_zarr(group[IMAGE_KEY])[first_row:]
     return row_ids, da.from_zarr(group[IMAGE_KEY])
 
 
@@ -282,54 +290,6 @@ def _channel_names(first: Source, channel_names: Sequence[str] | None) -> list[s
         msg = f"channel_names must name {n} channels, got {names!r}"
         raise ArgumentError(msg)
     return names
-
-
-def _label_sums(sources: Sequence[Source], token: str, study: bool) -> list[LabelSums]:
-    """Return the exact sums and extents of every label of every source (ids ascending).
-
-    One task per mask block sums its labels exactly (one Dask computation over every
-    source); the sums are combined per source here. A study may hold sources without
-    labels, but not only such.
-    """
-    graph: dict[Any, Any] = {}
-    owner: list[int] = []
-    for i, src in enumerate(sources):
-        mask = src.mask_blocks
-        for idx in np.ndindex(*mask.keys.shape):
-            start = [int(mask.edges[a][j]) for a, j in enumerate(idx)]
-            graph[f"zi-sums-{token}-{len(owner)}"] = task(label_sums, mask.keys[idx], start)
-            owner.append(i)
-    sources_dask = [src.mask_blocks.source for src in sources]
-    parts = compute(*as_delayed(f"zi-sums-{token}", graph, list(graph), sources_dask))
-    owners = np.asarray(owner)
-    out = [
-        combine_sums([parts[k] for k in np.flatnonzero(owners == i)]) for i in range(len(sources))
-    ]
-    for src, sums in zip(sources, out, strict=True):
-        _check_labels(src, sums, study)
-    if study and not any(x.labels.size for x in out):
-        msg = "every mask of the study has no labels (all pixels 0, background): nothing to extract"
-        raise ArgumentError(msg)
-    return out
-
-
-def _check_labels(src: Source, sums: LabelSums, study: bool) -> None:
-    """Raise on a mask without labels (single image) or with ids above the int64 range."""
-    where = src.mask.source if not study else f"{src.mask.source} (source {src.name!r})"
-    if sums.labels.size == 0 and not study:
-        msg = (
-            f"mask has no labels: every pixel of mask from {where} is 0 (background); "
-            "nothing to extract"
-        )
-        raise ArgumentError(msg)
-    if src.mask_blocks.dtype == np.uint64 and sums.labels.size and sums.labels[0] < 0:
-        largest = int(sums.labels.view(np.uint64).max())  # ids >= 2**63 wrapped to int64
-        msg = (
-            f"mask holds ids above the int64 range: the largest id is {largest} (> 2**63 - 1) "
-            f"in mask from {where}; instance ids are stored as int64, so relabel the mask "
-            "to ids below 2**63 (e.g. skimage.segmentation.relabel_sequential)"
-        )
-        raise ArgumentError(msg)
 
 
 def _choose_diameter(
@@ -363,8 +323,12 @@ def _rows(
     sources: Sequence[Source],
     s: Settings,
     compressors: Any,
+    first_row: int = 0,
 ) -> tuple[StudyPlan, StoreLayout]:
-    """Return the plan of the instances of every source and the layout of the output rows."""
+    """Return the plan of the instances of every source and the layout of the output rows.
+
+    ``first_row``: rows the store holds before these (an append).
+    """
     assert s.diameter is not None
     parts = []
     for x, c, src in zip(sums, cents, sources, strict=True):
@@ -380,11 +344,11 @@ def _rows(
     image = sources[0].image.array
     crop_shape = (int(image.shape[0]), plan.depth, s.diameter, s.diameter)
     crop_bytes = math.prod(crop_shape) * image.dtype.itemsize
-    chunk_i = resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, plan.n)
+    chunk_i = resolve_chunk_i(s.chunk_i, s.shards, crop_bytes, first_row + plan.n)
     if isinstance(compressors, str) and compressors == "auto":
         compressors = default_compressors(image.dtype, s.zarr_format)
     layout = StoreLayout(
-        n=plan.n,
+        n=first_row + plan.n,
         crop_shape=crop_shape,
         dtype=image.dtype,
         mask_dtype=np.dtype(np.uint8) if s.extract_mask else None,
@@ -417,6 +381,45 @@ def _lazy_crops(
         (delayed,) = as_delayed(key, graph, [key], sources)
         pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=layout.dtype))
     return da.concatenate(pieces, axis=0)
+
+
+def _append_target(s: Settings, append: bool) -> tuple[Settings, AppendTarget | None]:
+    """Open the store to append to; take the settings that fix its layout from it."""
+    if not append:
+        return s, None
+    if s.out is None or s.overwrite:
+        msg = (
+            "append=True adds sources to the store at out: pass out=..., and not "
+            f"overwrite=True (got out={s.out!r}, overwrite={s.overwrite!r})"
+        )
+        raise ArgumentError(msg)
+    target = open_append_target(s.out, s.storage_options)
+    p = target.parameters
+    diameter = int(p["diameter"]) if s.diameter is None else s.diameter
+    s = dataclasses.replace(
+        s,
+        diameter=diameter,
+        chunk_i=int(p["chunk_i"]),
+        shards=p.get("shards"),
+        zarr_format=int(p["zarr_format"]),
+    )
+    return s, target
+
+
+def _crop_parameters(s: Settings, sources: Sequence[Source]) -> dict[str, Any]:
+    """Return the parameters an append must share with the store, as this call gives them."""
+    image = sources[0].image.array
+    depth = int(image.shape[1]) if s.z_window is None else s.z_window
+    out: dict[str, Any] = {
+        "remove_background": bool(s.remove_background),
+        "extract_mask": bool(s.extract_mask),
+        "dtype": str(image.dtype),
+        "diameter": s.diameter,
+        "crop_shape": [int(image.shape[0]), depth, s.diameter, s.diameter],
+    }
+    if s.z_window is not None:
+        out["z_window"] = s.z_window
+    return out
 
 
 def _warn_clipped(clip: Clipping, s: Settings) -> None:

@@ -1,0 +1,134 @@
+"""The store side of ``extract_instances``: create, resume or append; write; table; finish.
+
+A new store is created (or an interrupted one reopened, :func:`._write.prepare_store`),
+or, with ``append=True``, an existing one grown for the new sources
+(:mod:`._append`). Then the missing write units are written, the instance table
+``obs`` is written whole (the old rows of an append kept, ``metadata`` joined on the
+new rows), and the store is marked complete and consolidated. A rerun of a complete
+extraction writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import zarr
+
+from ._append import AppendTarget, appended_attrs, begin_append
+from ._extract_settings import Settings
+from ._extract_write import WriteJob, write_passes
+from ._study_plan import StudyPlan
+from ._windows import Clipping
+from ._write import ATTRS_KEY, finish_store, prepare_store
+from .errors import UnmatchedMetadataWarning
+
+__all__ = ["Rows", "check_metadata", "write_store"]
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """The rows an extraction writes: plan, source names, ids and centroids, clipping.
+
+    ``row_ids``/``row_cents`` are in row order, ``cents`` and ``clip`` in instance
+    order (source by source, ids ascending).
+    """
+
+    plan: StudyPlan
+    names: Sequence[str]
+    row_ids: np.ndarray
+    row_cents: np.ndarray
+    cents: np.ndarray
+    clip: Clipping
+
+
+def check_metadata(metadata: Any, sources_given: bool) -> None:
+    """Raise now, before any extraction work, if ``metadata`` cannot be joined."""
+    import pandas as pd
+
+    from ._metadata import join_metadata
+
+    empty = pd.DataFrame(
+        {
+            "source": pd.Categorical([]),
+            "instance_id": np.zeros(0, dtype=np.int64),
+        }
+    )
+    join_metadata(empty, metadata, sources_given=sources_given)
+
+
+def write_store(
+    job: WriteJob,
+    s: Settings,
+    rows: Rows,
+    attrs: dict[str, Any],
+    target: AppendTarget | None,
+    metadata: Any,
+    sources_given: bool,
+) -> zarr.Group:
+    """Write the rows of ``job`` into ``s.out`` (a new, resumed or appended store)."""
+    assert s.out is not None
+    if target is None:
+        group, todo = prepare_store(
+            s.out,
+            job.layout,
+            rows.row_ids,
+            rows.row_cents,
+            attrs,
+            overwrite=s.overwrite,
+            storage_options=s.storage_options,
+        )
+    else:
+        group = target.group
+        todo = begin_append(target, job.layout, rows.row_ids, rows.row_cents, rows.names)
+        job = dataclasses.replace(job, first_row=target.first_row)
+    recorded = cast("dict[str, Any]", group.attrs[ATTRS_KEY])
+    complete = bool(recorded.get("complete"))
+    if todo.size:  # none when the store holds this call's extraction complete already
+        write_passes(job, group, todo, s.progress)
+    if not complete:
+        _write_table(group, rows, target, metadata, sources_given)
+        if target is not None:
+            new = {**appended_attrs(target, attrs, job.layout.n), "complete": False}
+            group.attrs[ATTRS_KEY] = new
+    finish_store(group)
+    return group
+
+
+def _write_table(
+    group: zarr.Group,
+    rows: Rows,
+    target: AppendTarget | None,
+    metadata: Any,
+    sources_given: bool,
+) -> None:
+    """Write the instance table: the rows' own columns, ``metadata`` joined on them."""
+    import pandas as pd
+
+    from ._instance_table import instance_table
+    from ._metadata import join_metadata
+    from ._table import table_of, write_table
+
+    first = 0 if target is None else target.first_row
+    table = instance_table(rows.names, rows.plan, rows.cents, rows.clip, first)
+    if metadata is not None:
+        table, extra, missing = join_metadata(table, metadata, sources_given=sources_given)
+        if extra or missing:
+            warnings.warn(
+                f"metadata: {extra} metadata rows match no crop and {missing} of {len(table)} "
+                "crops have no metadata row (their metadata columns are missing values); "
+                "rows are matched on (source, instance_id)",
+                UnmatchedMetadataWarning,
+                stacklevel=4,
+            )
+    if target is not None:
+        old = table_of(group).iloc[:first]
+        names = [*old["source"].cat.categories, *rows.names]
+        table["source"] = table["source"].cat.set_categories(names)
+        old["source"] = old["source"].cat.set_categories(names)
+        table = pd.concat([old, table])
+    write_table(group, table)
