@@ -48,6 +48,7 @@ import dask.array as da
 import numpy as np
 
 from ._clip_tasks import clipping
+from ._extract_kernels import warm_up
 from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
 from ._extract_write import WriteJob, write_passes
 from ._geometry import LabelSums, centroids, combine_sums, label_sums, tile_edges
@@ -223,6 +224,7 @@ def extract_instances(
         progress=progress,
     )
     img, msk, names = _open_inputs(image, mask, channel_names, s, (axes, mask_axes))
+    warm_up(img.array.dtype, msk.array.dtype, msk.array.size)  # large images only
     token = uuid.uuid4().hex[:12]
     iblocks, mblocks = Blocks(img.array), Blocks(msk.array)
     sums = _label_sums(mblocks, msk.source, token)
