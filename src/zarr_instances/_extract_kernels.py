@@ -1,7 +1,7 @@
 """Optional compiled kernels (numba) of ``extract_instances``: label sums and window cuts.
 
 With the ``fast`` extra (numba: ``pip install -e ".[fast]"`` in a clone) two steps of the
-extraction run through these kernels:
+extraction can run through these kernels:
 
 * :func:`label_sums` scans a mask block once, run by run, and adds each run's pixel
   count and coordinate sums to its label's slot in a small open-addressing hash
@@ -12,14 +12,34 @@ extraction run through these kernels:
 
 Both give exactly the results of the NumPy code in :mod:`._geometry` (integer sums;
 the same element copies), which runs without numba, for dtypes the kernels do not
-handle, or when switched off (:func:`enabled`). numba is imported lazily on first use; the
-kernels are compiled then (once per dtype) and cached on disk by numba where it can
-write its cache.
+handle, or when the kernels are not used.
+
+When they are used (``ZARR_INSTANCES_NUMBA``, :func:`._runtime.numba_setting`):
+
+* ``0``: never. ``1``: wherever numba is installed, compiled on first use (once per
+  dtype and array layout; loaded from numba's disk cache in later processes).
+* unset (``"auto"``), chosen by measurement (``benchmarks/numba_bench.py``,
+  ``benchmarks/results/numba.json``). Compiled, the kernels are faster than NumPy at
+  the label sums (1.3 to 1.5 times) and at cuts that remove the background, with or
+  without the mask crops (1.2 to 5 times), on small and large images alike; plain
+  cuts (``remove_background=False``) gain nothing measurable (1.03 to 1.13 times,
+  under 0.1 ms per tile), so they stay in NumPy (:data:`AUTO_KERNELS`). But
+  getting the kernels costs far more than they save on one image: about 1.5 s to
+  import numba and load them from its cache, about 10 s to compile them, against
+  about 3.6 ms saved per million mask pixels. So a kernel runs only where its exact
+  signature is already compiled in this process (:func:`_ready`;
+  a call is never the one that compiles), and extraction compiles them only for
+  images of at least :data:`WARM_PIXELS` mask pixels (:func:`warm_up`, called by
+  ``extract_instances``), in a background thread while the NumPy code runs, so that
+  even a cold compile is repaid by the pixels left after it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,15 +47,22 @@ import numpy as np
 
 from . import _runtime
 
-__all__ = ["cut_windows", "enabled", "label_sums"]
+__all__ = ["AUTO_KERNELS", "WARM_PIXELS", "cut_windows", "enabled", "label_sums", "warm_up"]
 
 # dtypes the kernels handle (numba has no float16 arithmetic; complex is left to NumPy)
 _IMAGE_KINDS = "biuf"
+#: the kernels faster than NumPy once compiled: the ones used unless switched on or off
+AUTO_KERNELS = frozenset({"label_sums", "cut_multiply", "cut_select", "cut_mask"})
+#: mask pixels from which a background compile pays (~10 s / 3.6 ms per Mpx: ~3,000 Mpx)
+WARM_PIXELS = 2**32
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:
+    if importlib.util.find_spec("numba") is None:
+        return None
     try:
-        from . import _extract_numba as nb
+        with _runtime.numba_cache_for(os.path.dirname(os.path.abspath(__file__))):
+            from . import _extract_numba as nb
     except ImportError:
         return None
     names = ("label_sums", "cut_plain", "cut_multiply", "cut_select", "cut_mask")
@@ -47,19 +74,102 @@ def _kernels() -> dict[str, Callable[..., Any]] | None:
     return table
 
 
+def _switched_off() -> bool:
+    return _runtime.numba_setting() == "off" or _runtime.EXTRACT_KERNELS.off_after_fork
+
+
 def enabled() -> bool:
-    """Whether the compiled kernels are used.
+    """Whether the compiled kernels may run in this process.
 
     ``ZARR_INSTANCES_NUMBA`` decides (:func:`._runtime.numba_setting`): ``0`` never,
     ``1`` whenever numba is installed, unset only where numba is already loaded in
-    this process (extraction does not import numba by itself).
+    this process. Even then, unset, a step uses its kernel only when that kernel is
+    faster and already compiled (see the module's notes).
     """
-    setting = _runtime.numba_setting()
-    if setting == "off" or _runtime.EXTRACT_KERNELS.off_after_fork:
+    if _switched_off():
         return False
-    if setting == "auto" and "numba" not in sys.modules:
+    if _runtime.numba_setting() == "auto" and "numba" not in sys.modules:
         return False
     return _kernels() is not None
+
+
+def _ready(kernel: Any, args: tuple[Any, ...]) -> bool:
+    """Whether ``kernel`` is compiled for exactly these arguments (types, layouts, flags)."""
+    key = tuple(kernel.typeof_pyval(a) for a in args)
+    return key in kernel.overloads
+
+
+def _pick(names: tuple[str, ...], calls: tuple[tuple[Any, ...], ...]) -> bool:
+    """Whether to run kernels ``names`` on arguments ``calls`` (one tuple per kernel).
+
+    Switched on: whenever numba is installed (compiling if needed). Unset: only kernels
+    of :data:`AUTO_KERNELS`, each already compiled for its arguments. Never loads or
+    compiles anything when unset.
+    """
+    if _switched_off():
+        return False
+    if _runtime.numba_setting() == "on":
+        return _kernels() is not None
+    table = _runtime.EXTRACT_KERNELS.table
+    if table is None or not set(names) <= AUTO_KERNELS:
+        return False
+    return all(_ready(table[n], a) for n, a in zip(names, calls, strict=True))
+
+
+def _warm(image_dtype: np.dtype, mask_dtype: np.dtype) -> None:
+    """Compile (or load from cache) :data:`AUTO_KERNELS` for these dtypes.
+
+    Called on arrays of the types, dimensions and layouts that extraction passes.
+    """
+    state = _runtime.EXTRACT_KERNELS
+    with state.lock:
+        state.in_progress += 1
+    try:
+        table = _kernels()
+        if table is None:
+            return
+        m = np.zeros((1, 1, 1), mask_dtype)
+        labs = np.zeros(1, mask_dtype)
+        starts, zs = np.zeros((1, 2), np.int64), np.zeros(1, np.int64)
+        table["label_sums"](m, 0, 0, 0)
+        table["cut_mask"](m, 0, 0, starts, zs, labs, 1, np.empty((1, 1, 1, 1, 1), np.uint8))
+        if image_dtype.kind in _IMAGE_KINDS and image_dtype != np.float16:
+            image = np.zeros((1, 1, 1, 1), image_dtype)
+            crops = np.empty((1, 1, 1, 1, 1), image_dtype)
+            cut = "cut_select" if image_dtype.kind == "f" else "cut_multiply"
+            table[cut](image, m, 0, 0, starts, zs, labs, 1, crops)
+    finally:
+        with state.lock:
+            state.in_progress -= 1
+
+
+def warm_up(image_dtype: Any, mask_dtype: Any, mask_pixels: int) -> threading.Thread | None:
+    """Start compiling the kernels in a background thread if the image repays it.
+
+    Only when unset (``"auto"``), numba is installed, the mask is an integer one of at
+    least :data:`WARM_PIXELS` pixels, and no warm-up is running. Returns the thread
+    (``None`` if none was started); the interpreter's exit waits for it
+    (:mod:`._runtime`). Until it is done, every step runs in NumPy.
+    """
+    image_dtype, mask_dtype = np.dtype(image_dtype), np.dtype(mask_dtype)
+    state = _runtime.EXTRACT_KERNELS
+    if (
+        _runtime.numba_setting() != "auto"
+        or state.off_after_fork
+        or mask_pixels < WARM_PIXELS
+        or mask_dtype.kind not in "iu"
+        or (state.tried and state.table is None)
+        or importlib.util.find_spec("numba") is None
+    ):
+        return None
+    with state.lock:
+        if state.warming is not None and state.warming.is_alive():
+            return None
+        state.warming = threading.Thread(
+            target=_warm, args=(image_dtype, mask_dtype), name="zarr_instances_jit", daemon=True
+        )
+        state.warming.start()
+        return state.warming
 
 
 def label_sums(m: np.ndarray, offset: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -69,12 +179,14 @@ def label_sums(m: np.ndarray, offset: tuple[int, int, int]) -> tuple[np.ndarray,
     ``offset``), the smallest and the largest ``z``, ``y``, ``x`` per label, labels
     ascending as ``int64`` (as ``astype(np.int64)``).
     """
-    if m.dtype.kind not in "iu" or m.ndim != 3 or not enabled():
+    if m.dtype.kind not in "iu" or m.ndim != 3:
         return None
-    kernels = _kernels()
+    args = (m, *(int(o) for o in offset))
+    if not _pick(("label_sums",), (args,)):
+        return None
+    kernels = _runtime.EXTRACT_KERNELS.table
     assert kernels is not None
-    oz, oy, ox = (int(o) for o in offset)
-    return kernels["label_sums"](m, oz, oy, ox)
+    return kernels["label_sums"](*args)
 
 
 def cut_windows(
@@ -99,29 +211,35 @@ def cut_windows(
         or image.dtype == np.float16
         or image.ndim != 4
         or (mask is not None and (mask.ndim != 3 or mask.dtype.kind not in "iu"))
-        or not enabled()
+        or _switched_off()
     ):
         return None
-    kernels = _kernels()
-    assert kernels is not None
     n = int(starts_yx.shape[0])
     c = image.shape[0]
     starts = np.ascontiguousarray(starts_yx, dtype=np.int64)
     zs = np.ascontiguousarray(starts_z, dtype=np.int64)
     crops = np.empty((n, c, depth, diameter, diameter), dtype=image.dtype)
     oy, ox = int(origin_yx[0]), int(origin_yx[1])
-    starts_args = (oy, ox, starts, zs)
-    if mask is None or not (remove_background or with_mask):
-        kernels["cut_plain"](image, *starts_args, diameter, crops)
-        return crops, None
-    labs = np.asarray(labels).astype(mask.dtype)
-    if remove_background:
-        kernel = "cut_select" if image.dtype.kind == "f" else "cut_multiply"
-        kernels[kernel](image, mask, *starts_args, labs, diameter, crops)
-    else:
-        kernels["cut_plain"](image, *starts_args, diameter, crops)
+    at = (oy, ox, starts, zs)
+    names: tuple[str, ...]
+    calls: tuple[tuple[Any, ...], ...]
     mcrops = None
-    if with_mask:
-        mcrops = np.empty((n, 1, depth, diameter, diameter), dtype=np.uint8)
-        kernels["cut_mask"](mask, *starts_args, labs, diameter, mcrops)
+    if mask is None or not (remove_background or with_mask):
+        names, calls = ("cut_plain",), ((image, *at, diameter, crops),)
+    else:
+        labs = np.asarray(labels).astype(mask.dtype)
+        if remove_background:
+            cut = "cut_select" if image.dtype.kind == "f" else "cut_multiply"
+            names, calls = (cut,), ((image, mask, *at, labs, diameter, crops),)
+        else:
+            names, calls = ("cut_plain",), ((image, *at, diameter, crops),)
+        if with_mask:
+            mcrops = np.empty((n, 1, depth, diameter, diameter), dtype=np.uint8)
+            names, calls = (*names, "cut_mask"), (*calls, (mask, *at, labs, diameter, mcrops))
+    if not _pick(names, calls):
+        return None
+    kernels = _runtime.EXTRACT_KERNELS.table
+    assert kernels is not None
+    for name, args in zip(names, calls, strict=True):
+        kernels[name](*args)
     return crops, mcrops

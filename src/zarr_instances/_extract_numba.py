@@ -1,7 +1,8 @@
 """The numba kernels of :mod:`._extract_kernels` (imported only when numba is installed).
 
 Defined at module level so that numba's on-disk cache finds them again in a new
-process (functions built inside a closure are recompiled every time).
+process (functions built inside a closure are recompiled every time). Imported inside
+:func:`._runtime.numba_cache_for`, which picks the cache folder (or none).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Any
 import numba
 import numpy as np
 
+from . import _runtime
+
 __all__ = ["cut_mask", "cut_multiply", "cut_plain", "cut_select", "label_sums"]
 
-jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+jit = numba.njit(cache=_runtime.numba_caching(), nogil=True, boundscheck=False)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # per label: count, sums of z, y, x, then min z, y, x and max z, y, x
 _COLS = 10

@@ -16,6 +16,7 @@ either way. The loading state lives in :data:`._runtime.STREAM_KERNELS`.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,11 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
     except ImportError:
         return None
 
-    jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+    with _runtime.numba_cache_for(os.path.dirname(os.path.abspath(__file__))):
+        return _define(numba.njit(nogil=True, cache=_runtime.numba_caching(), boundscheck=False))
+
+
+def _define(jit: Any) -> dict[str, Callable[..., Any]]:
 
     @jit
     def minmax01(src: Any, index: Any, out: Any) -> None:  # pragma: no cover - compiled

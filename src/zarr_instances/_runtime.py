@@ -7,8 +7,8 @@ Everything zarr-instances keeps in a process beyond a single call lives here:
 * **Decode threads**: :func:`decode_pool`, the threads that read and decode local
   chunk files, and :func:`scratch`, each thread's reused file buffer.
 * **Compiled kernels**: :data:`STREAM_KERNELS` and :data:`EXTRACT_KERNELS`, the
-  numba kernels of the normalisation and of the extraction once loaded, and the
-  background warm-up of the former.
+  numba kernels of the normalisation and of the extraction once loaded, their
+  background warm-ups, and where numba caches them on disk (:func:`numba_cache_for`).
 * **zarrs use**: :func:`record_zarrs_use`, the processes that built a zarrs codec
   pipeline (its thread pool does not survive ``fork``).
 * **Shared batch segments**: :func:`segment_registry`, the main process's record of
@@ -25,10 +25,12 @@ to inherit ready kernels waits for them itself (:func:`wait_for_kernels`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import mmap
 import os
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -39,10 +41,13 @@ __all__ = [
     "cores",
     "decode_pool",
     "mmap_flags",
+    "numba_cache_for",
+    "numba_caching",
     "numba_setting",
     "record_zarrs_use",
     "scratch",
     "segment_registry",
+    "user_cache_dir",
     "wait_for_kernels",
     "zarrs_used_by_parent",
 ]
@@ -58,11 +63,12 @@ def numba_setting() -> Literal["on", "off", "auto"]:
     """Return the ``ZARR_INSTANCES_NUMBA`` switch: ``"on"``, ``"off"`` or ``"auto"``.
 
     ``0`` switches the compiled kernels off everywhere; ``1`` uses them wherever numba
-    is installed. Unset (or any other value) is ``"auto"``: the kernels run once numba
-    is loaded in the process. The streaming dataset loads it in a background thread
-    when it is built (a training run streams long enough to repay the import);
-    extraction does not load it by itself (on one image the import costs about as
-    much as the kernels save) but uses the kernels where numba is already loaded.
+    is installed (compiling them on first use). Unset (or any other value) is
+    ``"auto"``: the streaming dataset loads them in a background thread when it is
+    built (a training run streams long enough to repay it) and normalises with NumPy
+    until they are ready; extraction uses a kernel only for the steps where it is
+    faster than NumPy once compiled, only once it is compiled, and compiles in the
+    background only for images large enough to repay it (:mod:`._extract_kernels`).
     Read at every call, so that a test or a script may change it at run time.
     """
     flag = os.environ.get("ZARR_INSTANCES_NUMBA", "").strip().lower()
@@ -182,6 +188,62 @@ class KernelState:
 STREAM_KERNELS = KernelState()
 EXTRACT_KERNELS = KernelState()
 
+_NUMBA_CACHE = True  # whether kernels defined now use numba's on-disk cache
+
+
+def user_cache_dir() -> str:
+    """Return the user's cache folder for the kernels: ``$XDG_CACHE_HOME/zarr_instances/numba``.
+
+    ``~/.cache`` when ``XDG_CACHE_HOME`` is unset.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "zarr_instances", "numba")
+
+
+def _writable(path: str) -> bool:
+    """Whether files can be written in ``path`` (made if missing), tried as numba does."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def numba_cache_for(package_dir: str) -> Iterator[None]:
+    """Choose where numba caches the kernels defined (decorated) inside this block.
+
+    numba picks a kernel's cache folder when the kernel is defined: ``NUMBA_CACHE_DIR``
+    if set (and writable), else the ``__pycache__`` next to its module, else (some
+    versions only) a user folder, else it fails. This makes the fallback explicit:
+    when ``NUMBA_CACHE_DIR`` is unset and ``package_dir`` is not writable (a read-only
+    install), the kernels cache in :func:`user_cache_dir`, for this block only (other
+    numba users keep their own setting); when that is not writable either, they are
+    defined without a cache (:func:`numba_caching` is then false) and compiled in
+    every process, silently. numba must be importable; the caller holds the kernel
+    state's lock.
+    """
+    global _NUMBA_CACHE
+    from numba.core import config as numba_config
+
+    config: Any = numba_config
+    saved = config.CACHE_DIR
+    chosen, cache = saved, True
+    if not (saved and _writable(saved)) and not _writable(os.path.join(package_dir, "__pycache__")):
+        chosen = user_cache_dir()
+        cache = _writable(chosen)
+    config.CACHE_DIR, _NUMBA_CACHE = (chosen if cache else saved), cache
+    try:
+        yield
+    finally:
+        config.CACHE_DIR, _NUMBA_CACHE = saved, True
+
+
+def numba_caching() -> bool:
+    """Whether kernels defined now use numba's on-disk cache (see :func:`numba_cache_for`)."""
+    return _NUMBA_CACHE
+
 
 def wait_for_kernels(timeout: float = 30.0) -> bool:
     """Wait up to ``timeout`` seconds for a kernel warm-up in flight; return whether done.
@@ -197,8 +259,11 @@ def wait_for_kernels(timeout: float = 30.0) -> bool:
 
 
 def _finish_warming_at_exit() -> None:
-    # the interpreter must not stop while the warm-up thread imports numba
+    # the interpreter must not stop while a warm-up thread imports numba or compiles
     wait_for_kernels(30.0)
+    warming = EXTRACT_KERNELS.warming
+    if warming is not None and warming is not threading.current_thread():
+        warming.join(30.0)
 
 
 atexit.register(_finish_warming_at_exit)

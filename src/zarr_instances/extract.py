@@ -49,6 +49,7 @@ import numpy as np
 
 from ._append import AppendTarget, check_append, open_append_target
 from ._clip_tasks import clipping
+from ._extract_kernels import warm_up
 from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
 from ._extract_store import Rows, check_metadata, write_store
 from ._extract_write import WriteJob
@@ -237,6 +238,8 @@ def extract_instances(
     if metadata is not None:
         check_metadata(metadata, study)
     names = _channel_names(sources[0], channel_names)
+    pixels = sum(int(x.mask.array.size) for x in sources)
+    warm_up(sources[0].image.array.dtype, sources[0].mask.array.dtype, pixels)  # large only
     token = uuid.uuid4().hex[:12]
     found = mask_pass(sources, token, study, intensity=s.out is not None)
     sums = found.sums
