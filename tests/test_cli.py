@@ -271,11 +271,11 @@ def _interrupt_after(monkeypatch, n_units: int) -> None:
     real = xw.write_units
     written: list[int] = []
 
-    def dying(*args):
+    def dying(*args, **kwargs):
         if len(written) >= n_units:
             raise KeyboardInterrupt  # as a user pressing Ctrl-C
         written.extend(args[3])
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(xw, "write_units", dying)
     monkeypatch.setattr(xw, "_TASK_BYTES", 1)  # one unit per write task

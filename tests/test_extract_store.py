@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dask
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from zarr.storage import LocalStore, WrapperStore
@@ -25,6 +26,7 @@ from zarr_instances import (
     StoreNotFoundError,
     ZarrIterableInstances,
     extract_instances,
+    read_table,
 )
 from zarr_instances._store import open_instances
 from zarr_instances.testing import make_image_and_mask
@@ -115,8 +117,8 @@ def test_finished_store_has_consolidated_metadata(inputs, tmp_path, zarr_format)
         img, msk, D, out=out, zarr_format=zarr_format, extract_mask=True, chunk_i=8
     )
     g = zarr.open_group(out, mode="r", use_consolidated=True)  # raises if not consolidated
-    arrays = {"image", "mask", "instance_ids", "centroids", "progress"}
-    assert set(g.metadata.consolidated_metadata.metadata) == arrays
+    nodes = {"image", "mask", "instance_ids", "centroids", "progress", "obs"}
+    assert {k.split("/")[0] for k in g.metadata.consolidated_metadata.metadata} == nodes
     assert g.attrs["zarr_instances"]["complete"] is True
     # Opening the store reads no per-array metadata: one request serves every array.
     store = _Recording(LocalStore(out, read_only=True))
@@ -269,13 +271,13 @@ from zarr_instances import extract_instances
 real = xw.write_units
 mode = sys.argv[4]
 
-def slow(image, mask, progress, units, r0, r1, *parts):
+def slow(image, mask, progress, units, r0, r1, *parts, **kwargs):
     if mode == "torn" and 4 in units:
         image[r0:r1] = 7  # the process dies half way: garbage data, no progress flag
         import os
         os._exit(3)
     time.sleep(0.15)
-    return real(image, mask, progress, units, r0, r1, *parts)
+    return real(image, mask, progress, units, r0, r1, *parts, **kwargs)
 
 xw.write_units = slow  # the write passes look it up in its module at each call
 xw._TASK_BYTES = 1  # one unit per write task, so the kill lands between units
@@ -348,13 +350,15 @@ def test_resume_after_kill_equals_clean_run(inputs, tmp_path, monkeypatch, mode)
 
     written = []
     real = xw.write_units
-    monkeypatch.setattr(xw, "write_units", lambda *a: (written.extend(a[3]), real(*a))[1])
+    monkeypatch.setattr(xw, "write_units", lambda *a, **k: (written.extend(a[3]), real(*a, **k))[1])
     extract_instances(img, msk, D, out=out, **kwargs)
     assert sorted(written) == np.flatnonzero(done == 0).tolist()
     got = _read_all(out)
     resumed = zarr.open_group(out, mode="r", use_consolidated=True)
-    assert set(resumed.metadata.consolidated_metadata.metadata) == set(expected)
+    consolidated = resumed.metadata.consolidated_metadata.metadata
+    assert {k.split("/")[0] for k in consolidated} == {*expected, "obs"}
     assert got.keys() == expected.keys()
+    pd.testing.assert_frame_equal(read_table(out), read_table(clean))
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     a = dict(zarr.open_group(out, mode="r").attrs)
@@ -443,10 +447,9 @@ def test_corrupt_input_chunk_names_input_array_and_chunk(tmp_path, which, zarr_f
     with pytest.raises(ChunkReadError, match=match) as info:
         extract_instances(str(paths["image"]), str(paths["mask"]), D, out=out, progress=False)
     assert isinstance(info.value, OSError)  # `except OSError` catches it, too
-    if which == "mask":  # the centroid pass reads the mask before the store is made
-        assert not out.exists()
-    else:  # an interrupted store, resumable once the input is repaired
-        assert zarr.open_group(out, mode="r").attrs["zarr_instances"]["complete"] is False
+    # the pass over the masks (centroids, and intensities under the objects) reads mask
+    # and image before the store is made
+    assert not out.exists()
     # zarr.Array input and the lazy result (no out) fail the same way
     with pytest.raises(ChunkReadError, match=match):
         extract_instances(img, msk, D)[1].compute()

@@ -11,6 +11,7 @@ extraction writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from ._append import AppendTarget, appended_attrs, begin_append
 from ._extract_settings import Settings
 from ._extract_write import WriteJob, write_passes
 from ._study_plan import StudyPlan
-from ._windows import Clipping
+from ._windows import Clipping, estimate_output_bytes
 from ._write import ATTRS_KEY, finish_store, prepare_store
 from .errors import UnmatchedMetadataWarning
 
-__all__ = ["Rows", "check_metadata", "write_store"]
+__all__ = ["Rows", "check_metadata", "size_text", "write_store"]
+
+logger = logging.getLogger("zarr_instances")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +89,10 @@ def write_store(
         group = target.group
         todo = begin_append(target, job.layout, rows.row_ids, rows.row_cents, rows.names)
         job = dataclasses.replace(job, first_row=target.first_row)
+    layout = job.layout
+    size = estimate_output_bytes(layout.n, layout.crop_shape, layout.dtype.itemsize, s.extract_mask)
+    logger.info("extract_instances: %d instances, about %s of crops uncompressed", layout.n,
+                size_text(size))  # fmt: skip
     recorded = cast("dict[str, Any]", group.attrs[ATTRS_KEY])
     complete = bool(recorded.get("complete"))
     if todo.size:  # none when the store holds this call's extraction complete already
@@ -132,3 +139,11 @@ def _write_table(
         old["source"] = old["source"].cat.set_categories(names)
         table = pd.concat([old, table])
     write_table(group, table)
+
+
+def size_text(nbytes: int) -> str:
+    """Return a byte count for a reader (``"3.2 GiB"``)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"

@@ -63,11 +63,11 @@ def write_units(
     image: zarr.Array,
     mask: zarr.Array | None,
     progress: zarr.Array,
-    first_row: int,
     units: range,
     r0: int,
     r1: int,
     *parts: Any,
+    first_row: int = 0,
 ) -> range:
     """Write rows ``[r0, r1)`` (whole units: chunks or shards), then flag ``units`` done.
 
@@ -104,7 +104,7 @@ def write_passes(job: WriteJob, group: zarr.Group, todo: np.ndarray, progress: b
     if marr is not None:
         marr = marr.with_config({"write_empty_chunks": True})
     flags = cast("zarr.Array", group[PROGRESS_KEY])
-    write = functools.partial(write_units, arr, marr, flags, job.first_row)
+    write = functools.partial(write_units, arr, marr, flags, first_row=job.first_row)
     layout, n = job.layout, job.layout.n
     crop_bytes = math.prod(layout.crop_shape) * np.dtype(layout.dtype).itemsize
     # a mask crop: one uint8 plane stack (1, z, d, d)

@@ -116,9 +116,19 @@ def extract_instances(
         OME-TIFF or ``.npy`` file (read lazily), or a SpatialData image element
         (``sdata.images[name]``). For a ``SpatialData`` object and element
         names use :func:`~zarr_instances.extract_from_spatialdata`.
+        Or a mapping ``{source name: image}`` of any of these (a study): every
+        source's crops go into one store, extracted in one Dask graph; the sources must
+        share the number of channels and the image dtype, and the number of planes
+        unless ``z_window`` is given. Rows say which source they come from (the
+        ``source`` column of the instance table). A single image is one source, named
+        after its file without folder and ending (``.tif``, ``.tiff``, ``.ome.tif``,
+        ``.zarr``, ``.npy``, ``.n5``), or ``"image"`` for an in-memory array.
     mask
         Integer labels ``(y, x)`` or ``(z, y, x)`` matching the image; ``0`` is
-        background. Any integer dtype; ids need not be contiguous.
+        background. Any integer dtype; ids need not be contiguous. With ``image`` a
+        mapping: a mapping ``{source name: mask}`` with the same keys. Ids may repeat
+        across sources; a source whose mask has no labels adds no rows (but not every
+        mask may be empty).
     diameter
         Crop size in y and x, at most the image's size. ``"auto"``: the smallest
         size whose windows hold whole objects for ``auto_quantile`` of the instances
@@ -144,7 +154,8 @@ def extract_instances(
     chunk_i
         Rows per output chunk; default about 2 MiB of crops per chunk.
     order
-        ``"id"``: rows by ascending instance id; ``"random"``: a permutation drawn with
+        ``"id"``: rows by source name, then by ascending instance id; ``"random"``: a
+        permutation of the rows of all sources drawn with
         ``numpy.random.default_rng(seed)`` (a preshuffled store).
     seed
         Seed of ``order="random"``.
@@ -182,19 +193,48 @@ def extract_instances(
         xarray), letters ``t c z y x`` in order: ``"yxc"``, ``"zyx"``, ... A ``t`` (and
         a mask's ``c``) of length 1 is dropped, missing ``c``/``z`` get length 1.
 
+    metadata
+        Per-instance columns to join onto the store's instance table ``obs``
+        (:func:`~zarr_instances.read_table`): a :class:`pandas.DataFrame` with columns
+        ``source`` and ``instance_id`` (or those as index levels), the path of a CSV
+        file with these columns, or an AnnData table of spatialdata (its
+        ``uns["spatialdata_attrs"]`` names the ``region_key`` column, read as
+        ``source``, and the ``instance_key`` column, read as ``instance_id``). Rows
+        match on ``(source, instance_id)``; for a single image, on ``instance_id``
+        alone. Every crop keeps its row (missing values where no metadata row
+        matches) and metadata rows that match no crop are dropped; both are counted
+        in one :class:`~zarr_instances.UnmatchedMetadataWarning`. A repeated key, a
+        missing key column or a column named like a table column is an error,
+        raised before any extraction work. Written only with ``out``; with
+        ``append=True``, joined onto the new rows only.
+    append
+        Add the sources of this call to the complete instance store at ``out``, after
+        its rows (the new rows ordered among themselves by ``order``); needs ``out``
+        and not ``overwrite``. ``chunk_i``, ``shards`` and ``zarr_format`` are the
+        store's; the crops must match its (image dtype, channels, ``diameter``, depth,
+        ``remove_background``, ``extract_mask``; ``diameter="auto"`` takes the
+        store's). Chunks (or shards) holding only old rows are not rewritten; the
+        one where the old rows end is written again with the same old rows. A source
+        already in the store is refused. An interrupted append leaves the store
+        unfinished (readers raise :class:`~zarr_instances.StoreIncompleteError`);
+        rerunning the same call finishes it, and until then other appends are refused.
+
     Returns
     -------
     tuple
         ``instance_ids`` (NumPy ``int64``, one per row, in row order) and ``instances``,
         a Dask array ``(i, c, z, diameter, diameter)`` of the image dtype (``z``:
-        ``z_window`` if given), reading from the store when ``out`` is given.
+        ``z_window`` if given), reading from the store when ``out`` is given. With
+        ``append=True``, the ids and crops of the new rows only.
 
     Raises
     ------
     ArgumentError
         On a bad value: ``diameter <= 0`` or larger than the image, image/mask shapes
         that differ, a mask with no labels or with ``uint64`` ids above the ``int64``
-        range, an unknown ``order``, bad chunking.
+        range, an unknown ``order``, bad chunking; image and mask mappings with
+        different keys, a source already in the store (``append``), crops that differ
+        from the store's.
     ArgumentTypeError
         On a non-integer mask or a non-array input (a ``SpatialData`` object: use
         :func:`~zarr_instances.extract_from_spatialdata`).
@@ -266,9 +306,6 @@ def extract_instances(
         "percentiles": list(PERCENTILES),
         "sources": found.percentiles([x.name for x in sources]),
     }
-    size = estimate_output_bytes(layout.n, layout.crop_shape, layout.dtype.itemsize, s.extract_mask)
-    logger.info("extract_instances: %d instances, about %s of crops uncompressed", layout.n,
-                _size_text(size))  # fmt: skip
     job = WriteJob(
         plan, images, masks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
     )
@@ -431,11 +468,3 @@ def _warn_clipped(clip: Clipping, s: Settings) -> None:
     msg = clip.message(s.diameter, s.z_window)
     if msg is not None:
         warnings.warn(msg, ClippedInstancesWarning, stacklevel=3)
-
-
-def _size_text(nbytes: int) -> str:
-    """Return a byte count for a reader (``"3.2 GiB"``)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} bytes"
