@@ -166,6 +166,18 @@ def appended_attrs(target: AppendTarget, new: dict[str, Any], n: int) -> dict[st
         sources.setdefault(target.sources[0], target.attrs["source"])
     sources.update(new.get("sources") or {})
     attrs["sources"] = sources
+    if "intensity" in new:  # the new sources' percentiles join the old ones'
+        intensity = dict(cast("dict[str, Any]", target.attrs.get("intensity") or new["intensity"]))
+        old = cast("dict[str, Any]", intensity.get("sources") or {})
+        intensity["sources"] = {**old, **new["intensity"]["sources"]}
+        attrs["intensity"] = intensity
+    windows = cast("dict[str, Any] | None", target.attrs.get("windows"))
+    if windows is not None and "windows" in new:  # clipping over old and new rows
+        windows = dict(windows)
+        for key, join in (("n_clipped", sum), ("max_clipped", max)):
+            if key in windows and key in new["windows"]:
+                windows[key] = join((windows[key], new["windows"][key]))
+        attrs["windows"] = windows
     params = dict(target.parameters)
     shapes = params.get("image_shape")
     if not isinstance(shapes, dict):
