@@ -444,9 +444,9 @@ from zarr_instances.testing import make_image_and_mask
 
 real = xw.write_units
 
-def slow(*args):
+def slow(*args, **kwargs):
     time.sleep(0.2)
-    return real(*args)
+    return real(*args, **kwargs)
 
 xw.write_units = slow  # the write passes look it up in its module at each call
 xw._TASK_BYTES = 1  # one unit per write task, so the kill lands between units

@@ -186,14 +186,4 @@ def appended_attrs(target: AppendTarget, new: dict[str, Any], n: int) -> dict[st
     params["image_shape"] = shapes
     params["n_instances"] = n
     attrs["parameters"] = params
-    intensity = dict(cast("dict[str, Any]", target.attrs.get("intensity") or {}))
-    per_source = dict(cast("dict[str, Any]", intensity.get("sources") or {}))
-    per_source.update(new.get("intensity", {}).get("sources") or {})
-    attrs["intensity"] = {**new.get("intensity", {}), "sources": per_source}
-    old, now = cast("dict[str, Any]", target.attrs.get("windows") or {}), new["windows"]
-    attrs["windows"] = {
-        **old,
-        "n_clipped": int(old.get("n_clipped", 0)) + int(now["n_clipped"]),
-        "max_clipped": max(float(old.get("max_clipped", 0.0)), float(now["max_clipped"])),
-    }
     return attrs
