@@ -10,6 +10,7 @@ store is opened and finished by the same call; its first rows stay as they were.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,11 +18,21 @@ from typing import Any, cast
 import numpy as np
 import zarr
 
+from ._extract_settings import Settings
+from ._sources import Source
 from ._store import open_zarr, read_array, url_options
 from ._write import ATTRS_KEY, CENTROIDS_KEY, MASK_KEY, PROGRESS_KEY, StoreLayout
 from .errors import ArgumentError, StoreExistsError
 
-__all__ = ["AppendTarget", "begin_append", "open_append_target"]
+__all__ = [
+    "AppendTarget",
+    "append_target",
+    "appended_attrs",
+    "begin_append",
+    "check_append",
+    "crop_parameters",
+    "open_append_target",
+]
 
 # parameters an append must share with the store (the rest follow from it or the inputs)
 _SHARED = ("remove_background", "extract_mask", "dtype", "z_window")
@@ -187,3 +198,42 @@ def appended_attrs(target: AppendTarget, new: dict[str, Any], n: int) -> dict[st
     params["n_instances"] = n
     attrs["parameters"] = params
     return attrs
+
+
+def append_target(s: Settings, append: bool) -> tuple[Settings, AppendTarget | None]:
+    """Open the store to append to; take the settings that fix its layout from it."""
+    if not append:
+        return s, None
+    if s.out is None or s.overwrite:
+        msg = (
+            "append=True adds sources to the store at out: pass out=..., and not "
+            f"overwrite=True (got out={s.out!r}, overwrite={s.overwrite!r})"
+        )
+        raise ArgumentError(msg)
+    target = open_append_target(s.out, s.storage_options)
+    p = target.parameters
+    diameter = int(p["diameter"]) if s.diameter is None else s.diameter
+    s = dataclasses.replace(
+        s,
+        diameter=diameter,
+        chunk_i=int(p["chunk_i"]),
+        shards=p.get("shards"),
+        zarr_format=int(p["zarr_format"]),
+    )
+    return s, target
+
+
+def crop_parameters(s: Settings, sources: Sequence[Source]) -> dict[str, Any]:
+    """Return the parameters an append must share with the store, as this call gives them."""
+    image = sources[0].image.array
+    depth = int(image.shape[1]) if s.z_window is None else s.z_window
+    out: dict[str, Any] = {
+        "remove_background": bool(s.remove_background),
+        "extract_mask": bool(s.extract_mask),
+        "dtype": str(image.dtype),
+        "diameter": s.diameter,
+        "crop_shape": [int(image.shape[0]), depth, s.diameter, s.diameter],
+    }
+    if s.z_window is not None:
+        out["z_window"] = s.z_window
+    return out

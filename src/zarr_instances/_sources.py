@@ -20,7 +20,14 @@ from ._tile_tasks import Blocks
 from ._windows import check_fits
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["Source", "check_study", "named_inputs", "open_sources", "single_name"]
+__all__ = [
+    "Source",
+    "channel_names_of",
+    "check_study",
+    "named_inputs",
+    "open_sources",
+    "single_name",
+]
 
 # file name endings dropped from a single image's path to name its source
 _ENDINGS = re.compile(r"(\.ome)?\.(tiff?|zarr|npy|n5)$|/+$", re.IGNORECASE)
@@ -132,3 +139,15 @@ def check_study(sources: Sequence[Source], z_window: int | None) -> None:
                 f"has {what} in source {first.name!r}"
             )
             raise ArgumentError(msg)
+
+
+def channel_names_of(first: Source, channel_names: Sequence[str] | None) -> list[str] | None:
+    """Return the channel names: as given (one per channel), else those the input records."""
+    if channel_names is None:
+        return first.image.channel_names
+    names = [str(c) for c in channel_names]
+    n = int(first.image.array.shape[0])
+    if len(names) != n:
+        msg = f"channel_names must name {n} channels, got {names!r}"
+        raise ArgumentError(msg)
+    return names

@@ -276,6 +276,15 @@ def check_complete(group: zarr.Group, where: str) -> None:
     if isinstance(progress, zarr.Array):
         done = np.asarray(progress[...])
         written = f": {int(np.count_nonzero(done))} of {done.size} write units are written"
+    pending = recorded.get("append")
+    if isinstance(pending, dict):
+        msg = (
+            f"zarr_path={where} holds an unfinished append of the sources "
+            f"{pending.get('sources')!r}{written}. Rerun the same extract_instances call "
+            "with append=True (or zarr-instances extract command with --append) to finish "
+            f"it; the first {pending.get('first_row')} rows are as they were"
+        )
+        raise StoreIncompleteError(msg)
     msg = (
         f"zarr_path={where} holds an unfinished extraction{written}. Rerun the same "
         "extract_instances call (or zarr-instances extract command) to finish it; "

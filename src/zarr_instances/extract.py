@@ -2,15 +2,18 @@
 
 How it works
 ------------
-1. **Settings and inputs.** The arguments are checked into one frozen ``_Settings``;
-   image and mask are opened as Dask arrays ``(c, z, y, x)`` and ``(z, y, x)``.
-2. **Centroids, one pass over the mask.** Every Dask block of the mask yields exact
-   integer per-label sums (pixel count, sums of z, y, x); the sums are added over
-   blocks and each centre is rounded half to even. The result never depends on the
-   chunking or the scheduler.
-3. **Rows.** Instances are ordered by id (``order="id"``) or by a seeded permutation
-   (``order="random"``); the rows of every output chunk are known up front
-   (:class:`._tile_plan.TilePlan`).
+1. **Settings and sources.** The arguments are checked into one frozen ``Settings``;
+   the image and mask of every source (one, or a mapping of many: a study,
+   :mod:`._sources`) are opened as Dask arrays ``(c, z, y, x)`` and ``(z, y, x)``.
+2. **Centroids, one pass over the masks** (:mod:`._mask_pass`). Every Dask block of
+   a mask yields exact integer per-label sums (pixel count, sums of z, y, x) and,
+   when a store is written, the intensities of the object pixels under it; the sums
+   are added over blocks and each centre is rounded half to even. The result never
+   depends on the chunking or the scheduler.
+3. **Rows.** Instances are ordered by source and id (``order="id"``) or by a seeded
+   permutation (``order="random"``); the rows of every output chunk are known up
+   front (:class:`._study_plan.StudyPlan` over one :class:`._tile_plan.TilePlan`
+   per source, so that every later step sees one sequence of rows and tiles).
 4. **Tiles.** The image is cut into tiles made of whole Dask blocks (about
    ``tile_size`` pixels). Each instance belongs to the tile holding the last pixel
    of its window, so an instance straddling tiles is cut exactly once and its window
@@ -26,7 +29,10 @@ How it works
    output chunks, or shards) gather their rows, write whole units, then flag them
    done in the ``progress`` array; write tasks are grouped into passes whose crops
    held stay within ``memory_limit`` (:mod:`._pass_memory`, :mod:`._extract_write`).
-   A rerun of the same call skips flagged units.
+   A rerun of the same call skips flagged units. The instance table ``obs`` (with
+   ``metadata`` joined) is written last, then the store is marked complete
+   (:mod:`._extract_store`); ``append=True`` grows an existing store instead
+   (:mod:`._append`).
 
 The tasks form a plain Dask task graph (a dict, :mod:`._graph`), shaped for where it
 runs: hand-offs between tasks on Dask's local schedulers, a task per part and per
@@ -47,7 +53,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ._append import AppendTarget, check_append, open_append_target
+from ._append import append_target, check_append, crop_parameters
 from ._clip_tasks import clipping
 from ._extract_kernels import warm_up
 from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
@@ -56,7 +62,7 @@ from ._extract_write import WriteJob
 from ._geometry import LabelSums, centroids, tile_edges
 from ._graph import as_delayed, task_with_parts
 from ._mask_pass import PERCENTILES, mask_pass
-from ._sources import Source, check_study, named_inputs, open_sources
+from ._sources import Source, channel_names_of, check_study, named_inputs, open_sources
 from ._store import IMAGE_KEY
 from ._study_plan import StudyPlan
 from ._tile_plan import TilePlan
@@ -68,7 +74,7 @@ from ._windows import (
     needed_diameter,
 )
 from ._write import StoreLayout, default_compressors
-from .errors import ArgumentError, ClippedInstancesWarning
+from .errors import ClippedInstancesWarning
 
 __all__ = ["estimate_output_bytes", "extract_instances"]
 
@@ -269,15 +275,15 @@ def extract_instances(
         storage_options=storage_options,
         progress=progress,
     )
-    s, target = _append_target(s, append)
+    s, target = append_target(s, append)
     sources = open_sources(named, s.storage_options, s.tile_size, (axes, mask_axes), s.diameter)
     check_study(sources, s.z_window)
     study = study or target is not None  # rows are told apart by source
     if target is not None:
-        check_append(target, [x.name for x in sources], _crop_parameters(s, sources))
+        check_append(target, [x.name for x in sources], crop_parameters(s, sources))
     if metadata is not None:
         check_metadata(metadata, study)
-    names = _channel_names(sources[0], channel_names)
+    names = channel_names_of(sources[0], channel_names)
     pixels = sum(int(x.mask.array.size) for x in sources)
     warm_up(sources[0].image.array.dtype, sources[0].mask.array.dtype, pixels)  # large only
     token = uuid.uuid4().hex[:12]
@@ -318,18 +324,6 @@ def extract_instances(
 
 
 # --------------------------------------------------------------------------- steps
-
-
-def _channel_names(first: Source, channel_names: Sequence[str] | None) -> list[str] | None:
-    """Return the channel names: as given (one per channel), else those the input records."""
-    if channel_names is None:
-        return first.image.channel_names
-    names = [str(c) for c in channel_names]
-    n = int(first.image.array.shape[0])
-    if len(names) != n:
-        msg = f"channel_names must name {n} channels, got {names!r}"
-        raise ArgumentError(msg)
-    return names
 
 
 def _choose_diameter(
@@ -421,45 +415,6 @@ def _lazy_crops(
         (delayed,) = as_delayed(key, graph, [key], sources)
         pieces.append(da.from_delayed(delayed, (b - a, *crop_shape), dtype=layout.dtype))
     return da.concatenate(pieces, axis=0)
-
-
-def _append_target(s: Settings, append: bool) -> tuple[Settings, AppendTarget | None]:
-    """Open the store to append to; take the settings that fix its layout from it."""
-    if not append:
-        return s, None
-    if s.out is None or s.overwrite:
-        msg = (
-            "append=True adds sources to the store at out: pass out=..., and not "
-            f"overwrite=True (got out={s.out!r}, overwrite={s.overwrite!r})"
-        )
-        raise ArgumentError(msg)
-    target = open_append_target(s.out, s.storage_options)
-    p = target.parameters
-    diameter = int(p["diameter"]) if s.diameter is None else s.diameter
-    s = dataclasses.replace(
-        s,
-        diameter=diameter,
-        chunk_i=int(p["chunk_i"]),
-        shards=p.get("shards"),
-        zarr_format=int(p["zarr_format"]),
-    )
-    return s, target
-
-
-def _crop_parameters(s: Settings, sources: Sequence[Source]) -> dict[str, Any]:
-    """Return the parameters an append must share with the store, as this call gives them."""
-    image = sources[0].image.array
-    depth = int(image.shape[1]) if s.z_window is None else s.z_window
-    out: dict[str, Any] = {
-        "remove_background": bool(s.remove_background),
-        "extract_mask": bool(s.extract_mask),
-        "dtype": str(image.dtype),
-        "diameter": s.diameter,
-        "crop_shape": [int(image.shape[0]), depth, s.diameter, s.diameter],
-    }
-    if s.z_window is not None:
-        out["z_window"] = s.z_window
-    return out
 
 
 def _warn_clipped(clip: Clipping, s: Settings) -> None:
