@@ -81,7 +81,13 @@ def _best_strip(images: list[str], masks: list[str], suffix: bool) -> tuple[list
             score = (len(seen & set(b)), -(ki + km), ki, km)
             best = max(best, score)
     _, _, ki, km = best
-    return _strip(images, ki, suffix), _strip(masks, km, suffix)
+    a, b = _strip(images, ki, suffix), _strip(masks, km, suffix)
+    if ki and km:  # both sides dropped a word: drop the separator before it too
+        end = -1 if suffix else 0
+        names = a + b
+        if all(len(n) > 1 and n[end] == names[0][end] in "_-. " for n in names):
+            a, b = _strip(a, 1, suffix), _strip(b, 1, suffix)
+    return a, b
 
 
 def pair_globs(image: str, mask: str) -> tuple[dict[str, str], dict[str, str]]:

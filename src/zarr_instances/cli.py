@@ -121,6 +121,12 @@ def _extract(args: argparse.Namespace) -> int:
     from .extract import extract_instances
 
     image, mask, n_sources = study_inputs(args.image, args.mask, args.manifest)
+    if args.diameter is None and not args.append:
+        msg = (
+            "the following arguments are required: --diameter (a crop size such as 32, or "
+            "'auto'; only --append takes the store's)"
+        )
+        raise ArgumentError(msg)
     kwargs = {
         "out": args.out,
         "remove_background": not args.keep_background,
@@ -140,9 +146,6 @@ def _extract(args: argparse.Namespace) -> int:
         "metadata": args.metadata,
         "append": args.append,
     }
-    if args.diameter is None and not args.append:
-        msg = "--diameter is required: a crop size such as 32, or 'auto'"
-        raise ArgumentError(msg)
     d = "auto" if args.diameter is None else args.diameter  # --append: the store's
     if d == "auto" and not args.append:
         kwargs["auto_quantile"] = args.auto_quantile
