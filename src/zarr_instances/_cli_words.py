@@ -13,6 +13,7 @@ from .errors import ZarrInstancesError
 
 __all__ = [
     "USER_ERRORS",
+    "CommandParser",
     "Parser",
     "cli_words",
     "diameter",
@@ -40,6 +41,28 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class CommandParser(Parser):
+    """A subcommand's parser: positional arguments may sit between flags.
+
+    ``extract`` has optional positionals (IMAGE MASK are left out with ``--manifest``),
+    which plain argparse would fill too early in ``IMAGE MASK --diameter 8 OUT``;
+    parsing intermixed reads the flags first, then all positionals together.
+    """
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -91,6 +114,7 @@ _WORDS = {
         "tile_size": "--tile-size",
         "memory_limit": "--memory-limit",
         "storage_options": "--storage-options",
+        "metadata": "--metadata",
     },
     "inspect": {
         "zarr_path": "STORE",
@@ -112,7 +136,7 @@ def cli_words(message: str, command: str) -> str:
     are left alone.
     """
     text = " ".join(message.split())
-    text = text.replace("overwrite=True", "--overwrite")
+    text = text.replace("overwrite=True", "--overwrite").replace("append=True", "--append")
     text = text.replace(
         "the same extract_instances call (or zarr-instances extract command)",
         "the same zarr-instances extract command",

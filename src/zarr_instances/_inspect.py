@@ -10,10 +10,16 @@ import numpy as np
 import zarr
 
 from ._store import ZarrPath, open_instances, open_zarr
+from ._table import TABLE_KEY, table_of
 from ._write import ATTRS_KEY, PROGRESS_KEY
 from .errors import ArgumentError
 
 __all__ = ["format_summary", "montage", "summarize"]
+
+_TOP_SOURCES = 10  # crops per source shown
+_TOP_VALUES = 5  # values shown per metadata column
+_TOP_INTENSITY = 5  # sources whose intensity percentiles are shown
+_FEW = 10  # integer metadata columns with at most this many values read as labels
 
 
 def _codecs(array: zarr.Array) -> str:
@@ -83,7 +89,85 @@ def summarize(path: ZarrPath, storage_options: dict[str, Any] | None = None) -> 
         if PROGRESS_KEY in set(node.array_keys()):
             done = np.asarray(cast("zarr.Array[Any]", node[PROGRESS_KEY])[...])
             info["units_written"] = [int(done.sum()), int(done.size)]
+        if TABLE_KEY in node:  # stores of older versions have no table
+            info["table"] = _table_summary(table_of(node), attrs.get("intensity"))
     return info
+
+
+def _table_summary(table: Any, intensity: Any) -> dict[str, Any]:
+    """Describe the instance table: crops per source, metadata values, clipping, intensities.
+
+    ``metadata`` holds the value counts (top :data:`_TOP_VALUES`) of the metadata
+    columns that look like labels: non-numeric, bool, or integer with at most
+    :data:`_FEW` distinct values (cell types, conditions, classes).
+    """
+    import pandas as pd
+
+    from ._instance_table import TABLE_COLUMNS
+
+    out: dict[str, Any] = {"n_rows": len(table), "columns": [str(c) for c in table.columns]}
+    if "source" in table:
+        counts = table["source"].value_counts(sort=True)
+        out["n_sources"] = int((counts > 0).sum())
+        out["crops_per_source"] = {str(k): int(v) for k, v in counts.items() if v > 0}
+    meta: dict[str, Any] = {}
+    for name in table.columns:
+        column = table[name]
+        if name in TABLE_COLUMNS:
+            continue
+        types = pd.api.types
+        values = column.value_counts(dropna=False)
+        if types.is_float_dtype(column.dtype) or (
+            types.is_integer_dtype(column.dtype) and values.size > _FEW
+        ):
+            continue
+        top = {"NA" if pd.isna(k) else str(k): int(v) for k, v in values.head(_TOP_VALUES).items()}
+        meta[str(name)] = {"values": top, "n_values": int(values.size)}
+    out["metadata"] = meta
+    if "clipped" in table and len(table):
+        clipped = np.asarray(table["clipped"], dtype=np.float64)
+        out["clipped"] = {
+            "over_1_percent": int(np.count_nonzero(clipped > 0.01)),
+            "max": float(np.nanmax(clipped)),
+        }
+    if isinstance(intensity, Mapping):
+        out["intensity"] = {
+            "percentiles": intensity.get("percentiles"),
+            "sources": intensity.get("sources"),
+        }
+    return out
+
+
+def _table_lines(t: dict[str, Any]) -> list[str]:
+    """Render :func:`_table_summary` as text lines."""
+    lines = []
+    per = t.get("crops_per_source") or {}
+    if per:
+        shown = ", ".join(f"{k}: {v}" for k, v in list(per.items())[:_TOP_SOURCES])
+        more = f", ... {len(per) - _TOP_SOURCES} more" if len(per) > _TOP_SOURCES else ""
+        lines.append(f"sources       {t['n_sources']}")
+        lines.append(f"crops/source  {shown}{more}")
+    for name, m in t.get("metadata", {}).items():
+        total = max(t["n_rows"], 1)
+        vals = ", ".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in m["values"].items())
+        more = f", ... {m['n_values'] - _TOP_VALUES} more" if m["n_values"] > _TOP_VALUES else ""
+        lines.append(f"{name:13} {vals}{more}")
+    if "clipped" in t:
+        c = t["clipped"]
+        n, top = c["over_1_percent"], c["max"]
+        lines.append(f"clipped       {n} objects > 1% outside their window (max {top:.1%})")
+    inten = t.get("intensity") or {}
+    sources = inten.get("sources") or {}
+    if sources:
+        pct = inten.get("percentiles") or []
+        keys = ", ".join(f"p{p:g}" for p in pct)
+        lines.append(f"intensity     object-pixel percentiles ({keys}) per channel:")
+        for name, rows in list(sources.items())[:_TOP_INTENSITY]:
+            chans = "; ".join(" ".join("-" if v is None else f"{v:g}" for v in row) for row in rows)
+            lines.append(f"  {name}: {chans}")
+        if len(sources) > _TOP_INTENSITY:
+            lines.append(f"  ... {len(sources) - _TOP_INTENSITY} more sources")
+    return lines
 
 
 def format_summary(info: dict[str, Any]) -> str:
@@ -125,6 +209,8 @@ def format_summary(info: dict[str, Any]) -> str:
             lines.append(f"channels      {info['channel_names']}")
         if info.get("source"):
             lines.append(f"source        {info['source']}")
+    if "table" in info:
+        lines += _table_lines(info["table"])
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ._cli_words import (
     USER_ERRORS,
+    CommandParser,
     Parser,
     cli_words,
     diameter,
@@ -31,7 +32,12 @@ from ._cli_words import (
     mib,
 )
 from ._store import is_url
-from .errors import ArgumentError, ClippedInstancesWarning, ZarrInstancesError
+from .errors import (
+    ArgumentError,
+    ClippedInstancesWarning,
+    UnmatchedMetadataWarning,
+    ZarrInstancesError,
+)
 
 __all__ = ["main"]
 
@@ -111,8 +117,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     import dask
 
+    from ._cli_study import study_inputs
     from .extract import extract_instances
 
+    image, mask, n_sources = study_inputs(args.image, args.mask, args.manifest)
+    if args.diameter is None and not args.append:
+        msg = (
+            "the following arguments are required: --diameter (a crop size such as 32, or "
+            "'auto'; only --append takes the store's)"
+        )
+        raise ArgumentError(msg)
     kwargs = {
         "out": args.out,
         "remove_background": not args.keep_background,
@@ -129,10 +143,15 @@ def _extract(args: argparse.Namespace) -> int:
         "progress": False if args.no_progress else None,
         "storage_options": args.storage_options,
         "axes": args.axes,
+        "metadata": args.metadata,
+        "append": args.append,
     }
-    if args.diameter == "auto":
+    d = "auto" if args.diameter is None else args.diameter  # --append: the store's
+    if d == "auto" and not args.append:
         kwargs["auto_quantile"] = args.auto_quantile
-    finished = not args.overwrite and _complete_store(args.out, args.storage_options)
+    finished = (
+        not args.overwrite and not args.append and _complete_store(args.out, args.storage_options)
+    )
     t0 = time.perf_counter()
     with _reported():
         if args.scheduler == "distributed":
@@ -140,20 +159,23 @@ def _extract(args: argparse.Namespace) -> int:
 
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1)
             with cluster, Client(cluster):
-                ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
+                ids, inst = extract_instances(image, mask, d, **kwargs)
         else:
             with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
-                ids, inst = extract_instances(args.image, args.mask, args.diameter, **kwargs)
+                ids, inst = extract_instances(image, mask, d, **kwargs)
     dt = time.perf_counter() - t0
+    sources = f"{n_sources} source{'s' if n_sources != 1 else ''}"
     if finished:  # extract_instances checked that this command made it
         print(
             f"{args.out} is complete already: {ids.size} crops {tuple(inst.shape[1:])} "
-            f"{inst.dtype} extracted with these arguments; nothing to write"
+            f"{inst.dtype} extracted with these arguments; nothing to write ({sources}, "
+            f"checked in {dt:.2f} s)"
         )
         return 0
     print(
-        f"wrote {ids.size} crops {tuple(inst.shape[1:])} {inst.dtype} to {args.out} "
-        f"in {dt:.2f} s ({ids.size / dt:.0f} crops/s)"
+        f"{'appended' if args.append else 'wrote'} {ids.size} crops {tuple(inst.shape[1:])} "
+        f"{inst.dtype} from {sources} to {args.out} in {dt:.2f} s "
+        f"({ids.size / max(dt, 1e-9):.0f} crops/s)"
     )
     return 0
 
@@ -173,13 +195,17 @@ def _reported() -> Iterator[None]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ClippedInstancesWarning)
+            warnings.simplefilter("always", UnmatchedMetadataWarning)
             yield
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
     for w in caught:
-        if issubclass(w.category, ClippedInstancesWarning):
-            print(f"zarr-instances extract: warning: {w.message}", file=sys.stderr)
+        if issubclass(w.category, (ClippedInstancesWarning, UnmatchedMetadataWarning)):
+            text = str(w.message)
+            if text.startswith("metadata: "):  # the CLI's flag
+                text = "--" + text
+            print(f"zarr-instances extract: warning: {text}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
@@ -218,22 +244,57 @@ def _complete_store(out: str, storage_options: dict[str, Any] | None) -> bool:
 
 
 def _add_extract(sub: Any) -> None:
+    from ._cli_study import PAIRING_RULE
+
     p = sub.add_parser(
         "extract",
-        help="image + mask -> instance store (one crop per label)",
+        usage="%(prog)s IMAGE MASK OUT --diameter D [options]\n"
+        "       %(prog)s 'images/*.tif' 'masks/*.tif' OUT --diameter D [options]\n"
+        "       %(prog)s --manifest study.csv OUT --diameter D [options]",
+        help="image + mask (or a study of many) -> instance store (one crop per label)",
         description="Cut one DIAMETER x DIAMETER crop per non-zero label of MASK out of IMAGE "
-        "and write the instance store OUT. Rerunning the same command resumes an "
-        "interrupted run and does nothing on a complete store.",
+        "and write the instance store OUT, with its instance table (obs). A study of many "
+        "images goes into one store: give --manifest study.csv OUT, or glob patterns as IMAGE "
+        f"and MASK. {PAIRING_RULE} Rerunning the same command resumes an interrupted run and "
+        "does nothing on a complete store.",
     )
-    p.add_argument("image", help="Zarr / OME-Zarr image (c, y, x) or (c, z, y, x)")
-    p.add_argument("mask", help="Zarr / OME-Zarr integer mask (y, x) or (z, y, x)")
+    p.add_argument(
+        "image",
+        nargs="?",
+        help="Zarr / OME-Zarr image (c, y, x) or (c, z, y, x), TIFF, OME-TIFF or .npy; "
+        "or a glob pattern of the images of a study",
+    )
+    p.add_argument(
+        "mask",
+        nargs="?",
+        help="integer mask (y, x) or (z, y, x) in the same formats; or a glob pattern",
+    )
     p.add_argument("out", help="instance store to write")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        metavar="CSV",
+        help="a study instead of IMAGE MASK: a CSV with columns source,image,mask, one row "
+        "per source (relative paths are read from the CSV's folder)",
+    )
+    p.add_argument(
+        "--metadata",
+        default=None,
+        metavar="CSV",
+        help="per-instance metadata joined onto the instance table: a CSV with columns "
+        "source,instance_id (one image: instance_id) and any others",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add the (new) sources to the existing store OUT; --diameter defaults to the store's",
+    )
     p.add_argument(
         "--diameter",
         type=diameter,
-        required=True,
+        default=None,
         help="crop size in y and x, or 'auto': the smallest window holding whole objects "
-        "for --auto-quantile of them",
+        "for --auto-quantile of them (required, except with --append)",
     )
     p.add_argument(
         "--auto-quantile",
@@ -349,7 +410,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="zarr-instances", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"zarr-instances {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     _add_extract(sub)
     _add_inspect(sub)
     demo = sub.add_parser(
