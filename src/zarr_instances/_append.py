@@ -197,10 +197,6 @@ def appended_attrs(target: AppendTarget, new: dict[str, Any], n: int) -> dict[st
     params["image_shape"] = shapes
     params["n_instances"] = n
     attrs["parameters"] = params
-    old, now = target.attrs.get("intensity"), new.get("intensity")
-    if isinstance(now, dict):  # the new sources' percentiles join the stored ones
-        stored = dict(old.get("sources") or {}) if isinstance(old, dict) else {}
-        attrs["intensity"] = {**now, "sources": {**stored, **(now.get("sources") or {})}}
     return attrs
 
 
