@@ -41,7 +41,7 @@ def test_clear_message_without_spatialdata(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_spatialdata)
-    with pytest.raises(ImportError, match=r"zarr-instances\[spatialdata\]"):
+    with pytest.raises(ImportError, match=r"pip install spatialdata \(the \[spatialdata\] extra\)"):
         zsd.extract_from_spatialdata(object(), "img", "cells", 8)
 
 
