@@ -24,8 +24,9 @@ crops for the same (FOV, cell): the instance table gives ``source`` and
 ``instance_id``; mosaic ids map back as ``(id // 1024, id % 1024)``. Then ``--rounds``
 rounds, the two rows interleaved, in reverse order every other round (a run right
 after another is slower). Reported: per row the median seconds, crops/s and peak RSS
-(``ru_maxrss`` of the run's process; after imports in brackets), the ratio
-study / single, and every round's values.
+(``VmHWM`` of the run's process, not ``ru_maxrss``: on Linux that keeps the RSS of the
+process that forked it; after imports in brackets), the ratio study / single, and
+every round's values.
 """
 
 from __future__ import annotations
@@ -55,7 +56,15 @@ DIAMETER = 32
 
 _RUN = """
 import json, resource, sys, time
-def rss():
+def rss():  # peak RSS of this process (MiB): VmHWM, which execve resets; ru_maxrss does
+    # not on Linux (it keeps the forking parent's RSS, here the benchmark's own)
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 args = json.loads(sys.argv[1])
 import dask
