@@ -69,13 +69,40 @@ def rss():  # peak RSS of this process (MiB): VmHWM, which execve resets; ru_max
 args = json.loads(sys.argv[1])
 import dask
 from zarr_instances import extract_instances
+prof = {}
+if args.get("profile"):  # time the steps of extract_instances and every Dask computation
+    import dask.threaded
+    import zarr_instances.extract as ex
+    def timed(mod, name, key):
+        f = getattr(mod, name)
+        def g(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                prof[key] = prof.get(key, 0.0) + time.perf_counter() - t
+        setattr(mod, name, g)
+    for name in ("open_sources", "mask_pass", "clipping", "_rows", "write_store"):
+        timed(ex, name, name.strip("_"))
+    from dask.callbacks import Callback
+    tasks = []
+    Callback(start=lambda dsk: tasks.append(len(dsk))).register()  # the graph as it runs
+    get = dask.threaded.get
+    def counted(dsk, keys, **kw):
+        t = time.perf_counter()
+        try:
+            return get(dsk, keys, **kw)
+        finally:
+            prof.setdefault("computes", []).append([tasks[-1], time.perf_counter() - t])
+    dask.threaded.get = counted
 base = rss()
 t0 = time.perf_counter()
 with dask.config.set(scheduler="threads"):
     ids, _ = extract_instances(args["image"], args["mask"], args["diameter"], out=args["out"],
                                overwrite=True, progress=False)
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib": base}))
+print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib": base,
+                  **({"profile": prof} if prof else {})}))
 """
 
 
@@ -193,6 +220,13 @@ def compare(study: str, single: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 
 
+def _profile_text(res: dict[str, Any]) -> str:
+    prof = res["profile"]
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in prof.items() if k != "computes")
+    computes = "; ".join(f"{n} tasks {t:.2f} s" for n, t in prof.get("computes", []))
+    return f"total {res['seconds']:.2f} s: {steps}; Dask computations: {computes}"
+
+
 def _rate(r: dict[str, Any]) -> float:
     return r["n"] / r["seconds"]
 
@@ -205,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "zi-study-bench"))
     p.add_argument("--no-check", action="store_true", help="skip the untimed check pair")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then one more run per row timing the steps of extract_instances and each Dask "
+        "computation (tasks, seconds)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     if math.isqrt(args.fovs) ** 2 != args.fovs:
@@ -223,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     load = [os.getloadavg()[0]]
     per_round: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
     check = None
+    profiles: dict[str, dict[str, Any]] = {}
     try:
         if not args.no_check:  # untimed: also warms the page cache and imports
             for name, image, mask in runs:
@@ -245,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             load.append(os.getloadavg()[0])
+        if args.profile:
+            for name, image, mask in runs:
+                out = str(tmp / f"{name}.zarr")
+                res = _child(
+                    {"image": image, "mask": mask, "diameter": DIAMETER, "out": out, "profile": 1}
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                profiles[name] = res
+                print(f"profile {name}: {_profile_text(res)}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -296,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "ratio": {"crops_per_s": speed, "peak_rss": rss},
             "rounds": per_round,
+            "profiles": profiles,
         }
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
