@@ -177,8 +177,8 @@ def _from_zarr(name: str, array: zarr.Array) -> da.Array:
     """Wrap ``array`` for Dask (one block per stored chunk) with checked chunk reads."""
     checked = CheckedZarr(array, name)
     # Named by where it is stored and its layout (tokenizing the zarr.Array itself pickles
-    # its metadata); ``meta`` spares Dask an empty read through zarr. Together about 30 %
-    # of the time to open a Zarr source (256 FOVs: 1.05 s -> 0.75 s, study_bench.py).
+    # its metadata, a large part of opening a small source); ``meta`` spares Dask an
+    # empty read through zarr.
     where = str(array.store_path)
     token = f"zi-{name}-{tokenize(where, array.shape, array.chunks, str(array.dtype))}"
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
