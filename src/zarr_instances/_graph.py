@@ -155,7 +155,8 @@ def block_keys(array: da.Array) -> tuple[Delayed, np.ndarray]:
 
     The keys form an object array shaped as ``array.numblocks``.
     """
-    blocks = array.to_delayed()
+    # one layer (an input as read): nothing to fuse, and optimising costs per array
+    blocks = array.to_delayed(optimize_graph=len(array.dask.layers) > 1)
     keys = np.empty(blocks.shape, dtype=object)
     for idx in np.ndindex(*blocks.shape):
         keys[idx] = blocks[idx].key

@@ -18,6 +18,7 @@ array and the chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
@@ -173,16 +174,67 @@ class CheckedZarr:
         )
 
 
-def _from_zarr(name: str, array: zarr.Array) -> da.Array:
-    """Wrap ``array`` for Dask (one block per stored chunk) with checked chunk reads."""
-    checked = CheckedZarr(array, name)
+class _WithAxes:
+    """An array-like read as if it had length-1 axes at positions ``add`` (no copy)."""
+
+    def __init__(self, data: Any, add: tuple[int, ...]) -> None:
+        self.data, self.add = data, add
+        self.ndim = data.ndim + len(add)
+        inner = iter(data.shape)
+        self.shape = tuple(1 if i in add else next(inner) for i in range(self.ndim))
+        self.dtype = data.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        inner = tuple(k for i, k in enumerate(key) if i not in self.add)
+        out = np.asarray(self.data[inner])
+        positions, pos = [], 0
+        for i, k in enumerate(key):
+            if isinstance(k, slice):
+                if i in self.add:
+                    positions.append(pos)
+                pos += 1
+        return np.expand_dims(out, tuple(positions)) if positions else out
+
+
+def _from_zarr(
+    name: str, array: zarr.Array | CheckedZarr, add: tuple[int, ...] = ()
+) -> da.Array:
+    """Wrap a Zarr array for Dask (one block per stored chunk) with checked chunk reads.
+
+    ``add``: positions of length-1 axes to add (in the same Dask layer, without a
+    slicing layer on top).
+    """
+    checked = array if isinstance(array, CheckedZarr) else CheckedZarr(array, name)
+    array = checked.array
+    data: Any = _WithAxes(checked, add) if add else checked
+    chunks = iter(array.chunks)
+    block = tuple(1 if i in add else next(chunks) for i in range(data.ndim))
     # Named by where it is stored and its layout (tokenizing the zarr.Array itself pickles
     # its metadata, a large part of opening a small source); ``meta`` spares Dask an
     # empty read through zarr.
     where = str(array.store_path)
-    token = f"zi-{name}-{tokenize(where, array.shape, array.chunks, str(array.dtype))}"
-    meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-    return da.from_array(checked, chunks=array.chunks, name=token, asarray=False, meta=meta)
+    token = f"zi-{name}-{tokenize(where, array.shape, array.chunks, str(array.dtype), add)}"
+    meta = np.empty((0,) * data.ndim, dtype=array.dtype)
+    return da.from_array(data, chunks=block, name=token, asarray=False, meta=meta)
+
+
+def _in_target(kind: str, raw: _Raw, axes: str, chunk: int, plan: _axes.AxesPlan) -> da.Array:
+    """Return ``raw`` as a Dask array in the target axes of ``plan``.
+
+    Where the plan only adds length-1 axes (a ``(c, y, x)`` image, a ``(y, x)`` mask),
+    a Zarr or NumPy input gets them without a Dask slicing layer: opening many small
+    sources (a study) stays cheap, and each block stays one task.
+    """
+    only_add = bool(plan.add) and not plan.drop and plan.perm == tuple(range(len(plan.perm)))
+    data = raw.data
+    if isinstance(data, CheckedZarr):
+        return _from_zarr(kind, data, plan.add) if only_add else plan.apply(_from_zarr(kind, data))
+    if only_add and isinstance(data, np.ndarray):
+        expanded = dataclasses.replace(raw, data=data.reshape(plan.shape(data.shape)))
+        return _as_dask(kind, expanded, plan.target, chunk)
+    return plan.apply(_as_dask(kind, raw, axes, chunk))
 
 
 def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -212,7 +264,7 @@ def _open_path(
         return _Raw(found.data, spath, found.axes, found.channel_names)
     node = open_zarr(spath, url_options(spath, storage_options), name=name)
     arr, axes, names = _resolve_node(name, spath, node)
-    return _Raw(_from_zarr(name, arr), spath, axes, names)
+    return _Raw(CheckedZarr(arr, name), spath, axes, names)
 
 
 def _resolve_node(
@@ -287,7 +339,7 @@ def _to_raw(name: str, value: Any, storage_options: dict[str, Any] | None) -> _R
     if isinstance(value, (zarr.Array, zarr.Group)):
         where = str(value.store_path)
         arr, axes, names = _resolve_node(name, where, value)
-        return _Raw(_from_zarr(name, arr), where, axes, names)
+        return _Raw(CheckedZarr(arr, name), where, axes, names)
     if isinstance(value, (str, os.PathLike)):
         return _open_path(name, value, storage_options)
     if isinstance(value, np.ndarray):
@@ -336,7 +388,7 @@ def _open(
         param = "axes" if kind == "image" else "mask_axes"
         origin = f"the axes {found!r} assumed for {raw.source} (name them with {param}=...)"
     plan = _axes.plan_axes(kind, found, shape, origin)
-    arr = plan.apply(_as_dask(kind, raw, found, chunk))
+    arr = _in_target(kind, raw, found, chunk, plan)
     return OpenedInput(arr, raw.source, raw.names, shape, found if known else None)
 
 
