@@ -29,7 +29,9 @@ def make_study(path, n_sources: int = 2, cells: int = 14, chunk_i: int = 8, seed
             kind = CELL_TYPES[int(rng.integers(3))] if rng.random() > 0.2 else None
             grade = int(rng.integers(0, 4)) if rng.random() > 0.2 else None
             meta.append((name, int(iid), kind, f"p{s // 2}", grade))
-    metadata = pd.DataFrame(meta, columns=["source", "instance_id", "cell_type", "patient", "grade"])
+    metadata = pd.DataFrame(
+        meta, columns=["source", "instance_id", "cell_type", "patient", "grade"]
+    )
     metadata["grade"] = metadata["grade"].astype("Int64")
     extract_instances(
         images, masks, D, out=path, metadata=metadata, chunk_i=chunk_i, order="random", seed=seed
