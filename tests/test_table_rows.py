@@ -223,7 +223,7 @@ def test_group_split_errors(study):
         group_split(table, by="patient", fractions=(0.4, 0.3, 0.3))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 50), min_size=1, max_size=40),
     weights=st.lists(st.integers(1, 10), min_size=1, max_size=4),
@@ -238,8 +238,7 @@ def test_assign_groups_fills_parts_toward_their_fractions(sizes, weights, seed):
     targets = np.array(fractions) * sum(sizes)
     largest = max(sizes)
     assert (filled - targets < largest).all()  # no part exceeds its target by a group
-    bound = largest if len(fractions) == 2 else (len(fractions) - 1) * largest
-    assert (np.abs(filled - targets) <= bound + 1e-9).all()
+    assert (targets - filled <= largest + 1e-9).all()  # nor falls short by more
 
 
 # --------------------------------------------------------------------------- resume

@@ -260,8 +260,10 @@ def assign_groups(sizes: np.ndarray, fractions: Sequence[float], seed: int) -> n
 
     The groups are visited in a permutation drawn from ``seed``; each goes to the part
     furthest below its target (``fraction x total rows``; ties to the first part).
-    A part exceeds its target by less than the largest group; with two parts, each
-    part is within the largest group's size of its target.
+    Every part ends within the largest group's size of its target: a part over its
+    target gets no more groups, so it exceeds it by less than one group; and a part
+    more than the largest group short would have been furthest below its target at
+    every step, so every other part would have stayed short too (the shortfalls sum to 0).
 
     Returns
     -------
@@ -307,9 +309,9 @@ def group_split(
     Every group (the rows sharing a value of ``by``, e.g. one source image or one
     patient) lands wholly in one part. The distinct groups are shuffled with ``seed``
     and each is given to the part furthest below its share of the *rows*, so parts hold
-    about ``fractions`` of the rows: a part exceeds its share by less than the largest
-    group (with two parts, each is within the largest group of its share). The split
-    depends on the distinct groups and their sizes, not on the row order.
+    about ``fractions`` of the rows: each part is within the largest group's size of
+    its share. The split depends on the distinct groups and their sizes, not on the
+    row order.
 
     Parameters
     ----------
