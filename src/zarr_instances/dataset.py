@@ -150,6 +150,15 @@ class ZarrIterableInstances(IterableDataset):
         exist (zarr silently returns fill values for missing chunks). On the direct
         decode route this costs nothing; through zarr's pipeline the existence check
         runs only for reads that come back as fill values only.
+
+    Attributes
+    ----------
+    classes
+        With ``labels`` a categorical, string or bool column: the class of each code
+        (``classes[y]``), the same whatever ``where`` selects; else ``None``. Saved
+        in :meth:`state_dict`: a store whose categories changed is refused on resume.
+    label_column
+        The column ``labels`` named, or ``None``.
     """
 
     def __init__(
