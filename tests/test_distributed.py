@@ -102,3 +102,87 @@ def test_equal_batches_on_every_rank(tmp_path):
     # batches of 64 on 4 ranks, as in the reference's failing cases
     assert per_rank[0]["4637x500/w0/b0"][0] == 19
     assert per_rank[0]["4500x500/w2/b0"][0] == 18
+
+
+# --------------------------------------------------------------------------- table labels
+
+
+def _table_loader(path, where):
+    ds = ZarrIterableInstances(
+        path,
+        None,
+        labels="cell_type",
+        where=where,
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_seed=3,
+        normalize="none",
+        batch_size=4,
+    )
+    return ZarrDataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+
+
+def _batches(loader, limit=None):
+    out = []
+    for batch in loader:
+        out.append(batch[3].tolist())
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+def _table_rank(rank, world, path, where, out_dir, phase):
+    if phase == "first":
+        loader = _table_loader(path, where)
+        full = _batches(loader)
+        assert len(full) == len(loader)
+        cut = _table_loader(path, where)
+        it = iter(cut)
+        head = [next(it)[3].tolist() for _ in range(3)]
+        state = cut.state_dict()
+        del it
+        resumed = _table_loader(path, where)
+        resumed.load_state_dict(state)
+        assert head + _batches(resumed) == full  # exact resume, batch for batch
+        if rank == 0:
+            torch.save(state, f"{out_dir}/state.pt")
+        result = {"full": full, "head": head, "steps": state["steps"]}
+    else:
+        state = torch.load(f"{out_dir}/state.pt", weights_only=False)
+        loader = _table_loader(path, where)
+        loader.load_state_dict(state)
+        result = {"rest": _batches(loader), "classes": loader.dataset.classes}
+    with open(f"{out_dir}/{phase}{rank}.json", "w") as fh:
+        json.dump(result, fh)
+
+
+@pytest.mark.slow
+def test_table_labels_where_and_group_split_on_ranks(tmp_path):
+    """labels= column, where= a group_split part: 4 gloo ranks x 2 workers, resumed at 2."""
+    from _table_study import make_study
+    from zarr_instances import group_split, read_table
+
+    path = str(tmp_path / "study.zarr")
+    make_study(path, n_sources=8, cells=20, chunk_i=8, seed=1)
+    table = read_table(path)
+    train, _ = group_split(table, by="source", fractions=(0.75, 0.25), seed=0)
+    selected = np.flatnonzero(train & table["cell_type"].notna().to_numpy())
+    run_ranks(_table_rank, 4, path, train, str(tmp_path), "first", tmp_path=tmp_path, timeout=180)
+    first = [json.loads((tmp_path / f"first{r}.json").read_text()) for r in range(4)]
+    assert len({len(f["full"]) for f in first}) == 1  # equal batches per rank
+    assert all(f["steps"] == first[0]["steps"] for f in first)  # lockstep
+    rows = [r for f in first for b in f["full"] for r in b]
+    share = -(-selected.size // 4)
+    assert len(rows) == 4 * share
+    assert set(rows) == set(selected.tolist())  # every selected row, no other
+    assert len(rows) - len(set(rows)) == 4 * share - selected.size  # padding only
+    # elastic: the saved state resumes on 2 ranks, every unseen selected row once
+    run_ranks(_table_rank, 2, path, train, str(tmp_path), "elastic", tmp_path=tmp_path)
+    rest = [json.loads((tmp_path / f"elastic{r}.json").read_text()) for r in range(2)]
+    assert rest[0]["classes"] == sorted(table["cell_type"].dropna().unique())
+    assert len(rest[0]["rest"]) == len(rest[1]["rest"])
+    seen = {r for f in first for b in f["head"] for r in b}
+    new = [r for f in rest for b in f["rest"] for r in b]
+    unseen = set(selected.tolist()) - seen
+    assert set(new) == unseen
+    assert len(new) - len(unseen) < 2  # padding only

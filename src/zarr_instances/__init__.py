@@ -24,6 +24,7 @@ from .spatialdata import extract_from_spatialdata  # imports spatialdata on firs
 
 if TYPE_CHECKING:
     from ._table import read_table
+    from ._table_rows import group_split
     from .dataset import ZarrIterableInstances
     from .loader import ZarrDataLoader, merge_worker_states
     from .quality import ShuffleQuality, shuffle_quality
@@ -38,6 +39,7 @@ _LAZY = {
     "shuffle_quality": ".quality",
     # pandas (~0.3 s to import) only when the table is read
     "read_table": "._table",
+    "group_split": "._table_rows",
 }
 
 
@@ -77,6 +79,7 @@ __all__ = [
     "__version__",
     "extract_from_spatialdata",
     "extract_instances",
+    "group_split",
     "merge_worker_states",
     "read_table",
     "shuffle_quality",

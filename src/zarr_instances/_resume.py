@@ -24,12 +24,14 @@ from ._intervals import Intervals, merge_intervals, subtract_intervals
 from ._plan import WorkerPlan, rank_share, split_evenly
 from ._sampling import Sampling
 from ._selection import RowSelection
+from .errors import ArgumentError
 
 __all__ = [
     "EpochStart",
     "Resume",
     "Step",
     "batches_per_worker",
+    "check_state",
     "consumed_after_batches",
     "domain_after",
     "epoch_start",
@@ -322,3 +324,44 @@ def stream_state(
     consumed[role] = yielded
     steps = [*resume.history, Step(world, num_workers, tuple(consumed))]
     return {"epoch": epoch, "steps": [st.as_dict() for st in steps], "role": role, "rank": rank}
+
+
+# Fingerprint keys that states saved by earlier versions lack: not compared then.
+_NEWER_KEYS = ("rows", "label_column", "classes")
+
+
+def check_state(state: Any, mine: dict[str, Any], key: str, version: int) -> None:
+    """Refuse a state that is not ours or was saved with other rows or settings.
+
+    Raises
+    ------
+    ArgumentError
+        Naming what differs; a label column whose classes changed gets its own message.
+    """
+    if not isinstance(state, dict) or state.get(key) != version:
+        msg = f"Not a zarr-instances state (version {version}): {state!r:.200}"
+        raise ArgumentError(msg)
+    theirs = state.get("fingerprint", {})
+    diff = {
+        k: (theirs.get(k), v)
+        for k, v in mine.items()
+        if theirs.get(k) != v and (k in theirs or k not in _NEWER_KEYS)
+    }
+    column = mine.get("label_column")
+    if "classes" in diff and "label_column" not in diff and column is not None:
+        saved, now = diff["classes"]
+        msg = (
+            f"load_state_dict: the store's categories of {column!r} changed since the "
+            f"state was saved: saved {saved!r}, now {now!r}; the saved position and "
+            "labels do not apply to this store"
+        )
+        raise ArgumentError(msg)
+    if diff:
+        details = ", ".join(
+            "rows: other rows are selected (labels, where or allowed_chunk_indexes)"
+            if k == "rows"
+            else f"{k}: saved {a!r}, now {b!r}"
+            for k, (a, b) in diff.items()
+        )
+        msg = f"load_state_dict: the state was saved with other settings ({details})"
+        raise ArgumentError(msg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from ._resume import (
     EpochStart,
     Resume,
     batches_per_worker,
+    check_state,
     epoch_start,
     per_worker_counts,
     resolve,
@@ -40,6 +41,7 @@ from ._row_data import RowData
 from ._sampling import Sampling
 from ._selection import RowSelection, compact_ranges, select_rows
 from ._store import ZarrPath, codec_pipeline_config, open_instances
+from ._table_rows import selection_digest, table_rows
 from ._validate import as_int_vector, check_int
 from ._world import current_rank_world, current_worker, in_worker
 from .errors import ArgumentError, ArgumentTypeError
@@ -85,7 +87,11 @@ class ZarrIterableInstances(IterableDataset):
         One-dimensional integers of length ``i``, the instance id of each row. May be
         ``None`` when ``zarr_path`` is an instance store.
     labels
-        Optional one-dimensional integers of length ``i``. ``None`` means inference mode.
+        Optional one-dimensional integers of length ``i``, or the name of a column of
+        the store's instance table (:func:`~zarr_instances.read_table`): categories,
+        strings and bools become codes in category (or sorted) order, listed in
+        :attr:`classes`; integers stay as they are; missing values are ``-1``
+        (unlabelled). ``None`` means inference mode.
     chunk_i
         Rows per logical chunk. ``None`` uses the array's chunk size along axis 0.
     shuffle_chunks
@@ -110,6 +116,10 @@ class ZarrIterableInstances(IterableDataset):
         With ``labels``, drop rows whose label is ``< 0``.
     allowed_chunk_indexes
         Restrict to these logical chunk indexes (e.g. a train/validation split).
+    where
+        Select rows: a mapping ``{column: value or list of values}`` over the instance
+        table (AND over columns), or a boolean array of length ``i`` (e.g. one part of
+        :func:`~zarr_instances.group_split`). ANDed with the two options above.
     batch_size
         If given, yield ready batches of this many samples (stacked tensors; ids and
         rows as ``int64`` tensors). Use with ``DataLoader(batch_size=None)``.
@@ -140,13 +150,22 @@ class ZarrIterableInstances(IterableDataset):
         exist (zarr silently returns fill values for missing chunks). On the direct
         decode route this costs nothing; through zarr's pipeline the existence check
         runs only for reads that come back as fill values only.
+
+    Attributes
+    ----------
+    classes
+        With ``labels`` a categorical, string or bool column: the class of each code
+        (``classes[y]``), the same whatever ``where`` selects; else ``None``. Saved
+        in :meth:`state_dict`: a store whose categories changed is refused on resume.
+    label_column
+        The column ``labels`` named, or ``None``.
     """
 
     def __init__(
         self,
         zarr_path: ZarrPath,
         instance_ids: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
+        labels: np.ndarray | str | None = None,
         chunk_i: int | None = None,
         shuffle_chunks: bool = False,
         chunk_seed: int = 0,
@@ -159,6 +178,7 @@ class ZarrIterableInstances(IterableDataset):
         drop_unlabeled: bool = True,
         allowed_chunk_indexes: np.ndarray | None = None,
         *,
+        where: Mapping[str, Any] | np.ndarray | None = None,
         batch_size: int | None = None,
         buffer_chunks: int = 1,
         drop_last: bool = False,
@@ -176,7 +196,8 @@ class ZarrIterableInstances(IterableDataset):
         self.dtype = opened.array.dtype
         self.stored_chunk_i = int(opened.array.chunks[0])
         ids = _instance_ids(instance_ids, opened.instance_ids, opened.where, n_rows)
-        ys = None if labels is None else as_int_vector(labels, "labels", n_rows)
+        rows = table_rows(zarr_path, storage_options, labels, where, n_rows)
+        self.classes, self.label_column = rows.classes, rows.column
         self.chunk_i = check_int(
             self.stored_chunk_i if chunk_i is None else chunk_i, "chunk_i", minimum=1
         )
@@ -200,10 +221,11 @@ class ZarrIterableInstances(IterableDataset):
         self.codec_pipeline = codec_pipeline
         self.check_missing_chunks = bool(check_missing_chunks)
         self.allowed_chunk_indexes = allowed_chunk_indexes
-        keep = ys >= 0 if ys is not None and self.drop_unlabeled else None
+        keep = rows.keep(self.drop_unlabeled)
         selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
-        _check_not_empty(selection, allowed_chunk_indexes)
-        self._assemble(RowData(ids, ys, selection), opened.where)
+        _check_not_empty(selection, allowed_chunk_indexes, where is not None)
+        self._digest = selection_digest(selection)
+        self._assemble(RowData(ids, rows.labels, selection), opened.where)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
         self._pending: dict[str, Any] | None = None  # a loaded state, used by the next iter()
@@ -309,6 +331,9 @@ class ZarrIterableInstances(IterableDataset):
             "chunk_i": self.chunk_i,
             "kept": self.selection.total,
             "batch_size": self.batch_size,
+            "rows": self._digest,
+            "label_column": self.label_column,
+            "classes": self.classes,
             **self.sampling.fingerprint(),
         }
 
@@ -339,10 +364,10 @@ class ZarrIterableInstances(IterableDataset):
         Raises
         ------
         ArgumentError
-            If the state is not a zarr-instances state, or was saved with other data or
-            sampling settings.
+            If the state is not a zarr-instances state, or was saved with other rows,
+            classes or sampling settings.
         """
-        _check_state(state, self.fingerprint())
+        check_state(state, self.fingerprint(), STATE_KEY, STATE_VERSION)
         self.buffer_seed = int(state["buffer_seed"])
         self._epoch.fill_(int(state["epoch"]))
         self._pending = dict(state)
@@ -415,24 +440,12 @@ def _check_x_dtype(x_dtype: object) -> torch.dtype:
     return x_dtype
 
 
-def _check_not_empty(selection: RowSelection, allowed: Any) -> None:
+def _check_not_empty(selection: RowSelection, allowed: Any, where: bool) -> None:
     if selection.total == 0:
         valid = compact_ranges(range(selection.n_chunks))
         msg = (
             f"No rows to iterate: the chunks selected by allowed_chunk_indexes={allowed!r} "
-            "keep no row (labels < 0 are dropped when drop_unlabeled=True); valid chunk "
-            f"indexes are {valid}"
+            f"{'and the rows selected by where ' if where else ''}keep no row (labels < 0 "
+            f"are dropped when drop_unlabeled=True); valid chunk indexes are {valid}"
         )
-        raise ArgumentError(msg)
-
-
-def _check_state(state: Any, mine: dict[str, Any]) -> None:
-    if not isinstance(state, dict) or state.get(STATE_KEY) != STATE_VERSION:
-        msg = f"Not a zarr-instances state (version {STATE_VERSION}): {state!r:.200}"
-        raise ArgumentError(msg)
-    theirs = state.get("fingerprint", {})
-    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-    if diff:
-        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-        msg = f"load_state_dict: the state was saved with other settings ({details})"
         raise ArgumentError(msg)
