@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from ._graph import as_delayed, task_with_parts
+from ._graph import Graph, after, as_delayed, task_with_parts
 from ._intensity import IntensityCounts
 from ._mask_pass import combine_histograms, histogram_tasks
 from ._pass_memory import plan_passes
@@ -189,10 +189,26 @@ def _write_pass(
     for key, units, a, b, p in zip(keys, pass_groups, bounds[:-1], bounds[1:], parts, strict=True):
         graph[key] = task_with_parts(write, (units, a, b), p)
     hists = histogram_tasks(job.images, job.masks, token, graph) if hist else []
+    _histograms_first(job, graph, hists, f"zi-cut-{token}-{max(0, bounds[0] - job.first_row)}-")
     counts = [] if inside is None else inside.keys
-    extra = [k for k, _ in hists] + [k for k, _ in counts]
+    extra = [h[0] for h in hists] + [k for k, _ in counts]
     sources = [b.source for b in (*job.images, *job.masks)]
     found = as_delayed(f"zi-pass-{token}-{bounds[0]}", graph, [*keys, *extra], sources)
     got = run_with_progress(found[: len(keys)], bar, f"zi-write-{token}-", on, found[len(keys) :])
     histograms = combine_histograms(hists, got[: len(hists)], len(job.images)) if hist else None
     return histograms, [(inst, c) for (_, inst), c in zip(counts, got[len(hists) :], strict=True)]
+
+
+def _histograms_first(job: WriteJob, graph: Graph, hists: Sequence[Any], cut: str) -> None:
+    """Make the cut of the tile holding each histogram's mask block wait for it.
+
+    So a decoded block is counted while its tile is cut and freed with it, not held
+    until the scheduler gets to the histogram. ``cut``: the prefix of the cut keys.
+    """
+    for key, i, (y, x) in hists:
+        part = job.plan.parts[i]
+        ty = int(np.searchsorted(part.edges_y, y, side="right")) - 1
+        tx = int(np.searchsorted(part.edges_x, x, side="right")) - 1
+        tile = int(job.plan.tile_offset[i]) + ty * (len(part.edges_x) - 1) + tx
+        if f"{cut}{tile}" in graph:
+            graph[f"{cut}{tile}"] = after(graph[f"{cut}{tile}"], [key])

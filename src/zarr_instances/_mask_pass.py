@@ -78,14 +78,14 @@ def _histogram(
 
 def histogram_tasks(
     images: Sequence[Blocks], masks: Sequence[Blocks], token: str, graph: Graph
-) -> list[tuple[str, int]]:
+) -> list[tuple[str, int, tuple[int, int]]]:
     """Add one histogram task per mask block of every source to ``graph``.
 
     Each reads the mask block and the image blocks under it (whole blocks: their
     keys, shared with any other task of the graph reading them). Returns ``(key,
-    source)`` per task, for :func:`combine_histograms`.
+    source, (y, x) start of the mask block)`` per task, for :func:`combine_histograms`.
     """
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, tuple[int, int]]] = []
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         for idx in np.ndindex(*mask.keys.shape):
             start = [int(mask.edges[a][j]) for a, j in enumerate(idx)]
@@ -96,16 +96,16 @@ def histogram_tasks(
             refs = [mask.keys[idx], *(p[1] for p in pieces)]
             key = f"zi-hist-{token}-{len(out)}"
             graph[key] = task_with_parts(_histogram, static, refs)
-            out.append((key, i))
+            out.append((key, i, (start[1], start[2])))
     return out
 
 
 def combine_histograms(
-    tasks: Sequence[tuple[str, int]], results: Sequence[IntensityCounts], n_sources: int
+    tasks: Sequence[tuple[str, int, Any]], results: Sequence[IntensityCounts], n_sources: int
 ) -> list[IntensityCounts]:
     """Combine the results of :func:`histogram_tasks` per source (in task order)."""
     mine: list[list[IntensityCounts]] = [[] for _ in range(n_sources)]
-    for (_, i), got in zip(tasks, results, strict=True):
+    for (_, i, _), got in zip(tasks, results, strict=True):
         mine[i].append(got)
     return [combine(x) for x in mine]
 
@@ -117,7 +117,7 @@ def histograms(
     graph: Graph = {}
     tasks = histogram_tasks(images, masks, token, graph)
     sources = [b.source for b in (*images, *masks)]
-    keys = [k for k, _ in tasks]
+    keys = [t[0] for t in tasks]
     got = compute(*as_delayed(f"zi-hists-{token}", graph, keys, sources))
     return combine_histograms(tasks, got, len(images))
 
