@@ -542,3 +542,8 @@ def test_study_on_local_cluster_equals_local_run(tmp_path):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     pd.testing.assert_frame_equal(got_table, want_table)
     np.testing.assert_array_equal(lazy_crops, want["image"])
+    # clipping counts and percentiles came back from the cluster's write pass
+    got_attrs = dict(zarr.open_group(out, mode="r").attrs)["zarr_instances"]
+    want_attrs = dict(zarr.open_group(local, mode="r").attrs)["zarr_instances"]
+    assert got_attrs["windows"] == want_attrs["windows"]
+    assert got_attrs["intensity"] == want_attrs["intensity"]

@@ -6,6 +6,14 @@ or, with ``append=True``, an existing one grown for the new sources
 ``obs`` is written whole (the old rows of an append kept, ``metadata`` joined on the
 new rows), and the store is marked complete and consolidated. A rerun of a complete
 extraction writes nothing.
+
+What depends on reading the inputs, the clipping counts (``windows``: ``n_clipped``,
+``max_clipped``; the table's ``clipped`` column) and the intensity percentiles
+(``intensity``), comes from the write passes (:class:`._extract_write.Found`), so
+the attributes are completed at the end, before the store is marked complete.
+Windows not cut by this call (units written by an interrupted call, or a complete
+store) are counted by :func:`._clip_tasks.clipping`; the intensities, when nothing
+is left to write, by :func:`._mask_pass.histograms`.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ import numpy as np
 import zarr
 
 from ._append import AppendTarget, appended_attrs, begin_append
+from ._clip_tasks import clipping
 from ._extract_settings import Settings
-from ._extract_write import WriteJob, write_passes
+from ._extract_write import Found, WriteJob, write_passes
+from ._geometry import LabelSums
+from ._mask_pass import histograms, intensity_attrs
 from ._study_plan import StudyPlan
 from ._windows import Clipping, estimate_output_bytes
 from ._write import ATTRS_KEY, finish_store, prepare_store
@@ -35,9 +46,9 @@ logger = logging.getLogger("zarr_instances")
 
 @dataclass(frozen=True, eq=False)
 class Rows:
-    """The rows an extraction writes: plan, source names, ids and centroids, clipping.
+    """The rows an extraction writes: plan, source names, ids and centroids, label sums.
 
-    ``row_ids``/``row_cents`` are in row order, ``cents`` and ``clip`` in instance
+    ``row_ids``/``row_cents`` are in row order, ``cents`` and ``sums`` in instance
     order (source by source, ids ascending).
     """
 
@@ -46,7 +57,7 @@ class Rows:
     row_ids: np.ndarray
     row_cents: np.ndarray
     cents: np.ndarray
-    clip: Clipping
+    sums: Sequence[LabelSums]
 
 
 def check_metadata(metadata: Any, sources_given: bool) -> None:
@@ -72,8 +83,12 @@ def write_store(
     target: AppendTarget | None,
     metadata: Any,
     sources_given: bool,
-) -> zarr.Group:
-    """Write the rows of ``job`` into ``s.out`` (a new, resumed or appended store)."""
+) -> tuple[zarr.Group, Clipping]:
+    """Write the rows of ``job`` into ``s.out`` (a new, resumed or appended store).
+
+    ``attrs``: the store's attributes but the clipping counts and the intensities,
+    added here at the end. Returns the store and how much each window clips.
+    """
     assert s.out is not None
     if target is None:
         group, todo = prepare_store(
@@ -95,20 +110,45 @@ def write_store(
                 size_text(size))  # fmt: skip
     recorded = cast("dict[str, Any]", group.attrs[ATTRS_KEY])
     complete = bool(recorded.get("complete"))
+    job = dataclasses.replace(job, intensity=not complete)
+    found = None
     if todo.size:  # none when the store holds this call's extraction complete already
-        write_passes(job, group, todo, s.progress)
+        found = write_passes(job, group, todo, s.progress)
+    known = None if found is None else (found.counted, found.inside)
+    clip = clipping(rows.plan, rows.sums, job.masks, job.token, known)
     if not complete:
-        _write_table(group, rows, target, metadata, sources_given)
+        attrs = _finished_attrs(attrs, clip, _intensities(job, found), rows.names)
+        _write_table(group, rows, clip, target, metadata, sources_given)
         if target is not None:
-            new = {**appended_attrs(target, attrs, job.layout.n), "complete": False}
-            group.attrs[ATTRS_KEY] = new
+            attrs = appended_attrs(target, attrs, job.layout.n)
+        group.attrs[ATTRS_KEY] = {**attrs, "complete": False}
     finish_store(group)
-    return group
+    return group, clip
+
+
+def _intensities(job: WriteJob, found: Found | None) -> list[Any]:
+    """Return the object intensities per source: from the write passes, else read them."""
+    if found is not None and found.histograms is not None:
+        return found.histograms
+    return list(histograms(job.images, job.masks, job.token))
+
+
+def _finished_attrs(
+    attrs: dict[str, Any], clip: Clipping, counts: list[Any], names: Sequence[str]
+) -> dict[str, Any]:
+    """``attrs`` with the clipping counts in ``windows`` and the intensity percentiles."""
+    windows = {
+        **attrs["windows"],
+        "n_clipped": int(clip.clipped.sum()),
+        "max_clipped": float(clip.fraction.max()),
+    }
+    return {**attrs, "windows": windows, "intensity": intensity_attrs(names, counts)}
 
 
 def _write_table(
     group: zarr.Group,
     rows: Rows,
+    clip: Clipping,
     target: AppendTarget | None,
     metadata: Any,
     sources_given: bool,
@@ -121,7 +161,7 @@ def _write_table(
     from ._table import table_of, write_table
 
     first = 0 if target is None else target.first_row
-    table = instance_table(rows.names, rows.plan, rows.cents, rows.clip, first)
+    table = instance_table(rows.names, rows.plan, rows.cents, clip, first)
     if metadata is not None:
         table, extra, missing = join_metadata(table, metadata, sources_given=sources_given)
         if extra or missing:

@@ -28,6 +28,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 __all__ = [
     "Handoff",
+    "after",
     "Static",
     "as_delayed",
     "block_keys",
@@ -107,6 +108,15 @@ class Static:
 def task(func: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
     """Return the task ``func(*args)``; keys among ``args`` are replaced by their results."""
     return (func, *args)
+
+
+def after(spec: tuple[Any, ...], keys: Sequence[Hashable]) -> tuple[Any, ...]:
+    """Return the task ``spec``, run only once the tasks ``keys`` are done (results unused)."""
+    return (_first, spec, *keys)
+
+
+def _first(value: Any, *_: Any) -> Any:
+    return value
 
 
 def item_task(key: Hashable, i: int) -> tuple[Any, ...]:

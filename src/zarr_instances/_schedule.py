@@ -85,17 +85,22 @@ class _CountDone(Callback):
             self.bar.update(len(result))
 
 
-def run_with_progress(tasks: Sequence[Any], bar: Any, prefix: str, on: Any) -> None:
-    """Compute ``tasks``, advancing ``bar`` by the length of each result.
+def run_with_progress(
+    tasks: Sequence[Any], bar: Any, prefix: str, on: Any, extra: Sequence[Any] = ()
+) -> list[Any]:
+    """Compute ``tasks`` and ``extra`` together, advancing ``bar`` by the length of each result.
 
     On the ``distributed`` client ``on``, by results as they complete; with ``on=None``,
-    on a local scheduler, by the tasks whose keys start with ``prefix``.
+    on a local scheduler, by the tasks whose keys start with ``prefix``. Returns the
+    results of ``extra`` (those of ``tasks`` only count for the bar).
     """
     if on is not None:
         from distributed import as_completed
 
-        for fut in as_completed(on.compute(list(tasks))):
+        futures = on.compute([*tasks, *extra])
+        for fut in as_completed(futures[: len(tasks)]):
             bar.update(len(fut.result()))
-        return
+        return list(on.gather(futures[len(tasks) :]))
     with _CountDone(bar, prefix):
-        compute(*tasks)
+        got = compute(*tasks, *extra)
+    return list(got[len(tasks) :])

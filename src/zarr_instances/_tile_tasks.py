@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -21,6 +21,7 @@ from ._graph import (
     Handoff,
     block_keys,
     item_task,
+    peek,
     peek_ref,
     take_ref,
     task,
@@ -29,10 +30,12 @@ from ._graph import (
 from ._packed import Packed, unpacked
 from ._study_plan import StudyPlan
 from ._tile_plan import group_last_tiles
+from ._windows import window_counts
 
 __all__ = [
     "Blocks",
     "CutSettings",
+    "InsideCounts",
     "TileCut",
     "assemble",
     "assemble_crops",
@@ -180,7 +183,8 @@ class TileCut:
     image edge); ``starts``, ``labels`` and ``rows`` give each window, its instance id
     and its output row (ascending). The result holds one part per segment
     ``[lo, hi)`` of the windows, compressed where ``pack[k]`` is true. ``starts_z``:
-    the first plane of each window (``None``: plane 0).
+    the first plane of each window (``None``: plane 0). ``clip``: the windows
+    (indexes into ``starts``) whose pixels of their label inside are counted.
     """
 
     box: tuple[int, int, int, int]
@@ -191,10 +195,28 @@ class TileCut:
     segments: Sequence[tuple[int, int]]
     pack: Sequence[bool] = ()
     starts_z: np.ndarray | None = None
+    clip: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class InsideCounts:
+    """The windows whose object pixels inside the cuts count, and where the counts go.
+
+    ``candidates``: per instance of the plan, whether to count it (its bounding box
+    reaches out of its window). :func:`tile_tasks` adds, per tile holding some, the
+    task ``key`` returning their counts, and records ``(key, instances)`` in ``keys``.
+    """
+
+    candidates: np.ndarray
+    keys: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def cut_tile(
-    image_pieces: list, mask_pieces: list, tile: TileCut, settings: CutSettings
+    image_pieces: list,
+    mask_pieces: list,
+    tile: TileCut,
+    settings: CutSettings,
+    inside: list | None = None,
 ) -> tuple[tuple[np.ndarray, Any, Any], ...] | Handoff:
     """Cut the windows of one tile out of the blocks covering its box.
 
@@ -203,7 +225,9 @@ def cut_tile(
     one step into arrays of their own (so that a segment can be freed while others
     are still needed). Returns ``(rows, crops, mask crops)`` per segment, the crops
     of segment ``k`` :class:`Packed` where ``tile.pack[k]`` is true; as a
-    :class:`Handoff` with ``settings.handoff``.
+    :class:`Handoff` with ``settings.handoff``. With ``tile.clip``, appends to
+    ``inside`` the pixels of those windows holding their label
+    (:func:`._windows.window_counts`), counted in the mask box it assembles.
     """
     y0, y1, x0, x1 = tile.box
     s = settings
@@ -213,9 +237,15 @@ def cut_tile(
     image = alloc((s.image_lead[0], z1 - z0, y1 - y0, x1 - x0), dtype=s.image_dtype)
     fill(image[:, -z0 : nz - z0], (y0, x0), image_pieces)
     mask = None
-    if s.remove_background or s.with_mask:
+    if s.remove_background or s.with_mask or tile.clip is not None:
         mask = alloc((z1 - z0, y1 - y0, x1 - x0), dtype=s.mask_dtype)
         fill(mask[-z0 : nz - z0], (y0, x0), mask_pieces)
+    if tile.clip is not None and inside is not None and mask is not None:
+        w, depth = tile.clip, nz if s.depth is None else s.depth
+        zs = np.zeros(w.size, np.int64) if tile.starts_z is None else tile.starts_z[w]
+        args = (zs, tile.starts[w], tile.labels[w], depth, s.diameter)
+        inside.append(window_counts(mask, (z0, y0, x0), *args))
+    mask = mask if s.remove_background or s.with_mask else None
     starts_z = None if tile.starts_z is None else tile.starts_z - z0
     out = []
     for k, (lo, hi) in enumerate(tile.segments):
@@ -249,9 +279,18 @@ def _plane_range(starts_z: np.ndarray | None, depth: int | None, nz: int) -> tup
 def _cut_from_pieces(
     starts: Sequence[tuple[int, ...]], n_image: int, tile: TileCut, settings: CutSettings, *values
 ) -> Any:
-    """:func:`cut_tile` with its image and mask pieces given as starts and values."""
+    """:func:`cut_tile` with its image and mask pieces given as starts and values.
+
+    With ``tile.clip``, the window counts follow the parts as one more item.
+    """
     pieces = [[s, v] for s, v in zip(starts, values, strict=True)]
-    return cut_tile(pieces[:n_image], pieces[n_image:], tile, settings)
+    if tile.clip is None:
+        return cut_tile(pieces[:n_image], pieces[n_image:], tile, settings)
+    inside: list[np.ndarray] = []
+    out = cut_tile(pieces[:n_image], pieces[n_image:], tile, settings, inside)
+    if isinstance(out, Handoff):
+        return Handoff([*(out.peek(i) for i in range(len(out))), inside[0]])
+    return (*out, inside[0])
 
 
 def assemble(
@@ -284,6 +323,7 @@ def tile_tasks(
     graph: Graph,
     pack: bool = False,
     handoff: bool = False,
+    inside: InsideCounts | None = None,
 ) -> list[list[Any]]:
     """Add the cuts of the tiles holding rows ``[bounds[0], bounds[-1])`` to ``graph``.
 
@@ -312,6 +352,10 @@ def tile_tasks(
     held. Without it (a distributed cluster, where a result moves to the worker
     reading it) each part and each copy is a task of its own, so a worker receives
     only the crops it writes.
+
+    With ``inside``, a tile holding candidate windows also counts their object pixels
+    inside (reading its mask blocks even when it cuts no mask), returned by a task of
+    its own (see :class:`InsideCounts`).
     """
     edges = np.asarray(bounds, dtype=np.int64)
     r0, r1 = int(edges[0]), int(edges[-1])
@@ -338,10 +382,12 @@ def tile_tasks(
         packs = [] if last is None else [len(f) == 1 and bool(last[f[0]] != t) for f in feeds]
         cut = f"zi-cut-{token}-{r0}-{t}"
         src_i = plan.tile_source(t)
-        tile, src = _tile_cut(plan, inst, rows, segments, packs, plan.image_yx(t))
+        clip = None if inside is None else np.flatnonzero(inside.candidates[inst])
+        clip = clip if clip is not None and clip.size else None
+        tile, src = _tile_cut(plan, inst, rows, segments, packs, plan.image_yx(t), clip)
         own, name = plan.rect(t), f"zi-piece-{token}-{r0}-{t}"
         ipieces = images[src_i].cover(*src, graph, own, f"{name}-i", copies, pack)
-        need_mask = remove_background or with_mask
+        need_mask = remove_background or with_mask or clip is not None
         mpieces = (
             masks[src_i].cover(*src, graph, own, f"{name}-m", copies, pack) if need_mask else []
         )
@@ -349,6 +395,10 @@ def tile_tasks(
         refs = [p[1] for p in (*ipieces, *mpieces)]
         static = (starts, len(ipieces), tile, settings[src_i])
         graph[cut] = task_with_parts(_cut_from_pieces, static, refs)
+        if inside is not None and clip is not None:
+            counts = f"zi-inside-{token}-{r0}-{t}"
+            graph[counts] = task(peek, cut, len(segments))
+            inside.keys.append((counts, inst[clip]))
         for i, groups in enumerate(feeds):
             part = _part_ref(graph, cut, i, len(groups), handoff, f"zi-part-{token}-{r0}-{t}-{i}")
             for g in groups:
@@ -380,16 +430,18 @@ def _tile_cut(
     segments: list,
     packs: list[bool],
     image_yx: tuple[int, int],
+    clip: np.ndarray | None = None,
 ) -> tuple[TileCut, tuple[slice, slice]]:
     """Return the cut of the windows ``inst`` (at ``rows``) and the pixels of its box.
 
-    ``image_yx``: the size of the image holding the windows.
+    ``image_yx``: the size of the image holding the windows; ``clip``: the windows
+    whose pixels inside are counted.
     """
     box = plan.box(inst)
     (ys, xs), _ = pad_box(image_yx, *box)
     padded = (ys.stop - ys.start, xs.stop - xs.start) != (box[1] - box[0], box[3] - box[2])
     starts, ids, starts_z = plan.starts[inst], plan.ids[inst], plan.starts_z[inst]
-    tile = TileCut(box, padded, starts, ids, rows, segments, packs, starts_z)
+    tile = TileCut(box, padded, starts, ids, rows, segments, packs, starts_z, clip)
     return tile, (ys, xs)
 
 

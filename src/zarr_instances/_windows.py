@@ -27,6 +27,7 @@ __all__ = [
     "estimate_output_bytes",
     "may_clip",
     "needed_diameter",
+    "window_counts",
 ]
 
 # a window "clips" an object when more than this fraction of its pixels lie outside
@@ -83,6 +84,33 @@ def may_clip(
     end = np.asarray(starts) + np.asarray(sizes) - 1
     out = (np.asarray(lo) < starts) | (np.asarray(hi) > end)
     return np.asarray(out.any(axis=1))
+
+
+def window_counts(
+    labels_box: np.ndarray,
+    origin: tuple[int, int, int],
+    starts_z: np.ndarray,
+    starts: np.ndarray,
+    labels: np.ndarray,
+    depth: int,
+    diameter: int,
+) -> np.ndarray:
+    """Pixels of each window that hold the window's label, counted in ``labels_box``.
+
+    ``labels_box`` ``(z, y, x)`` holds the labels from global ``origin`` on (zero past
+    the image); the windows start at ``starts_z`` (planes ``depth``) and ``starts``
+    (``diameter`` pixels in y and x) and lie inside the box in y and x.
+    """
+    z0, y0, x0 = origin
+    nz, d = labels_box.shape[0], diameter
+    wanted = labels.astype(labels_box.dtype)
+    out = np.zeros(wanted.size, dtype=np.int64)
+    for k in range(out.size):
+        za = max(0, int(starts_z[k]) - z0)
+        zb = min(nz, int(starts_z[k]) - z0 + depth)
+        ya, xa = int(starts[k, 0]) - y0, int(starts[k, 1]) - x0
+        out[k] = np.count_nonzero(labels_box[za:zb, ya : ya + d, xa : xa + d] == wanted[k])
+    return out
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ How it works
    the image and mask of every source (one, or a mapping of many: a study,
    :mod:`._sources`) are opened as Dask arrays ``(c, z, y, x)`` and ``(z, y, x)``.
 2. **Centroids, one pass over the masks** (:mod:`._mask_pass`). Every Dask block of
-   a mask yields exact integer per-label sums (pixel count, sums of z, y, x) and,
-   when a store is written, the intensities of the object pixels under it; the sums
-   are added over blocks and each centre is rounded half to even. The result never
-   depends on the chunking or the scheduler.
+   a mask yields exact integer per-label sums (pixel count, sums of z, y, x) and
+   extents; the sums are added over blocks and each centre is rounded half to even.
+   The result never depends on the chunking or the scheduler. The masks are the only
+   input read before the tiles are cut.
 3. **Rows.** Instances are ordered by source and id (``order="id"``) or by a seeded
    permutation (``order="random"``); the rows of every output chunk are known up
    front (:class:`._study_plan.StudyPlan` over one :class:`._tile_plan.TilePlan`
@@ -29,10 +29,15 @@ How it works
    output chunks, or shards) gather their rows, write whole units, then flag them
    done in the ``progress`` array; write tasks are grouped into passes whose crops
    held stay within ``memory_limit`` (:mod:`._pass_memory`, :mod:`._extract_write`).
-   A rerun of the same call skips flagged units. The instance table ``obs`` (with
-   ``metadata`` joined) is written last, then the store is marked complete
-   (:mod:`._extract_store`); ``append=True`` grows an existing store instead
-   (:mod:`._append`).
+   A rerun of the same call skips flagged units. The passes also learn what needs
+   the pixels: the first one counts the object intensities under every mask block
+   (for the percentiles recorded per source), each cut counts the pixels inside the
+   windows whose object's bounding box reaches out of them (the clipping report), so
+   that every input block is decoded once per pass. The instance table ``obs`` (with
+   ``metadata`` joined) and the attributes so completed are written last, then the
+   store is marked complete (:mod:`._extract_store`); ``append=True`` grows an
+   existing store instead (:mod:`._append`). Without ``out``, the clipping counts
+   read the masks of the tiles holding such windows (:mod:`._clip_tasks`).
 
 The tasks form a plain Dask task graph (a dict, :mod:`._graph`), shaped for where it
 runs: hand-offs between tasks on Dask's local schedulers, a task per part and per
@@ -54,14 +59,14 @@ import dask.array as da
 import numpy as np
 
 from ._append import append_target, check_append, crop_parameters
-from ._clip_tasks import clipping
+from ._clip_tasks import candidates, clipping
 from ._extract_kernels import warm_up
 from ._extract_settings import Settings, reject_spatialdata, resolve_chunk_i, settings, store_attrs
 from ._extract_store import Rows, check_metadata, write_store
 from ._extract_write import WriteJob
 from ._geometry import LabelSums, centroids, tile_edges
 from ._graph import as_delayed, task_with_parts
-from ._mask_pass import PERCENTILES, mask_pass
+from ._mask_pass import mask_pass
 from ._sources import Source, channel_names_of, check_study, named_inputs, open_sources
 from ._store import IMAGE_KEY
 from ._study_plan import StudyPlan
@@ -287,36 +292,31 @@ def extract_instances(
     pixels = sum(int(x.mask.array.size) for x in sources)
     warm_up(sources[0].image.array.dtype, sources[0].mask.array.dtype, pixels)  # large only
     token = uuid.uuid4().hex[:12]
-    found = mask_pass(sources, token, study, intensity=s.out is not None)
-    sums = found.sums
+    sums = mask_pass(sources, token, study).sums
     cents = [centroids(x) for x in sums]
     s, windows = _choose_diameter(s, sums, cents, sources)
     first_row = 0 if target is None else target.first_row
     plan, layout = _rows(sums, cents, sources, s, compressors, first_row)
     images = [src.image_blocks for src in sources]
     masks = [src.mask_blocks for src in sources]
-    clip = clipping(plan, sums, masks, token)
-    windows["n_clipped"] = int(clip.clipped.sum())
-    windows["max_clipped"] = float(clip.fraction.max())
     # per instance, held to the end: keep no copies in id order (perm is the identity)
     row_ids = plan.ids if s.order == "id" else plan.ids[plan.perm]
     if s.out is None:
+        clip = clipping(plan, sums, masks, token)
         crops = _lazy_crops(plan, images, masks, layout, token, s.remove_background)
         _warn_clipped(clip, s)
         return row_ids, crops
     all_cents = np.concatenate(cents)
     row_cents = all_cents if s.order == "id" else all_cents[plan.perm]
     del cents
+    # clipping counts and intensities join the attributes once the passes found them
     attrs = store_attrs(s, sources, names, layout, windows, study)
-    attrs["intensity"] = {
-        "percentiles": list(PERCENTILES),
-        "sources": found.percentiles([x.name for x in sources]),
-    }
     job = WriteJob(
-        plan, images, masks, layout, s.remove_background, s.extract_mask, s.memory_limit, token
-    )
-    rows = Rows(plan, [x.name for x in sources], row_ids, row_cents, all_cents, clip)
-    group = write_store(job, s, rows, attrs, target, metadata, study)
+        plan, images, masks, layout, s.remove_background, s.extract_mask, s.memory_limit, token,
+        candidates=candidates(plan, sums),
+    )  # fmt: skip
+    rows = Rows(plan, [x.name for x in sources], row_ids, row_cents, all_cents, sums)
+    group, clip = write_store(job, s, rows, attrs, target, metadata, study)
     _warn_clipped(clip, s)
     if target is not None:
         return row_ids, da.from_zarr(group[IMAGE_KEY])[first_row:]
