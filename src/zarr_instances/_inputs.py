@@ -198,9 +198,7 @@ class _WithAxes:
         return np.expand_dims(out, tuple(positions)) if positions else out
 
 
-def _from_zarr(
-    name: str, array: zarr.Array | CheckedZarr, add: tuple[int, ...] = ()
-) -> da.Array:
+def _from_zarr(name: str, array: zarr.Array | CheckedZarr, add: tuple[int, ...] = ()) -> da.Array:
     """Wrap a Zarr array for Dask (one block per stored chunk) with checked chunk reads.
 
     ``add``: positions of length-1 axes to add (in the same Dask layer, without a
