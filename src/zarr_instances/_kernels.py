@@ -87,11 +87,8 @@ def _define(jit: Any) -> dict[str, Callable[..., Any]]:
                 o = out[r, ch]
                 for k in range(row.size):
                     v = (np.float32(row[k]) - lo) * k_inv
-                    if v < zero:
-                        v = zero
-                    if v > one:
-                        v = one
-                    o[k] = v
+                    v = zero if v < zero else v  # selects: the loop vectorises
+                    o[k] = one if v > one else v
 
     return {"minmax01": minmax01, "unit": scale, "none": scale, "percentile": percentile}
 

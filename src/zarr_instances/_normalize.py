@@ -263,11 +263,14 @@ def _normalize_blocks(
         return
     direct = out.dtype == torch.float32
     xf = out.numpy() if direct else np.empty((block, *src.shape[1:]), np.float32)
+    # "percentile" subtracts from stored values that float32 holds exactly directly
+    exact = mode == "percentile" and np.can_cast(src.dtype, np.float32, casting="safe")
     for a in range(0, n, block):
         b = min(a + block, n)
         blk = rows(a, b)
         o = xf[a:b] if direct else xf[: b - a]
-        np.copyto(o, blk, casting="unsafe")
+        if not exact:
+            np.copyto(o, blk, casting="unsafe")
         if mode == "minmax01" and blk.size:
             # min/max on the stored dtype (fewer bytes; float32 rounding is
             # monotonic, so they equal min/max of the float32 values)
@@ -278,11 +281,13 @@ def _normalize_blocks(
             np.subtract(o, lo.reshape(bshape), out=o)
             np.multiply(o, (np.float32(1) / span).reshape(bshape), out=o)
         elif mode == "percentile" and scales is not None:
+            # the same float32 operations as the compiled kernel; clip is one pass
+            # (maximum then minimum: two slower ones)
             bshape = (b - a, blk.shape[1]) + (1,) * (blk.ndim - 2)
-            np.subtract(o, scales[0][a:b].reshape(bshape), out=o)
-            np.multiply(o, scales[1][a:b].reshape(bshape), out=o)
-            np.maximum(o, np.float32(0), out=o)
-            np.minimum(o, np.float32(1), out=o)
+            low, inv = (v[a:b].reshape(bshape) for v in scales)
+            np.subtract(blk if exact else o, low, out=o)  # small ints: no separate cast
+            np.multiply(o, inv, out=o)
+            np.clip(o, np.float32(0), np.float32(1), out=o)
         elif factor is not None:
             np.multiply(o, factor, out=o)
         if not direct:
