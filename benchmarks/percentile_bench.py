@@ -113,7 +113,9 @@ def main() -> None:
         os.environ.pop("ZARR_INSTANCES_NUMBA", None)
     if args.json:
         doc = {
-            "command": "PYTHONPATH=src python benchmarks/percentile_bench.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(
+                ["PYTHONPATH=src python benchmarks/percentile_bench.py", *sys.argv[1:]]
+            ),
             "n_crops": n,
             "crop_shape": [2, 1, args.diameter, args.diameter],
             "cpus": os.cpu_count(),
