@@ -12,6 +12,7 @@ import torch
 from . import _kernels
 from ._chunk_stream import Loaded
 from ._normalize import OutputPool, empty_output, normalize_rows
+from ._percentile import SourceScales
 from ._prefetch import in_background
 from ._row_data import RowData
 from ._shared_batches import WorkerBatchPool
@@ -34,7 +35,8 @@ class OutputSettings:
     Attributes
     ----------
     mode
-        Canonical normalisation mode (``"minmax01"``, ``"unit"``, ``"none"``).
+        Canonical normalisation mode (``"minmax01"``, ``"unit"``, ``"percentile"``,
+        ``"none"``).
     x_dtype
         Dtype of the crops yielded.
     batch_size
@@ -45,6 +47,8 @@ class OutputSettings:
         Columns of the yielded tuples besides ``x`` (and ``y`` with labels).
     read_ahead
         Gather and normalise batches in a background thread.
+    scales
+        The row sources and per-source percentiles of ``"percentile"``.
     """
 
     mode: str
@@ -54,6 +58,7 @@ class OutputSettings:
     return_instance_id: bool
     return_row_index: bool
     read_ahead: bool
+    scales: SourceScales | None = None
 
 
 class Counter:
@@ -120,12 +125,19 @@ class Batcher:
         return None
 
     def _normalized(
-        self, src: np.ndarray, index: np.ndarray | None, pool: Pool, in_worker: bool
+        self,
+        src: np.ndarray,
+        index: np.ndarray | None,
+        rows: np.ndarray,
+        pool: Pool,
+        in_worker: bool,
     ) -> torch.Tensor:
+        """Normalise ``src[index]``, whose global rows are ``rows``."""
         s = self.settings
         # batches leave a worker through shared memory: allocate them there
         shared = s.batch_size is not None and in_worker and pool is None
-        return normalize_rows(src, index, s.mode, s.x_dtype, shared, pool)
+        scales = None if s.scales is None else s.scales.of_rows(rows)
+        return normalize_rows(src, index, s.mode, s.x_dtype, shared, pool, scales)
 
     def _pack(self, x: torch.Tensor, rows: np.ndarray, pool: Pool, in_worker: bool) -> Any:
         """Return a batch as the tuple of the mode: stacked ``x`` plus tensors of y/ids/rows."""
@@ -163,7 +175,8 @@ class Batcher:
             id_list = ids[rows].tolist()
             row_list = rows.tolist()
             for a in range(0, rows.size, _SAMPLE_BLOCK):
-                x = self._normalized(src, index[a : a + _SAMPLE_BLOCK], pool, in_worker)
+                block = slice(a, a + _SAMPLE_BLOCK)
+                x = self._normalized(src, index[block], rows[block], pool, in_worker)
                 for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
                     out: list[Any] = [x[j - a]]
                     if ys is not None:
@@ -202,7 +215,8 @@ class Batcher:
         pool = self._pool(in_worker)
 
         def batch(src: np.ndarray, index: np.ndarray | None, rows: np.ndarray) -> Any:
-            return self._pack(self._normalized(src, index, pool, in_worker), rows, pool, in_worker)
+            x = self._normalized(src, index, rows, pool, in_worker)
+            return self._pack(x, rows, pool, in_worker)
 
         for buf, (src, index) in loaded:
             rows = buf.rows

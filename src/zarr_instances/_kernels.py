@@ -74,7 +74,23 @@ def _define(jit: Any) -> dict[str, Callable[..., Any]]:
                 for k in range(row.size):
                     o[k] = np.float32(row[k]) * factor
 
-    return {"minmax01": minmax01, "unit": scale, "none": scale}
+    @jit
+    def percentile(src: Any, index: Any, low: Any, inv: Any, out: Any) -> None:  # pragma: no cover
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for r in range(index.size):
+            s = index[r]
+            for ch in range(src.shape[1]):
+                row = src[s, ch]
+                lo = low[r, ch]
+                k_inv = inv[r, ch]
+                o = out[r, ch]
+                for k in range(row.size):
+                    v = (np.float32(row[k]) - lo) * k_inv
+                    v = zero if v < zero else v  # selects: the loop vectorises
+                    o[k] = one if v > one else v
+
+    return {"minmax01": minmax01, "unit": scale, "none": scale, "percentile": percentile}
 
 
 def _kernels() -> dict[str, Callable[..., Any]] | None:
@@ -118,6 +134,8 @@ def prepare(dtype: np.dtype) -> None:
         with _STATE.compile_lock:
             kernels["minmax01"](src, rows, out)
             kernels["unit"](src, rows, out, np.float32(1.0))
+            scale = np.zeros((1, 1), np.float32)
+            kernels["percentile"](src, rows, scale, scale, out)
         _STATE.ready.add(dtype.str)
     finally:
         with _STATE.lock:
@@ -151,6 +169,7 @@ def gather_scale(
     mode: str,
     out: np.ndarray,
     factor: float | np.floating[Any] | None = None,
+    scales: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> bool:
     """Write ``normalise(src[index])`` into the float32 array ``out``; ``False`` if not applicable.
 
@@ -161,11 +180,14 @@ def gather_scale(
     index
         Rows of ``src`` in output order, or ``None`` for all rows.
     mode
-        ``"minmax01"``, ``"unit"`` (multiply by ``factor``) or ``"none"`` (cast only).
+        ``"minmax01"``, ``"unit"`` (multiply by ``factor``), ``"percentile"``
+        (``clip((x - low) * inv, 0, 1)`` with ``scales``) or ``"none"`` (cast only).
     out
         Float32 destination ``(len(index), c, ...)``, C-contiguous.
     factor
         Multiplier of ``"unit"``, already the float32 reciprocal of the dtype maximum.
+    scales
+        ``(low, inv)`` of ``"percentile"``: float32 ``(len(index), c)`` each.
 
     Returns
     -------
@@ -201,6 +223,10 @@ def gather_scale(
     o3 = out.reshape(rows.size, c, -1)
     if mode == "minmax01":
         kernels["minmax01"](s3, rows, o3)
+    elif mode == "percentile":
+        assert scales is not None
+        low, inv = (np.ascontiguousarray(a, dtype=np.float32) for a in scales)
+        kernels["percentile"](s3, rows, low, inv, o3)
     else:
         mult = np.float32(1.0) if mode == "none" else np.float32(factor)
         kernels[mode](s3, rows, o3, mult)

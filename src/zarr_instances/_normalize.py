@@ -12,15 +12,18 @@ from . import _kernels, _refcount
 from .errors import ArgumentError
 
 __all__ = [
+    "DEFAULT_PERCENTILES",
     "NORMALIZE_MODES",
     "OutputPool",
     "TensorSource",
     "check_normalize",
     "empty_output",
     "normalize_rows",
+    "percentile_range",
 ]
 
-NORMALIZE_MODES = ("minmax01", "unit", "none", None)
+NORMALIZE_MODES = ("minmax01", "unit", "percentile", "none", None)
+DEFAULT_PERCENTILES = (1.0, 99.0)  # normalize="percentile"
 _EPS = np.float32(1e-8)
 _BLOCK_BYTES = 256 * 1024  # float32 bytes normalised per step: fits in L2
 
@@ -28,17 +31,61 @@ _BLOCK_BYTES = 256 * 1024  # float32 bytes normalised per step: fits in L2
 def check_normalize(mode: object) -> str:
     """Validate a normalisation mode and return its canonical name.
 
+    ``"percentile"`` and ``("percentile", low, high)`` both give ``"percentile"``
+    (:func:`percentile_range` returns their percentiles).
+
     Raises
     ------
     ArgumentError
-        If ``mode`` is not one of ``"minmax01"``, ``"unit"``, ``"none"`` or ``None``.
+        If ``mode`` is not one of ``"minmax01"``, ``"unit"``, ``"percentile"``,
+        ``("percentile", low, high)``, ``"none"`` or ``None``.
     """
+    if percentile_range(mode) is not None:
+        return "percentile"
     if mode is None or mode == "none":
         return "none"
     if mode in ("minmax01", "unit"):
         return str(mode)
-    msg = f"normalize must be one of 'minmax01', 'unit', 'none' or None, got {mode!r}"
+    msg = (
+        "normalize must be one of 'minmax01', 'unit', 'percentile', "
+        f"('percentile', low, high), 'none' or None, got {mode!r}"
+    )
     raise ArgumentError(msg)
+
+
+def percentile_range(mode: object) -> tuple[float, float] | None:
+    """Return the ``(low, high)`` percentiles of a ``"percentile"`` mode, else ``None``.
+
+    ``"percentile"`` means :data:`DEFAULT_PERCENTILES`; ``("percentile", low, high)``
+    (a tuple or list) chooses them, ``0 <= low < high <= 100``.
+
+    Raises
+    ------
+    ArgumentError
+        If ``mode`` is a sequence starting with ``"percentile"`` but not of that form.
+    """
+    if isinstance(mode, str):
+        return DEFAULT_PERCENTILES if mode == "percentile" else None
+    if not isinstance(mode, (tuple, list)) or not mode or not _is_str(mode[0], "percentile"):
+        return None
+    bounds = mode[1:]
+    ok = len(bounds) == 2 and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        for v in bounds
+    )
+    if ok:
+        low, high = float(bounds[0]), float(bounds[1])
+        if 0 <= low < high <= 100:
+            return low, high
+    msg = (
+        "normalize=('percentile', low, high) needs two numbers with "
+        f"0 <= low < high <= 100, got {tuple(mode)!r}"
+    )
+    raise ArgumentError(msg)
+
+
+def _is_str(value: object, text: str) -> bool:
+    return isinstance(value, str) and value == text
 
 
 def _unit_scale(dtype: np.dtype) -> float | None:
@@ -133,6 +180,7 @@ def normalize_rows(
     x_dtype: torch.dtype,
     shared: bool = False,
     pool: TensorSource | None = None,
+    scales: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> torch.Tensor:
     """Gather rows ``src[index]`` of crops ``(n, c, z, y, x)``, normalise, cast.
 
@@ -152,6 +200,7 @@ def normalize_rows(
         instance and channel to ``(x - min) / (max - min + 1e-8)`` in float32
         (multiplying by the reciprocal: within a float32 rounding of the division);
         ``"unit"`` divides integers by the maximum of their dtype (floats unchanged);
+        ``"percentile"`` computes ``clip((x - low) * inv, 0, 1)`` with ``scales``;
         ``"none"`` casts only.
     x_dtype
         Output dtype.
@@ -160,6 +209,10 @@ def normalize_rows(
     pool
         Take the result from this pool (an :class:`OutputPool`, or a worker's pool
         of shared-memory segments); not with ``shared``.
+    scales
+        ``"percentile"`` only: ``(low, inv)``, float32 ``(len(index), c)`` each, the
+        low percentile and ``1 / (high - low)`` (``0`` where ``high == low``) of each
+        output row's source and channel (:meth:`._percentile.SourceScales.of_rows`).
 
     Returns
     -------
@@ -175,9 +228,13 @@ def normalize_rows(
         out = empty_output(shape, x_dtype, shared)
     scale = _unit_scale(src.dtype) if mode == "unit" else None
     factor = None if scale is None else np.float32(1 / scale)
-    if x_dtype == torch.float32 and _kernels.gather_scale(src, index, mode, out.numpy(), factor):
+    if mode == "percentile" and scales is None:
+        raise ValueError("normalize_rows: mode 'percentile' needs scales")
+    if x_dtype == torch.float32 and _kernels.gather_scale(
+        src, index, mode, out.numpy(), factor, scales
+    ):
         return out
-    _normalize_blocks(src, index, mode, out, factor)
+    _normalize_blocks(src, index, mode, out, factor, scales)
     return out
 
 
@@ -187,6 +244,7 @@ def _normalize_blocks(
     mode: str,
     out: torch.Tensor,
     factor: np.float32 | None,
+    scales: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Write ``normalise(src[index])`` into ``out`` with NumPy, block by block in cache."""
     n = int(out.shape[0])
@@ -205,11 +263,14 @@ def _normalize_blocks(
         return
     direct = out.dtype == torch.float32
     xf = out.numpy() if direct else np.empty((block, *src.shape[1:]), np.float32)
+    # "percentile" subtracts from stored values that float32 holds exactly directly
+    exact = mode == "percentile" and np.can_cast(src.dtype, np.float32, casting="safe")
     for a in range(0, n, block):
         b = min(a + block, n)
         blk = rows(a, b)
         o = xf[a:b] if direct else xf[: b - a]
-        np.copyto(o, blk, casting="unsafe")
+        if not exact:
+            np.copyto(o, blk, casting="unsafe")
         if mode == "minmax01" and blk.size:
             # min/max on the stored dtype (fewer bytes; float32 rounding is
             # monotonic, so they equal min/max of the float32 values)
@@ -219,6 +280,14 @@ def _normalize_blocks(
             bshape = (b - a, blk.shape[1]) + (1,) * (blk.ndim - 2)
             np.subtract(o, lo.reshape(bshape), out=o)
             np.multiply(o, (np.float32(1) / span).reshape(bshape), out=o)
+        elif mode == "percentile" and scales is not None:
+            # the same float32 operations as the compiled kernel; clip is one pass
+            # (maximum then minimum: two slower ones)
+            bshape = (b - a, blk.shape[1]) + (1,) * (blk.ndim - 2)
+            low, inv = (v[a:b].reshape(bshape) for v in scales)
+            np.subtract(blk if exact else o, low, out=o)  # small ints: no separate cast
+            np.multiply(o, inv, out=o)
+            np.clip(o, np.float32(0), np.float32(1), out=o)
         elif factor is not None:
             np.multiply(o, factor, out=o)
         if not direct:

@@ -62,6 +62,7 @@ class OpenedInstances:
     instance_ids: np.ndarray | None
     labels: np.ndarray | None
     where: str
+    group: zarr.Group | None = None  # the instance-store group, if a group was opened
 
 
 def is_url(path: str) -> bool:
@@ -351,4 +352,5 @@ def open_instances(
             f"got shape {array.shape} ({array.ndim}-D)"
         )
         raise ArgumentError(msg)
-    return OpenedInstances(array=array, instance_ids=ids, labels=labels, where=where)
+    group = node if isinstance(node, zarr.Group) else None
+    return OpenedInstances(array=array, instance_ids=ids, labels=labels, where=where, group=group)

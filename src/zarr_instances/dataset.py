@@ -25,6 +25,7 @@ from . import _kernels, _runtime
 from ._batching import Batcher, Counter, OutputSettings
 from ._chunk_stream import ChunkStream, ReadSettings
 from ._normalize import check_normalize
+from ._percentile import source_scales
 from ._plan import rank_share
 from ._resume import (
     EpochStart,
@@ -105,7 +106,10 @@ class ZarrIterableInstances(IterableDataset):
         dataset is built (kept in ``state_dict`` so resumes stay exact).
     normalize
         ``"minmax01"`` (per instance and channel), ``"unit"`` (divide by the maximum
-        of the stored integer dtype), ``None`` or ``"none"``.
+        of the stored integer dtype), ``"percentile"`` (per source and channel,
+        ``clip((x - p1) / (p99 - p1), 0, 1)`` with the object-pixel percentiles of the
+        crop's own source, 0 where they are equal; an instance store of this version),
+        ``("percentile", low, high)`` (other stored percentiles), ``None`` or ``"none"``.
     x_dtype
         Dtype of the yielded crops.
     return_instance_id
@@ -171,7 +175,7 @@ class ZarrIterableInstances(IterableDataset):
         chunk_seed: int = 0,
         shuffle_within_chunk: bool = False,
         buffer_seed: int | None = None,
-        normalize: str | None = "minmax01",
+        normalize: str | tuple[str, float, float] | None = "minmax01",
         x_dtype: torch.dtype = torch.float32,
         return_instance_id: bool = True,
         return_row_index: bool = True,
@@ -207,6 +211,7 @@ class ZarrIterableInstances(IterableDataset):
         seed = secrets.randbits(63) if buffer_seed is None else buffer_seed
         self.buffer_seed = check_int(seed, "buffer_seed")
         self.normalize = normalize
+        self._scales = source_scales(normalize, opened, n_rows)  # "percentile" only
         self.x_dtype = _check_x_dtype(x_dtype)
         self.return_instance_id = bool(return_instance_id)
         self.return_row_index = bool(return_row_index)
@@ -245,7 +250,7 @@ class ZarrIterableInstances(IterableDataset):
         self._stream = ChunkStream(read, self.shape, self.dtype, where)
         output = OutputSettings(
             check_normalize(self.normalize), self.x_dtype, self.batch_size, self.drop_last,
-            self.return_instance_id, self.return_row_index, self.read_ahead,
+            self.return_instance_id, self.return_row_index, self.read_ahead, self._scales,
         )  # fmt: skip
         self._batcher = Batcher(output, rows, self.dtype)
 

@@ -119,7 +119,7 @@ class InstancesDataModule(pl.LightningDataModule):
         buffer_chunks: int = 4,
         seed: int = 0,
         chunk_i: int | None = None,
-        normalize: str | None = "minmax01",
+        normalize: str | tuple[str, float, float] | None = "minmax01",
         storage_options: dict[str, Any] | None = None,
         loader_kwargs: dict[str, Any] | None = None,
         dataset_kwargs: dict[str, Any] | None = None,
