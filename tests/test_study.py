@@ -99,6 +99,30 @@ def test_study_crops_equal_single_extractions_and_rows_are_ordered(tmp_path):
             )
 
 
+def test_many_sources_as_zarr_paths_equal_arrays(tmp_path):
+    # from 8 sources on, local Zarr paths are opened all at once: same store as arrays
+    specs = {f"fov{k:02d}": ((40, 44), 5, k) for k in range(10)}
+    images, masks = _study(specs)
+    paths_i, paths_m = {}, {}
+    for name in specs:
+        paths_i[name] = str(tmp_path / f"{name}_image.zarr")
+        paths_m[name] = str(tmp_path / f"{name}_mask.zarr")
+        zarr.create_array(paths_i[name], data=images[name], chunks=(2, 20, 22))
+        zarr.create_array(paths_m[name], data=masks[name], chunks=(20, 22))
+    extract_instances(paths_i, paths_m, D, out=tmp_path / "paths.zarr", order="random")
+    extract_instances(images, masks, D, out=tmp_path / "arrays.zarr", order="random")
+    (a, ta), (b, tb) = _read(tmp_path / "paths.zarr"), _read(tmp_path / "arrays.zarr")
+    for key in ("image", "instance_ids", "centroids"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    pd.testing.assert_frame_equal(ta, tb)
+    recorded = zarr.open_group(tmp_path / "paths.zarr").attrs["zarr_instances"]["sources"]
+    assert recorded["fov03"] == {"image": paths_i["fov03"], "mask": paths_m["fov03"]}
+    # a missing path among many still names the input
+    paths_m["fov05"] = str(tmp_path / "missing.zarr")
+    with pytest.raises(FileNotFoundError, match=r"mask='.*missing.zarr'"):
+        extract_instances(paths_i, paths_m, D)
+
+
 def test_study_3d_sources_of_different_depths_with_z_window_and_masks(tmp_path):
     specs = {"deep": ((5, 40, 40), 8, 4), "flat": ((3, 36, 44), 7, 5)}
     images, masks = _study(specs)

@@ -165,8 +165,9 @@ def block_keys(array: da.Array) -> tuple[Delayed, np.ndarray]:
 
     The keys form an object array shaped as ``array.numblocks``.
     """
-    # one layer (an input as read): nothing to fuse, and optimising costs per array
-    blocks = array.to_delayed(optimize_graph=len(array.dask.layers) > 1)
+    # an input as read (its array and the reads): nothing to fuse, and optimising costs
+    # per array
+    blocks = array.to_delayed(optimize_graph=len(array.dask.layers) > 2)
     keys = np.empty(blocks.shape, dtype=object)
     for idx in np.ndindex(*blocks.shape):
         keys[idx] = blocks[idx].key

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,14 +254,19 @@ def _channel_names(attrs: dict[str, Any]) -> list[str] | None:
 
 
 def _open_path(
-    name: str, path: str | os.PathLike[str], storage_options: dict[str, Any] | None
+    name: str,
+    path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None,
+    opened: Mapping[str, zarr.Array | zarr.Group] | None = None,
 ) -> _Raw:
     spath = os.fspath(path)
     kind = path_kind(spath)
     if kind != "zarr":
         found = open_file(name, spath, kind)
         return _Raw(found.data, spath, found.axes, found.channel_names)
-    node = open_zarr(spath, url_options(spath, storage_options), name=name)
+    node = (opened or {}).get(spath)
+    if node is None:
+        node = open_zarr(spath, url_options(spath, storage_options), name=name)
     arr, axes, names = _resolve_node(name, spath, node)
     return _Raw(CheckedZarr(arr, name), spath, axes, names)
 
@@ -320,8 +326,16 @@ def _from_xarray(name: str, value: Any) -> _Raw:
     return _Raw(data, label, _axes.letters(axes), names)
 
 
-def _to_raw(name: str, value: Any, storage_options: dict[str, Any] | None) -> _Raw:
-    """Return the input as found (Dask array or an array-like still to wrap)."""
+def _to_raw(
+    name: str,
+    value: Any,
+    storage_options: dict[str, Any] | None,
+    opened: Mapping[str, zarr.Array | zarr.Group] | None = None,
+) -> _Raw:
+    """Return the input as found (Dask array or an array-like still to wrap).
+
+    ``opened``: Zarr nodes opened already, by path.
+    """
     if _is_xarray(value, "DataArray") or _is_xarray(value, "DataTree"):
         return _from_xarray(name, value)
     if type(value).__name__ == "SpatialData":
@@ -339,7 +353,7 @@ def _to_raw(name: str, value: Any, storage_options: dict[str, Any] | None) -> _R
         arr, axes, names = _resolve_node(name, where, value)
         return _Raw(CheckedZarr(arr, name), where, axes, names)
     if isinstance(value, (str, os.PathLike)):
-        return _open_path(name, value, storage_options)
+        return _open_path(name, value, storage_options, opened)
     if isinstance(value, np.ndarray):
         return _Raw(value, "numpy array", None, None)
     msg = f"{name} must be a NumPy, Dask or Zarr array or a path/URL; supported: {SUPPORTED}"
@@ -372,10 +386,15 @@ def _as_dask(name: str, raw: _Raw, axes: str, chunk: int) -> da.Array:
 
 
 def _open(
-    kind: str, value: Any, storage_options: dict[str, Any] | None, chunk: int, axes: str | None
+    kind: str,
+    value: Any,
+    storage_options: dict[str, Any] | None,
+    chunk: int,
+    axes: str | None,
+    opened: Mapping[str, zarr.Array | zarr.Group] | None = None,
 ) -> OpenedInput:
     """Open ``value`` as ``kind`` (``"image"`` / ``"mask"``) in its target axes."""
-    raw = _to_raw(kind, value, storage_options)
+    raw = _to_raw(kind, value, storage_options, opened)
     shape = tuple(int(n) for n in raw.data.shape)
     found, known = _axes.resolve_axes(kind, shape, raw.axes, axes, raw.source)
     if axes is not None:
@@ -395,6 +414,7 @@ def open_image(
     storage_options: dict[str, Any] | None = None,
     chunk: int = 2048,
     axes: str | None = None,
+    opened: Mapping[str, zarr.Array | zarr.Group] | None = None,
 ) -> OpenedInput:
     """Open ``image`` as a Dask array ``(c, z, y, x)``.
 
@@ -403,7 +423,7 @@ def open_image(
     and a 5-D one ``(t, c, z, y, x)``. A ``t`` axis of length 1 is dropped; missing
     ``c`` and ``z`` axes get length 1.
     """
-    img = _open("image", image, storage_options, chunk, axes)
+    img = _open("image", image, storage_options, chunk, axes, opened)
     if not (np.issubdtype(img.array.dtype, np.number) or img.array.dtype == np.bool_):
         msg = f"image must hold numbers, got dtype {img.array.dtype} from {img.source}"
         raise ArgumentTypeError(msg)
@@ -415,13 +435,14 @@ def open_mask(
     storage_options: dict[str, Any] | None = None,
     chunk: int = 2048,
     axes: str | None = None,
+    opened: Mapping[str, zarr.Array | zarr.Group] | None = None,
 ) -> OpenedInput:
     """Open ``mask`` as an integer Dask array ``(z, y, x)`` (a 2-D mask gets ``z = 1``).
 
     ``axes`` (``mask_axes`` of the caller) names the axes of a mask without recorded
     axes; ``t`` and ``c`` axes of length 1 are dropped.
     """
-    msk = _open("mask", mask, storage_options, chunk, axes)
+    msk = _open("mask", mask, storage_options, chunk, axes, opened)
     if not np.issubdtype(msk.array.dtype, np.integer):
         msg = (
             f"mask must hold integer labels (0 = background), got dtype {msk.array.dtype} "

@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._formats import path_kind
 from ._inputs import OpenedInput, check_same_pixels, open_image, open_mask
+from ._store import open_many
 from ._tile_tasks import Blocks
 from ._windows import check_fits
 from .errors import ArgumentError, ArgumentTypeError
@@ -29,6 +31,8 @@ __all__ = [
     "single_name",
 ]
 
+# Zarr paths of this many sources or more are opened all at once
+_AT_ONCE_FROM = 8
 # file name endings dropped from a single image's path to name its source
 _ENDINGS = re.compile(r"(\.ome)?\.(tiff?|zarr|npy|n5)$|/+$", re.IGNORECASE)
 
@@ -103,16 +107,26 @@ def open_sources(
     axes: tuple[str | None, str | None],
     diameter: int | None,
 ) -> list[Source]:
-    """Open every source as Dask arrays and check image and mask of each cover one grid."""
-    out = []
-    for name, image, mask in named:
-        img = open_image(image, storage_options, tile_size, axes[0])
-        msk = open_mask(mask, storage_options, tile_size, axes[1])
+    """Open every source as Dask arrays and check image and mask of each cover one grid.
+
+    The local Zarr paths of many sources are opened all at once first (opening mostly
+    waits for metadata reads); the first source in order that fails raises.
+    """
+    opened: dict[str, Any] = {}
+    if len(named) >= _AT_ONCE_FROM:
+        paths = [os.fspath(v) for _, *io in named for v in io if isinstance(v, str | os.PathLike)]
+        opened = open_many([p for p in paths if path_kind(p) == "zarr"])
+
+    def one(item: tuple[str, Any, Any]) -> Source:
+        name, image, mask = item
+        img = open_image(image, storage_options, tile_size, axes[0], opened)
+        msk = open_mask(mask, storage_options, tile_size, axes[1], opened)
         check_same_pixels(img, msk)
         if diameter is not None:
             check_fits(diameter, (int(img.array.shape[2]), int(img.array.shape[3])))
-        out.append(Source(name, img, msk, Blocks(img.array), Blocks(msk.array)))
-    return out
+        return Source(name, img, msk, Blocks(img.array), Blocks(msk.array))
+
+    return [one(item) for item in named]
 
 
 def check_study(sources: Sequence[Source], z_window: int | None) -> None:
