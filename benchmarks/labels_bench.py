@@ -8,7 +8,9 @@ this process:
 * **table**: ``ZarrIterableInstances(store, None, labels="cell_type",
   where={"source": half of the sources}, ...)``;
 * **arrays**: the same labels as an integer array and the same rows as a boolean
-  ``where`` array.
+  ``where`` array;
+
+each for ``--epochs`` epochs.
 
 Both are batched (``batch_size=256, buffer_chunks=4``, shuffled chunks and rows,
 ``minmax01``), 0 workers. Reported: median samples/s of each and the ratio (issue
@@ -26,6 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,11 +64,14 @@ def _store(workdir: str, sources: int, size: int, cells: int) -> str:
     return out
 
 
-def _epoch(ds: object) -> float:
+def _epochs(ds: Any, first: int, epochs: int) -> float:
+    """Samples per second over ``epochs`` epochs from epoch ``first``."""
     t0 = time.perf_counter()
     n = 0
-    for batch in ds:  # type: ignore[attr-defined]
-        n += int(batch[0].shape[0])
+    for e in range(first, first + epochs):
+        ds.set_epoch(e)
+        for batch in ds:
+            n += int(batch[0].shape[0])
     return n / (time.perf_counter() - t0)
 
 
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--cells", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10, help="epochs per measurement")
     p.add_argument("--workdir", default="/tmp/zi-labels-bench")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -101,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     array_ds = ZarrIterableInstances(store, None, codes, where=rows, **common)
     assert len(table_ds) == len(array_ds)
     rates: dict[str, list[float]] = {"table": [], "arrays": []}
-    _epoch(table_ds), _epoch(array_ds)  # warm: kernels, page cache
+    _epochs(table_ds, 0, 1), _epochs(array_ds, 0, 1)  # warm: kernels, page cache
     for r in range(args.rounds):
         order = ("table", "arrays") if r % 2 == 0 else ("arrays", "table")
         for which in order:
             ds = table_ds if which == "table" else array_ds
-            ds.set_epoch(r + 1)
-            rates[which].append(_epoch(ds))
+            rates[which].append(_epochs(ds, 1 + r * args.epochs, args.epochs))
         print(f"[{r}] table {rates['table'][-1]:,.0f}/s, arrays {rates['arrays'][-1]:,.0f}/s")
     t, a = median(rates["table"]), median(rates["arrays"])
     print(
