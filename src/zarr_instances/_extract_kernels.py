@@ -18,20 +18,16 @@ When they are used (``ZARR_INSTANCES_NUMBA``, :func:`._runtime.numba_setting`):
 
 * ``0``: never. ``1``: wherever numba is installed, compiled on first use (once per
   dtype and array layout; loaded from numba's disk cache in later processes).
-* unset (``"auto"``), chosen by measurement (``benchmarks/numba_bench.py``,
-  ``benchmarks/results/numba.json``). Compiled, the kernels are faster than NumPy at
-  the label sums (1.3 to 1.5 times) and at cuts that remove the background, with or
-  without the mask crops (1.2 to 5 times), on small and large images alike; plain
-  cuts (``remove_background=False``) gain nothing measurable (1.03 to 1.13 times,
-  under 0.1 ms per tile), so they stay in NumPy (:data:`AUTO_KERNELS`). But
-  getting the kernels costs far more than they save on one image: about 1.5 s to
-  import numba and load them from its cache, about 10 s to compile them, against
-  about 3.6 ms saved per million mask pixels. So a kernel runs only where its exact
-  signature is already compiled in this process (:func:`_ready`;
-  a call is never the one that compiles), and extraction compiles them only for
-  images of at least :data:`WARM_PIXELS` mask pixels (:func:`warm_up`, called by
-  ``extract_instances``), in a background thread while the NumPy code runs, so that
-  even a cold compile is repaid by the pixels left after it.
+* unset (``"auto"``), chosen by measurement (BENCHMARKS.md, "numba kernels per
+  step"): compiled kernels are faster than NumPy at the label sums and at cuts that
+  remove the background (with or without the mask crops); plain cuts
+  (``remove_background=False``) gain nothing measurable and stay in NumPy
+  (:data:`AUTO_KERNELS`). Getting the kernels (importing numba, loading or compiling
+  them) costs more than they save on most images, so a kernel runs only where its
+  exact signature is already compiled in this process (:func:`_ready`: a call is never
+  the one that compiles), and extraction compiles them only for masks of at least
+  :data:`WARM_PIXELS` pixels (:func:`warm_up`, called by ``extract_instances``), in
+  a background thread while the NumPy code runs.
 """
 
 from __future__ import annotations
@@ -53,7 +49,7 @@ __all__ = ["AUTO_KERNELS", "WARM_PIXELS", "cut_windows", "enabled", "label_sums"
 _IMAGE_KINDS = "biuf"
 #: the kernels faster than NumPy once compiled: the ones used unless switched on or off
 AUTO_KERNELS = frozenset({"label_sums", "cut_multiply", "cut_select", "cut_mask"})
-#: mask pixels from which a background compile pays (~10 s / 3.6 ms per Mpx: ~3,000 Mpx)
+#: mask pixels from which a background compile pays for itself (BENCHMARKS.md)
 WARM_PIXELS = 2**32
 
 
