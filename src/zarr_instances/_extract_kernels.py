@@ -117,10 +117,7 @@ def _warm(image_dtype: np.dtype, mask_dtype: np.dtype) -> None:
 
     Called on arrays of the types, dimensions and layouts that extraction passes.
     """
-    state = _runtime.EXTRACT_KERNELS
-    with state.lock:
-        state.in_progress += 1
-    try:
+    with _runtime.EXTRACT_KERNELS.loading():
         table = _kernels()
         if table is None:
             return
@@ -134,9 +131,6 @@ def _warm(image_dtype: np.dtype, mask_dtype: np.dtype) -> None:
             crops = np.empty((1, 1, 1, 1, 1), image_dtype)
             cut = "cut_select" if image_dtype.kind == "f" else "cut_multiply"
             table[cut](image, m, 0, 0, starts, zs, labs, 1, crops)
-    finally:
-        with state.lock:
-            state.in_progress -= 1
 
 
 def warm_up(image_dtype: Any, mask_dtype: Any, mask_pixels: int) -> threading.Thread | None:

@@ -122,9 +122,7 @@ def prepare(dtype: np.dtype) -> None:
     dtype = np.dtype(dtype)
     if dtype.str in _STATE.ready or not _applies(dtype):
         return
-    with _STATE.lock:
-        _STATE.in_progress += 1
-    try:
+    with _STATE.loading():
         kernels = _kernels()
         if kernels is None:
             return
@@ -137,9 +135,6 @@ def prepare(dtype: np.dtype) -> None:
             scale = np.zeros((1, 1), np.float32)
             kernels["percentile"](src, rows, scale, scale, out)
         _STATE.ready.add(dtype.str)
-    finally:
-        with _STATE.lock:
-            _STATE.in_progress -= 1
 
 
 def warm_up(dtype: np.dtype) -> threading.Thread | None:

@@ -179,6 +179,17 @@ class KernelState:
                 self.tried = True
         return self.table
 
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """Count a load as running (:attr:`in_progress`) while the block runs."""
+        with self.lock:
+            self.in_progress += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_progress -= 1
+
     def _reset_in_child(self) -> None:
         self.lock, self.compile_lock, self.warming = threading.Lock(), threading.Lock(), None
         if self.in_progress:
