@@ -36,10 +36,8 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
 from _common import fmt_num, markdown_table, median  # noqa: E402
+from extract_bench import _child as run_child  # noqa: E402
 
 LABEL_STRIDE = 1024  # mosaic label = FOV index * LABEL_STRIDE + local label
 CELL_DIAMETER = 20
@@ -107,17 +106,7 @@ print(json.dumps({"seconds": dt, "n": int(ids.size), "rss_mib": rss(), "base_mib
 
 
 def _child(args: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_RUN), json.dumps(args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_child(sys.executable, _RUN, args, timeout)
 
 
 # ----------------------------------------------------------------------------- inputs
