@@ -1,0 +1,198 @@
+"""Several stores as one dataset (issue 18): the planning slice.
+
+The chunk grid of a list of stores is each store's own chunks, concatenated
+(docs/dev/multistore-design.md): no chunk straddles two stores, and the plan,
+resume and elastic resume work unchanged on that irregular grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zarr_instances._plan import chunk_order, plan_worker, rank_share, select_rows
+from zarr_instances._resume import Step, resolve, resumed_plan
+from zarr_instances._sampling import Sampling
+from zarr_instances._selection import chunk_grid
+from zarr_instances._table_rows import selection_digest
+from zarr_instances.errors import ArgumentError
+
+SAMPLING = Sampling(
+    shuffle_chunks=True,
+    chunk_seed=1,
+    shuffle_within=True,
+    buffer_seed=7,
+    buffer_chunks=2,
+    drop_last=False,
+)
+
+
+def stream(sel, sampling, epoch, rank, world, worker, k, resume=None):
+    resume = resume or resolve(sel, sampling, epoch, None, world, k, worker)
+    plan = resumed_plan(sel, sampling, epoch, (rank, world, worker, k), resume)
+    parts = [b.rows for b in plan.buffers(resume.start)]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def offsets_of(sizes):
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+@st.composite
+def store_lists(draw):
+    sizes = draw(st.lists(st.integers(0, 120), min_size=1, max_size=5))
+    if sum(sizes) == 0:
+        sizes[0] = 1
+    chunk_i = draw(st.integers(1, 40))
+    n = sum(sizes)
+    keep = None
+    if draw(st.booleans()):
+        keep = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    return sizes, chunk_i, keep
+
+
+def test_chunk_grid_is_each_stores_chunks():
+    assert chunk_grid([10, 7, 5], 4).tolist() == [0, 4, 8, 10, 14, 17, 21, 22]
+    # aligned stores (the last may be short) are the regular grid of their concatenation
+    assert chunk_grid([8, 4, 5], 4) is None
+    assert chunk_grid([17], 4) is None
+    # empty stores add no chunk
+    assert chunk_grid([0, 5, 0, 3], 4).tolist() == [0, 4, 5, 8]
+    assert chunk_grid([5, 0, 0], 4) is None
+    with pytest.raises(ArgumentError, match=">= 0"):
+        chunk_grid([3, -1], 4)
+
+
+def test_select_rows_over_stores():
+    sel = select_rows(22, 4, store_rows=[10, 7, 5])
+    assert sel.n_chunks == 7
+    assert sel.counts.tolist() == [4, 4, 2, 4, 3, 4, 1]
+    assert sel.chunk_bounds(2) == (8, 10)
+    assert sel.chunk_rows(4).tolist() == [14, 15, 16]
+    keep = np.ones(22, bool)
+    keep[[8, 9, 15]] = False
+    sel = select_rows(22, 4, keep, allowed_chunks=[2, 4, 6], store_rows=[10, 7, 5])
+    assert sel.counts.tolist() == [0, 0, 0, 0, 2, 0, 1]
+    assert sel.chunk_rows(4).tolist() == [14, 16]
+    with pytest.raises(ArgumentError, match="valid chunk indexes are 0-6"):
+        select_rows(22, 4, allowed_chunks=[7], store_rows=[10, 7, 5])
+    with pytest.raises(ArgumentError, match="do not sum"):
+        select_rows(21, 4, store_rows=[10, 7, 5])
+
+
+def test_aligned_stores_plan_like_their_concatenation():
+    one = select_rows(23, 4)
+    many = select_rows(23, 4, store_rows=[8, 12, 3])
+    assert many.bounds is None
+    assert selection_digest(one) == selection_digest(many)
+    for r in range(2):
+        for w in range(2):
+            a = stream(one, SAMPLING, 3, r, 2, w, 2)
+            b = stream(many, SAMPLING, 3, r, 2, w, 2)
+            assert np.array_equal(a, b)
+
+
+def test_digest_tells_irregular_grids_apart():
+    regular = select_rows(22, 4)
+    ragged = select_rows(22, 4, store_rows=[10, 7, 5])
+    other = select_rows(22, 4, store_rows=[7, 10, 5])
+    digests = {selection_digest(s) for s in (regular, ragged, other)}
+    assert len(digests) == 3
+    # the digest of one store is what it always was (saved states stay valid)
+    assert selection_digest(select_rows(22, 4, store_rows=[22])) == selection_digest(regular)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    info=store_lists(),
+    world=st.integers(1, 4),
+    workers=st.integers(1, 3),
+    epoch=st.integers(0, 3),
+    shuffle=st.booleans(),
+    buffer_chunks=st.integers(1, 4),
+    drop_last=st.booleans(),
+)
+def test_every_kept_row_once_and_chunks_inside_one_store(
+    info, world, workers, epoch, shuffle, buffer_chunks, drop_last
+):
+    sizes, chunk_i, keep = info
+    n = sum(sizes)
+    sel = select_rows(n, chunk_i, keep, store_rows=sizes)
+    offsets = offsets_of(sizes)
+    expected = np.arange(n) if keep is None else np.flatnonzero(keep)
+    assert sel.total == expected.size
+    # every chunk lies in one store and is at most chunk_i rows
+    for k in range(sel.n_chunks):
+        a, b = sel.chunk_bounds(k)
+        assert 0 < b - a <= chunk_i
+        s = np.searchsorted(offsets, a, side="right") - 1
+        assert b <= offsets[s + 1]
+    if sel.total == 0:
+        return
+    out = [
+        [
+            np.concatenate(
+                [
+                    np.empty(0, np.int64),
+                    *(
+                        b.rows
+                        for b in plan_worker(
+                            sel, epoch=epoch, rank=r, world=world, worker=w,
+                            num_workers=workers, shuffle_chunks=shuffle, chunk_seed=3,
+                            shuffle_within=True, buffer_seed=5, buffer_chunks=buffer_chunks,
+                            drop_last=drop_last,
+                        ).buffers()
+                    ),
+                ]
+            )
+            for w in range(workers)
+        ]
+        for r in range(world)
+    ]  # fmt: skip
+    per_rank = [sum(len(w) for w in r) for r in out]
+    assert per_rank == [rank_share(sel.total, world, drop_last)] * world
+    allrows = np.concatenate([w for r in out for w in r])
+    if drop_last:
+        assert np.unique(allrows).size == allrows.size
+        assert np.isin(allrows, expected).all()
+    else:
+        assert set(allrows.tolist()) == set(expected.tolist())
+        assert allrows.size - sel.total < world
+    # a buffer's pieces each read from one store
+    seq = np.concatenate([sel.chunk_rows(c) for c in chunk_order(sel, epoch, shuffle, 3)])
+    assert np.array_equal(np.sort(seq), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    info=store_lists(),
+    old=st.tuples(st.integers(1, 4), st.integers(1, 3)),
+    new=st.tuples(st.integers(1, 4), st.integers(1, 3)),
+    frac=st.floats(0, 1),
+)
+def test_resume_and_elastic_resume_over_stores(info, old, new, frac):
+    sizes, chunk_i, keep = info
+    n = sum(sizes)
+    sel = select_rows(n, chunk_i, keep, store_rows=sizes)
+    if sel.total == 0:
+        return
+    (w_old, k_old), (w_new, k_new) = old, new
+    full = [stream(sel, SAMPLING, 2, r, w_old, w, k_old) for r in range(w_old) for w in range(k_old)]
+    consumed = tuple(int(len(s) * frac) for s in full[:k_old])
+    prefix = np.concatenate([s[: consumed[i % k_old]] for i, s in enumerate(full)])
+    state = {"epoch": 2, "steps": [Step(w_old, k_old, consumed).as_dict()]}
+    rest = []
+    for r in range(w_new):
+        for w in range(k_new):
+            res = resolve(sel, SAMPLING, 2, state, w_new, k_new, w)
+            rest.append(stream(sel, SAMPLING, 2, r, w_new, w, k_new, resume=res))
+    per_rank = [sum(len(s) for s in rest[r * k_new : (r + 1) * k_new]) for r in range(w_new)]
+    assert len(set(per_rank)) == 1
+    if (w_new, k_new) == (w_old, k_old):
+        assert all(
+            np.array_equal(rest[i], full[i][consumed[i % k_old] :]) for i in range(len(full))
+        )
+    expected = set((np.arange(n) if keep is None else np.flatnonzero(keep)).tolist())
+    assert set(np.concatenate([prefix, *rest]).tolist()) == expected
