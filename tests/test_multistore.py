@@ -179,7 +179,9 @@ def test_resume_and_elastic_resume_over_stores(info, old, new, frac):
     if sel.total == 0:
         return
     (w_old, k_old), (w_new, k_new) = old, new
-    full = [stream(sel, SAMPLING, 2, r, w_old, w, k_old) for r in range(w_old) for w in range(k_old)]
+    full = [
+        stream(sel, SAMPLING, 2, r, w_old, w, k_old) for r in range(w_old) for w in range(k_old)
+    ]
     consumed = tuple(int(len(s) * frac) for s in full[:k_old])
     prefix = np.concatenate([s[: consumed[i % k_old]] for i, s in enumerate(full)])
     state = {"epoch": 2, "steps": [Step(w_old, k_old, consumed).as_dict()]}
@@ -196,3 +198,49 @@ def test_resume_and_elastic_resume_over_stores(info, old, new, frac):
         )
     expected = set((np.arange(n) if keep is None else np.flatnonzero(keep)).tolist())
     assert set(np.concatenate([prefix, *rest]).tolist()) == expected
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def test_open_stores_concatenates_rows(tmp_path):
+    from zarr_instances._multi_store import open_stores, stored_chunk_rows
+    from zarr_instances.testing import make_instance_store
+
+    paths = [str(tmp_path / f"s{k}.zarr") for k in range(3)]
+    for k, (p, n) in enumerate(zip(paths, [120, 40, 75], strict=True)):
+        make_instance_store(p, n=n, chunk_i=40, seed=k)
+    opened = open_stores(paths)
+    assert opened.n_rows == 235
+    assert opened.store_rows == [120, 40, 75]
+    assert opened.shape == (235, 2, 1, 16, 16)
+    assert opened.dtype == np.uint16
+    assert stored_chunk_rows(opened) == 40
+    ids = opened.instance_ids
+    assert ids is not None and ids.shape == (235,)
+    assert np.array_equal(ids[120:160], opened.stores[1].instance_ids)
+    store, local = opened.local_rows(np.array([0, 119, 120, 159, 160, 234]))
+    assert store.tolist() == [0, 0, 1, 1, 2, 2]
+    assert local.tolist() == [0, 119, 0, 39, 0, 74]
+    assert "3 stores" in opened.where and "s2.zarr" in opened.where
+    sel = select_rows(opened.n_rows, 40, store_rows=opened.store_rows)
+    assert sel.counts.tolist() == [40, 40, 40, 40, 40, 35]
+
+
+def test_open_stores_mismatch_names_both_stores(tmp_path):
+    from zarr_instances._multi_store import open_stores, stored_chunk_rows
+    from zarr_instances.testing import make_instance_store
+
+    a, b, c, d = (str(tmp_path / f"{x}.zarr") for x in "abcd")
+    make_instance_store(a, n=50, chunk_i=25)
+    make_instance_store(b, n=50, chunk_i=25, shape=(3, 1, 16, 16))
+    make_instance_store(c, n=50, chunk_i=25, dtype="uint8")
+    make_instance_store(d, n=50, chunk_i=10)
+    with pytest.raises(ArgumentError, match=r"crop shapes.*a\.zarr.*\(2, 1, 16, 16\).*b\.zarr"):
+        open_stores([a, b])
+    with pytest.raises(ArgumentError, match=r"dtypes.*a\.zarr.*uint16.*store 2.*c\.zarr.*uint8"):
+        open_stores([a, a, c])
+    with pytest.raises(ArgumentError, match=r"a\.zarr.*25 rows.*d\.zarr.*10; pass chunk_i"):
+        stored_chunk_rows(open_stores([a, d]))
+    with pytest.raises(ArgumentError, match="non-empty list"):
+        open_stores([])
