@@ -79,7 +79,7 @@ class OpenedStores:
         ids = [s.instance_ids for s in self.stores]
         if any(v is None for v in ids):
             return None
-        return np.concatenate([np.asarray(v, dtype=np.int64) for v in ids])  # type: ignore[arg-type]
+        return np.concatenate([np.asarray(v, dtype=np.int64) for v in ids])
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -87,7 +87,7 @@ class OpenedStores:
         labels = [s.labels for s in self.stores]
         if any(v is None for v in labels):
             return None
-        return np.concatenate([np.asarray(v, dtype=np.int64) for v in labels])  # type: ignore[arg-type]
+        return np.concatenate([np.asarray(v, dtype=np.int64) for v in labels])
 
     def store_of(self, rows: np.ndarray) -> np.ndarray:
         """Return the store index of each global row."""
