@@ -244,3 +244,99 @@ def test_open_stores_mismatch_names_both_stores(tmp_path):
         stored_chunk_rows(open_stores([a, d]))
     with pytest.raises(ArgumentError, match="non-empty list"):
         open_stores([])
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def _stores_and_concat(tmp_path, sizes, chunk_i=40):
+    import zarr
+
+    from zarr_instances.testing import make_instance_store
+
+    paths = [str(tmp_path / f"s{k}.zarr") for k in range(len(sizes))]
+    groups = [
+        make_instance_store(p, n=n, chunk_i=chunk_i, seed=k)
+        for k, (p, n) in enumerate(zip(paths, sizes, strict=True))
+    ]
+    image = np.concatenate([np.asarray(g["image"][...]) for g in groups])
+    ids = np.concatenate([np.asarray(g["instance_ids"][...]) for g in groups])
+    labels = np.concatenate([np.asarray(g["labels"][...]) for g in groups])
+    concat = zarr.open_group(str(tmp_path / "concat.zarr"), mode="w")
+    arr = concat.create_array("image", shape=image.shape, dtype=image.dtype,
+                              chunks=(chunk_i, *image.shape[1:]))  # fmt: skip
+    arr[:] = image
+    concat.create_array("instance_ids", shape=ids.shape, dtype="int64", chunks=ids.shape)[:] = ids
+    return paths, str(tmp_path / "concat.zarr"), image, labels
+
+
+def _collect(ds, workers, batched):
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=None if batched else 16, num_workers=workers)
+    xs, ys, ids, rows = [], [], [], []
+    for x, y, i, r in loader:
+        xs.append(torch.as_tensor(x).numpy())
+        ys.append(torch.as_tensor(y).numpy())
+        ids.append(torch.as_tensor(i).numpy())
+        rows.append(torch.as_tensor(r).numpy())
+    return tuple(np.concatenate(v) for v in (xs, ys, ids, rows))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("batched", [False, True])
+def test_three_stores_stream_like_their_concatenation(tmp_path, workers, batched):
+    from zarr_instances import ZarrIterableInstances
+
+    paths, concat, _, labels = _stores_and_concat(tmp_path, [120, 80, 75])
+    kw = {
+        "labels": labels,
+        "shuffle_chunks": True,
+        "chunk_seed": 4,
+        "shuffle_within_chunk": True,
+        "buffer_seed": 9,
+        "buffer_chunks": 2,
+        "batch_size": 16 if batched else None,
+    }
+    many = ZarrIterableInstances(paths, **kw)
+    one = ZarrIterableInstances(concat, **kw)
+    assert many.shape == one.shape and len(many) == len(one)
+    assert many._stream.direct
+    for epoch in (0, 1):
+        many.set_epoch(epoch)
+        one.set_epoch(epoch)
+        a, b = _collect(many, workers, batched), _collect(one, workers, batched)
+        for u, v in zip(a, b, strict=True):
+            assert np.array_equal(u, v)
+
+
+@pytest.mark.parametrize("route", ["direct", "zarr"])
+def test_ragged_stores_yield_every_row_once_with_its_crop(tmp_path, route):
+    from zarr_instances import ZarrIterableInstances
+
+    paths, _, image, _ = _stores_and_concat(tmp_path, [110, 70, 75])
+    ds = ZarrIterableInstances(
+        paths,
+        chunk_i=40 if route == "direct" else 30,  # 30: not the stored chunks
+        shuffle_chunks=True,
+        shuffle_within_chunk=True,
+        buffer_chunks=3,
+        normalize=None,
+        batch_size=32,
+    )
+    assert ds.selection.bounds is not None
+    x, _, rows = (np.concatenate([t.numpy() for t in part]) for part in zip(*ds, strict=True))
+    assert np.array_equal(np.sort(rows), np.arange(255))
+    assert np.array_equal(x, image[rows].astype(x.dtype))
+    assert ds.fingerprint()["stores"] == [110, 70, 75]
+
+
+def test_list_rejects_features_not_built_yet(tmp_path):
+    from zarr_instances import ZarrIterableInstances
+
+    paths, _, _, _ = _stores_and_concat(tmp_path, [40, 40])
+    with pytest.raises(ArgumentError, match=r"labels=<column name>.*not supported yet"):
+        ZarrIterableInstances(paths, labels="cell_type")
+    with pytest.raises(ArgumentError, match="normalize='percentile'"):
+        ZarrIterableInstances(paths, normalize="percentile")

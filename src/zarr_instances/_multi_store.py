@@ -164,3 +164,88 @@ def stored_chunk_rows(opened: OpenedStores) -> int:
             )
             raise ArgumentError(msg)
     return size
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the dataset needs of its crops, from one store or a list of stores.
+
+    Attributes
+    ----------
+    shape, dtype
+        Shape ``(i, c, z, y, x)`` (all rows) and dtype of the crops.
+    stored_chunk_i
+        Stored chunk size along axis 0 (the default ``chunk_i``).
+    instance_ids
+        Stored instance ids of every row, or ``None``.
+    where
+        The store(s), named for messages.
+    single
+        The opened store when there is one; ``None`` for a list.
+    store_rows
+        Rows of each store of a list; ``None`` for one store.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stored_chunk_i: int
+    instance_ids: np.ndarray | None
+    where: str
+    single: OpenedInstances | None
+    store_rows: list[int] | None
+
+
+def open_source(
+    zarr_path: ZarrPath | Sequence[ZarrPath],
+    storage_options: dict[str, Any] | None,
+    chunk_i: int | None,
+    labels: object = None,
+    where: object = None,
+    normalize: object = None,
+) -> Source:
+    """Open ``zarr_path`` (one store or a list) for the dataset.
+
+    Not yet built for a list (docs/dev/multistore-design.md): labels by table column,
+    ``where`` over the table and ``normalize="percentile"``; these raise.
+    """
+    from ._normalize import percentile_range
+
+    if not is_store_list(zarr_path):
+        one = open_instances(zarr_path, storage_options)  # type: ignore[arg-type]
+        shape = tuple(int(s) for s in one.array.shape)
+        chunks = int(one.array.chunks[0])
+        return Source(shape, one.array.dtype, chunks, one.instance_ids, one.where, one, None)
+    many = open_stores(zarr_path, storage_options)  # type: ignore[arg-type]
+    todo = [
+        name
+        for name, used in (
+            ("labels=<column name>", isinstance(labels, str)),
+            ("where=<mapping>", where is not None and not isinstance(where, np.ndarray)),
+            ("normalize='percentile'", percentile_range(normalize) is not None),
+        )
+        if used
+    ]
+    if todo:
+        msg = f"{', '.join(todo)} is not supported yet with a list of stores ({many.where})"
+        raise ArgumentError(msg)
+    chunks = stored_chunk_rows(many) if chunk_i is None else int(many.stores[0].array.chunks[0])
+    return Source(
+        many.shape, many.dtype, chunks, many.instance_ids, many.where, None, many.store_rows
+    )
+
+
+def instance_ids_of(
+    given: np.ndarray | None, stored: np.ndarray | None, where: str, n_rows: int
+) -> np.ndarray:
+    """Return the instance ids given, else the stored ones (checked: ``n_rows`` integers)."""
+    from ._validate import as_int_vector
+
+    if given is None:
+        if stored is None:
+            msg = (
+                f"instance_ids is None but zarr_path={where} is a bare array; pass "
+                "instance_ids, or an instance store group that holds 'instance_ids'"
+            )
+            raise ArgumentError(msg)
+        given = stored
+    return as_int_vector(given, "instance_ids", n_rows)
