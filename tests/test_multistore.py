@@ -340,3 +340,27 @@ def test_list_rejects_features_not_built_yet(tmp_path):
         ZarrIterableInstances(paths, labels="cell_type")
     with pytest.raises(ArgumentError, match="normalize='percentile'"):
         ZarrIterableInstances(paths, normalize="percentile")
+
+
+def test_resume_across_stores_and_fingerprint(tmp_path):
+    from zarr_instances import ZarrIterableInstances
+
+    paths, _, _, labels = _stores_and_concat(tmp_path, [110, 70, 75])
+    kw = {"labels": labels, "shuffle_chunks": True, "shuffle_within_chunk": True}
+    kw |= {"buffer_seed": 3, "batch_size": 8}
+    ds = ZarrIterableInstances(paths, **kw)
+    full = [b[3].numpy() for b in ds]
+    it = iter(ds)
+    for _ in range(5):
+        next(it)
+    state = ds.state_dict()
+    again = ZarrIterableInstances(paths, **kw)
+    again.load_state_dict(state)
+    rest = [b[3].numpy() for b in again]
+    assert np.array_equal(np.concatenate(rest), np.concatenate(full[5:]))
+    # other store lengths (another list) are refused
+    other = ZarrIterableInstances(paths[::-1], labels=labels[::-1] * 0, **{
+        k: v for k, v in kw.items() if k != "labels"
+    })  # fmt: skip
+    with pytest.raises(ArgumentError):
+        other.load_state_dict(state)
