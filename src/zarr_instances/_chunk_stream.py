@@ -89,6 +89,8 @@ class ChunkStream:
         state = self.__dict__.copy()
         state["_array"] = state["_decoder"] = None
         state["_parts"] = []
+        state.pop("_pool", None)
+        state.pop("_pool_pid", None)
         return state
 
     def opened(self) -> OpenedInstances:
@@ -162,13 +164,21 @@ class ChunkStream:
             keys, inverse = np.unique(store * (offsets[-1] + 1) + chunk_of, return_inverse=True)
             key_store, key_chunk = np.divmod(keys, offsets[-1] + 1)
             src = slot(keys.size * size)
-            for s_idx in np.unique(key_store):
-                one, decoder = self._parts[int(s_idx)]
+
+            def read_store(s_idx: int) -> None:
+                one, decoder = self._parts[s_idx]
                 assert decoder is not None
                 at = np.flatnonzero(key_store == s_idx)
                 out = src[at[0] * size : (at[-1] + 1) * size]
                 rows = buffer.rows[store == s_idx] - offsets[s_idx]
                 read_chunks(one.array, key_chunk[at], out, decoder, one.where, check, rows, threads)
+
+            touched = [int(k) for k in np.unique(key_store)]
+            if len(touched) == 1:
+                read_store(touched[0])
+            else:  # the stores' chunks decode together, as one store's would
+                for fut in [self._fanout().submit(read_store, k) for k in touched]:
+                    fut.result()
             return src, inverse.reshape(-1) * size + offset
         n_read = buffer.n_read
         src = slot(n_read)[:n_read]
@@ -182,6 +192,14 @@ class ChunkStream:
             read_rows(one.array, [rows - offsets[s_idx]], one.where, out, check, [piece.chunk])
             pos += rows.size
         return src, buffer.source
+
+    def _fanout(self) -> ThreadPoolExecutor:
+        """Threads that wait on the reads of several stores at once (one pool per process)."""
+        pool = self.__dict__.get("_pool")
+        if pool is None or self.__dict__.get("_pool_pid") != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="zarr_instances_stores")
+            self.__dict__.update(_pool=pool, _pool_pid=os.getpid())
+        return pool
 
     def _slots(self) -> Callable[[int], Callable[[int], np.ndarray]]:
         n_slots = 2 if self.settings.read_ahead else 1
