@@ -364,3 +364,21 @@ def test_resume_across_stores_and_fingerprint(tmp_path):
     })  # fmt: skip
     with pytest.raises(ArgumentError):
         other.load_state_dict(state)
+
+
+def test_missing_chunk_of_one_store_names_that_store(tmp_path):
+    import os
+
+    from zarr_instances import ZarrIterableInstances
+    from zarr_instances.errors import ChunkReadError
+
+    paths, _, _, _ = _stores_and_concat(tmp_path, [80, 80, 80])
+    os.remove(os.path.join(paths[1], "image", "c", "1", "0", "0", "0", "0"))
+    ds = ZarrIterableInstances(paths, buffer_chunks=6, batch_size=16)
+    assert ds._stream.direct
+    with pytest.raises(ChunkReadError, match=r"s1\.zarr.*missing"):
+        list(ds)
+    quiet = ZarrIterableInstances(paths, buffer_chunks=6, batch_size=16, normalize=None,
+                                  check_missing_chunks=False)  # fmt: skip
+    x = np.concatenate([b[0].numpy() for b in quiet])
+    assert x.shape[0] == 240

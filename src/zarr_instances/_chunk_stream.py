@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import _chunk_io
 from ._plan import Buffer, WorkerPlan
-from ._reader import Decoder, chunk_decoder, read_chunks, read_rows
+from ._reader import Decoder, chunk_decoder, local_dir, read_chunks, read_rows
 from ._store import OpenedInstances, ZarrPath, open_instances
 
 __all__ = ["ChunkStream", "Loaded", "ReadSettings"]
@@ -174,9 +175,29 @@ class ChunkStream:
                 read_chunks(one.array, key_chunk[at], out, decoder, one.where, check, rows, threads)
 
             touched = [int(k) for k in np.unique(key_store)]
+            roots = [local_dir(self._parts[k][0].array) for k in touched]
             if len(touched) == 1:
                 read_store(touched[0])
-            else:  # the stores' chunks decode together, as one store's would
+            elif all(r is not None for r in roots):
+                # local stores: every chunk file of the buffer on the decode threads at once,
+                # as one store's; a store with a missing or bad chunk is read again by
+                # read_chunks, which fills or raises naming it
+                jobs, job_store = [], []
+                for k, root in zip(touched, roots, strict=True):
+                    one, decoder = self._parts[k]
+                    assert decoder is not None
+                    zeros = (0,) * (one.array.ndim - 1)
+                    for j in np.flatnonzero(key_store == k):
+                        key = _chunk_io.chunk_key(one.array, (int(key_chunk[j]), *zeros))
+                        dest = src[j * size : (j + 1) * size]
+                        jobs.append((_chunk_io.chunk_path(str(root), key), dest, decoder))
+                        job_store.append(k)
+                results = _chunk_io.decode_files(jobs, threads)
+                for k in sorted(
+                    {s for s, r in zip(job_store, results, strict=True) if r is not None}
+                ):
+                    read_store(k)
+            else:  # remote stores: their requests in flight together
                 for fut in [self._fanout().submit(read_store, k) for k in touched]:
                     fut.result()
             return src, inverse.reshape(-1) * size + offset
