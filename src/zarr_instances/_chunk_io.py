@@ -207,6 +207,23 @@ def fetch(array: zarr.Array, key: str, root: str | None = None) -> Any:
     return run(_store_get(array)(key))
 
 
+def decode_files(jobs: Sequence[tuple[str, np.ndarray, Decoder]], threads: int) -> list[Any]:
+    """Decode local chunk files ``(path, destination, decoder)`` on ``threads`` decode threads.
+
+    Returns per job ``None`` (decoded), ``False`` (no such file) or the exception raised.
+    The jobs may come from several arrays (several stores read as one buffer).
+    """
+
+    def one(job: tuple[str, np.ndarray, Decoder]) -> Any:
+        try:
+            found = _read_and_decode(*job)
+        except Exception as exc:  # reported per chunk by the caller
+            return exc
+        return None if found else False
+
+    return list(_runtime.decode_pool(threads).map(one, jobs))
+
+
 def decode_chunks(
     array: zarr.Array,
     keys: Sequence[str],
@@ -229,16 +246,11 @@ def decode_chunks(
     """
     root = local_dir(array)
     if root is not None:
-        paths = [chunk_path(root, k) for k in keys]
-
-        def one(j: int) -> Any:
-            try:
-                found = _read_and_decode(paths[j], out[j * size : (j + 1) * size], decoder)
-            except Exception as exc:  # reported per chunk by the caller
-                return exc
-            return None if found else False
-
-        return list(_runtime.decode_pool(threads).map(one, range(len(paths))))
+        jobs = [
+            (chunk_path(root, k), out[j * size : (j + 1) * size], decoder)
+            for j, k in enumerate(keys)
+        ]
+        return decode_files(jobs, threads)
 
     get = _store_get(array)
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import _chunk_io
 from ._plan import Buffer, WorkerPlan
-from ._reader import Decoder, chunk_decoder, read_chunks, read_rows
+from ._reader import Decoder, chunk_decoder, local_dir, read_chunks, read_rows
 from ._store import OpenedInstances, ZarrPath, open_instances
 
 __all__ = ["ChunkStream", "Loaded", "ReadSettings"]
@@ -29,7 +30,8 @@ class ReadSettings:
     Attributes
     ----------
     zarr_path
-        Path, URL or opened Zarr node of the crops.
+        Path, URL or opened Zarr node of the crops; or a tuple of them, whose rows are
+        concatenated in order (several stores as one dataset).
     storage_options
         Options of a URL's store.
     codec_pipeline
@@ -42,7 +44,7 @@ class ReadSettings:
         Read the next buffer in a background thread.
     """
 
-    zarr_path: ZarrPath
+    zarr_path: ZarrPath | tuple[ZarrPath, ...]
     storage_options: dict[str, Any] | None
     codec_pipeline: str | None
     chunk_i: int
@@ -80,10 +82,16 @@ class ChunkStream:
         self._array: OpenedInstances | None = None
         self._array_pid = 0
         self._decoder: Decoder | None = None
+        # several stores: each opened store, its decoder, and the global row offsets
+        self._parts: list[tuple[OpenedInstances, Decoder | None]] = []
+        self._offsets = np.zeros(1, np.int64)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_array"] = state["_decoder"] = None
+        state["_parts"] = []
+        state.pop("_pool", None)
+        state.pop("_pool_pid", None)
         return state
 
     def opened(self) -> OpenedInstances:
@@ -91,14 +99,23 @@ class ChunkStream:
         pid = os.getpid()
         if self._array is None or self._array_pid != pid:
             s = self.settings
-            path = s.zarr_path
-            if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
-                # an opened node is rebuilt from its pickled form, as a spawned worker does
-                path = pickle.loads(pickle.dumps(path))
+            paths = s.zarr_path if isinstance(s.zarr_path, tuple) else (s.zarr_path,)
+            parts = []
+            for path in paths:
+                if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
+                    # an opened node is rebuilt from its pickled form, as a spawned worker does
+                    path = pickle.loads(pickle.dumps(path))
+                one = open_instances(path, s.storage_options, s.codec_pipeline)
+                direct = s.codec_pipeline is None and s.chunk_i == one.array.chunks[0]
+                parts.append((one, chunk_decoder(one.array) if direct else None))
             self._array_pid = pid
-            self._array = open_instances(path, s.storage_options, s.codec_pipeline)
-            direct = s.codec_pipeline is None and s.chunk_i == self._array.array.chunks[0]
-            self._decoder = chunk_decoder(self._array.array) if direct else None
+            self._parts = parts
+            self._array, self._decoder = parts[0]
+            if len(parts) > 1 and any(d is None for _, d in parts):
+                self._decoder = None  # several stores: direct only if every store is
+            sizes = [int(one.array.shape[0]) for one, _ in parts]
+            self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        assert self._array is not None
         return self._array
 
     @property
@@ -116,6 +133,8 @@ class ChunkStream:
         ``threads`` bounds the chunks decoded at once.
         """
         array = self.opened().array
+        if len(self._parts) > 1:
+            return self._load_many(buffer, slot, threads)
         decoder = self._decoder
         check = self.settings.check_missing
         if decoder is not None:
@@ -132,6 +151,76 @@ class ChunkStream:
         labels = [p.chunk for p in buffer.pieces]
         read_rows(array, buffer.read, self.where, src, check, labels)
         return src, buffer.source
+
+    def _load_many(
+        self, buffer: Buffer, slot: Callable[[int], np.ndarray], threads: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`load` over several stores: a logical chunk lies in one store."""
+        offsets = self._offsets
+        check = self.settings.check_missing
+        if self._decoder is not None:
+            size = self.settings.chunk_i
+            store = np.searchsorted(offsets, buffer.rows, side="right") - 1
+            chunk_of, offset = np.divmod(buffer.rows - offsets[store], size)
+            keys, inverse = np.unique(store * (offsets[-1] + 1) + chunk_of, return_inverse=True)
+            key_store, key_chunk = np.divmod(keys, offsets[-1] + 1)
+            src = slot(keys.size * size)
+
+            def read_store(s_idx: int) -> None:
+                one, decoder = self._parts[s_idx]
+                assert decoder is not None
+                at = np.flatnonzero(key_store == s_idx)
+                out = src[at[0] * size : (at[-1] + 1) * size]
+                rows = buffer.rows[store == s_idx] - offsets[s_idx]
+                read_chunks(one.array, key_chunk[at], out, decoder, one.where, check, rows, threads)
+
+            touched = [int(k) for k in np.unique(key_store)]
+            roots = [local_dir(self._parts[k][0].array) for k in touched]
+            if len(touched) == 1:
+                read_store(touched[0])
+            elif all(r is not None for r in roots):
+                # local stores: every chunk file of the buffer on the decode threads at once,
+                # as one store's; a store with a missing or bad chunk is read again by
+                # read_chunks, which fills or raises naming it
+                jobs, job_store = [], []
+                for k, root in zip(touched, roots, strict=True):
+                    one, decoder = self._parts[k]
+                    assert decoder is not None
+                    zeros = (0,) * (one.array.ndim - 1)
+                    for j in np.flatnonzero(key_store == k):
+                        key = _chunk_io.chunk_key(one.array, (int(key_chunk[j]), *zeros))
+                        dest = src[j * size : (j + 1) * size]
+                        jobs.append((_chunk_io.chunk_path(str(root), key), dest, decoder))
+                        job_store.append(k)
+                results = _chunk_io.decode_files(jobs, threads)
+                for k in sorted(
+                    {s for s, r in zip(job_store, results, strict=True) if r is not None}
+                ):
+                    read_store(k)
+            else:  # remote stores: their requests in flight together
+                for fut in [self._fanout().submit(read_store, k) for k in touched]:
+                    fut.result()
+            return src, inverse.reshape(-1) * size + offset
+        n_read = buffer.n_read
+        src = slot(n_read)[:n_read]
+        pos = 0
+        for piece, rows in zip(buffer.pieces, buffer.read, strict=True):
+            if rows.size == 0:
+                continue
+            s_idx = int(np.searchsorted(offsets, rows[0], side="right")) - 1
+            one = self._parts[s_idx][0]
+            out = src[pos : pos + rows.size]
+            read_rows(one.array, [rows - offsets[s_idx]], one.where, out, check, [piece.chunk])
+            pos += rows.size
+        return src, buffer.source
+
+    def _fanout(self) -> ThreadPoolExecutor:
+        """Threads that wait on the reads of several stores at once (one pool per process)."""
+        pool = self.__dict__.get("_pool")
+        if pool is None or self.__dict__.get("_pool_pid") != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="zarr_instances_stores")
+            self.__dict__.update(_pool=pool, _pool_pid=os.getpid())
+        return pool
 
     def _slots(self) -> Callable[[int], Callable[[int], np.ndarray]]:
         n_slots = 2 if self.settings.read_ahead else 1

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ArgumentError
 
-__all__ = ["RowSelection", "compact_ranges", "select_rows"]
+__all__ = ["RowSelection", "chunk_grid", "compact_ranges", "select_rows"]
 
 
 def compact_ranges(values: Sequence[int] | np.ndarray) -> str:
@@ -36,19 +36,25 @@ class RowSelection:
     Attributes
     ----------
     n_rows
-        Rows of the array (axis 0).
+        Rows of the array (axis 0), or of the concatenated stores.
     chunk_i
-        Rows per logical chunk; chunk ``k`` is rows ``[k * chunk_i, (k + 1) * chunk_i)``.
+        Rows per logical chunk; chunk ``k`` is rows ``[k * chunk_i, (k + 1) * chunk_i)``
+        unless ``bounds`` says otherwise.
     counts
         Kept rows per chunk, ``int64`` of length ``n_chunks`` (0 = chunk skipped).
     keep
         Boolean mask of kept rows, or ``None`` when every row of a counted chunk is kept.
+    bounds
+        ``None`` for the regular grid of one array; else the ``n_chunks + 1`` chunk
+        starts of an irregular grid (several stores, each cut into its own chunks of
+        ``chunk_i`` rows: a store's last chunk may be short).
     """
 
     n_rows: int
     chunk_i: int
     counts: np.ndarray
     keep: np.ndarray | None
+    bounds: np.ndarray | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -62,6 +68,8 @@ class RowSelection:
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Return the ``[start, stop)`` rows of a logical chunk."""
+        if self.bounds is not None:
+            return int(self.bounds[chunk]), int(self.bounds[chunk + 1])
         start = chunk * self.chunk_i
         return start, min(start + self.chunk_i, self.n_rows)
 
@@ -75,11 +83,31 @@ class RowSelection:
         return np.flatnonzero(self.keep[start:stop]).astype(np.int64) + start
 
 
+def chunk_grid(store_rows: Sequence[int] | np.ndarray, chunk_i: int) -> np.ndarray | None:
+    """Return the chunk starts of stores concatenated, each cut into chunks of ``chunk_i``.
+
+    ``None`` when the grid is the regular grid of their concatenation (every store but
+    the last holds a multiple of ``chunk_i`` rows). Otherwise ``int64`` of length
+    ``n_chunks + 1``, the last entry the total row count; a store of 0 rows adds no chunk.
+    """
+    sizes = np.asarray(store_rows, dtype=np.int64).reshape(-1)
+    if sizes.size and (sizes < 0).any():
+        msg = f"store row counts must be >= 0, got {sizes.tolist()!r}"
+        raise ArgumentError(msg)
+    nonempty = sizes[sizes > 0]
+    if nonempty.size <= 1 or not (nonempty[:-1] % chunk_i).any():
+        return None
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    starts = [np.arange(offsets[s], offsets[s + 1], chunk_i) for s in range(sizes.size)]
+    return np.concatenate([*starts, [offsets[-1]]]).astype(np.int64)
+
+
 def select_rows(
     n_rows: int,
     chunk_i: int,
     keep: np.ndarray | None = None,
     allowed_chunks: Sequence[int] | np.ndarray | None = None,
+    store_rows: Sequence[int] | np.ndarray | None = None,
 ) -> RowSelection:
     """Count kept rows per logical chunk.
 
@@ -93,6 +121,10 @@ def select_rows(
         Optional boolean mask of length ``n_rows``; ``None`` keeps every row.
     allowed_chunks
         Optional chunk indexes to restrict to; the others count 0.
+    store_rows
+        Rows of each store when the rows are several stores concatenated (they must
+        sum to ``n_rows``): each store is cut into its own chunks (:func:`chunk_grid`),
+        so that no chunk straddles two stores. ``None``: one array.
 
     Returns
     -------
@@ -109,10 +141,21 @@ def select_rows(
         msg = f"chunk_i must be a positive integer, got {chunk_i!r}"
         raise ArgumentError(msg)
     chunk_i = int(chunk_i)
-    n_chunks = -(-n_rows // chunk_i)
-    starts = np.arange(n_chunks, dtype=np.int64) * chunk_i
+    bounds = None
+    if store_rows is not None:
+        if int(np.sum(store_rows, dtype=np.int64)) != n_rows:
+            msg = f"store row counts {list(store_rows)!r} do not sum to n_rows={n_rows}"
+            raise ArgumentError(msg)
+        bounds = chunk_grid(store_rows, chunk_i)
+    if bounds is None:
+        n_chunks = -(-n_rows // chunk_i)
+        starts = np.arange(n_chunks, dtype=np.int64) * chunk_i
+        stops = np.minimum(starts + chunk_i, n_rows)
+    else:
+        n_chunks = bounds.size - 1
+        starts, stops = bounds[:-1], bounds[1:]
     if keep is None:
-        counts = np.minimum(starts + chunk_i, n_rows) - starts
+        counts = stops - starts
     else:
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (n_rows,):
@@ -144,4 +187,6 @@ def select_rows(
         mask = np.zeros(n_chunks, dtype=bool)
         mask[allowed.astype(np.int64)] = True
         counts = np.where(mask, counts, 0)
-    return RowSelection(n_rows=int(n_rows), chunk_i=chunk_i, counts=counts, keep=keep)
+    return RowSelection(
+        n_rows=int(n_rows), chunk_i=chunk_i, counts=counts, keep=keep, bounds=bounds
+    )

@@ -240,14 +240,23 @@ def where_mask(where: Any, table: pd.DataFrame | None, n_rows: int) -> np.ndarra
 
 
 def selection_digest(selection: RowSelection) -> str:
-    """Return a short hash of the rows an epoch draws from (chunk size included)."""
-    bounds = np.arange(selection.n_chunks + 1, dtype=np.int64) * selection.chunk_i
+    """Return a short hash of the rows an epoch draws from (chunk size included).
+
+    An irregular chunk grid (several stores) hashes its chunk starts too; a regular
+    grid hashes what it always did, so saved states of one store stay valid.
+    """
+    bounds = selection.bounds
+    if bounds is None:
+        bounds = np.arange(selection.n_chunks + 1, dtype=np.int64) * selection.chunk_i
     sizes = np.diff(np.minimum(bounds, selection.n_rows))
     mask = np.repeat(selection.counts > 0, sizes)
     if selection.keep is not None:
         mask &= selection.keep
     h = hashlib.blake2b(digest_size=12)
     h.update(np.array([selection.n_rows, selection.chunk_i], dtype=np.int64).tobytes())
+    if selection.bounds is not None:
+        h.update(b"bounds")
+        h.update(np.ascontiguousarray(selection.bounds, dtype=np.int64).tobytes())
     h.update(np.packbits(mask).tobytes())
     return h.hexdigest()
 

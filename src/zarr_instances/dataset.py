@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset
 from . import _kernels, _runtime
 from ._batching import Batcher, Counter, OutputSettings
 from ._chunk_stream import ChunkStream, ReadSettings
+from ._multi_store import instance_ids_of, open_source
 from ._normalize import check_normalize
 from ._percentile import source_scales
 from ._plan import rank_share
@@ -41,9 +42,9 @@ from ._resume import (
 from ._row_data import RowData
 from ._sampling import Sampling
 from ._selection import RowSelection, compact_ranges, select_rows
-from ._store import ZarrPath, codec_pipeline_config, open_instances
+from ._store import ZarrPath, codec_pipeline_config
 from ._table_rows import selection_digest, table_rows
-from ._validate import as_int_vector, check_int
+from ._validate import check_int
 from ._world import current_rank_world, current_worker, in_worker
 from .errors import ArgumentError, ArgumentTypeError
 
@@ -83,7 +84,8 @@ class ZarrIterableInstances(IterableDataset):
     zarr_path
         Path or URL of a Zarr array ``(i, c, z, y, x)``, of an instance store written by
         :func:`zarr_instances.extract_instances` (a group holding ``image`` and
-        ``instance_ids``), or an opened ``zarr.Array`` / ``zarr.Group``.
+        ``instance_ids``), or an opened ``zarr.Array`` / ``zarr.Group``; or a list of
+        those (same crop shape and dtype), streamed as the concatenation of their rows.
     instance_ids
         One-dimensional integers of length ``i``, the instance id of each row. May be
         ``None`` when ``zarr_path`` is an instance store.
@@ -167,7 +169,7 @@ class ZarrIterableInstances(IterableDataset):
 
     def __init__(
         self,
-        zarr_path: ZarrPath,
+        zarr_path: ZarrPath | Sequence[ZarrPath],
         instance_ids: np.ndarray | None = None,
         labels: np.ndarray | str | None = None,
         chunk_i: int | None = None,
@@ -192,15 +194,18 @@ class ZarrIterableInstances(IterableDataset):
         check_missing_chunks: bool = True,
     ) -> None:
         super().__init__()
-        opened = open_instances(zarr_path, storage_options)
-        n_rows = int(opened.array.shape[0])
-        self.zarr_path = zarr_path
+        opened = open_source(zarr_path, storage_options, chunk_i, labels, where, normalize)
+        n_rows = opened.shape[0]
+        self.zarr_path = cast(
+            "ZarrPath | tuple[ZarrPath, ...]",
+            tuple(zarr_path) if isinstance(zarr_path, (list, tuple)) else zarr_path,
+        )
         self.storage_options = storage_options
-        self.shape = tuple(int(s) for s in opened.array.shape)
-        self.dtype = opened.array.dtype
-        self.stored_chunk_i = int(opened.array.chunks[0])
-        ids = _instance_ids(instance_ids, opened.instance_ids, opened.where, n_rows)
-        rows = table_rows(zarr_path, storage_options, labels, where, n_rows)
+        self.shape, self.dtype = opened.shape, opened.dtype
+        self.stored_chunk_i = opened.stored_chunk_i
+        ids = instance_ids_of(instance_ids, opened.instance_ids, opened.where, n_rows)
+        # a list reads no table yet (open_source refuses column labels and where mappings)
+        rows = table_rows(zarr_path, storage_options, labels, where, n_rows)  # type: ignore[arg-type]
         self.classes, self.label_column = rows.classes, rows.column
         self.chunk_i = check_int(
             self.stored_chunk_i if chunk_i is None else chunk_i, "chunk_i", minimum=1
@@ -211,7 +216,7 @@ class ZarrIterableInstances(IterableDataset):
         seed = secrets.randbits(63) if buffer_seed is None else buffer_seed
         self.buffer_seed = check_int(seed, "buffer_seed")
         self.normalize = normalize
-        self._scales = source_scales(normalize, opened, n_rows)  # "percentile" only
+        self._scales = source_scales(normalize, opened.single, n_rows) if opened.single else None
         self.x_dtype = _check_x_dtype(x_dtype)
         self.return_instance_id = bool(return_instance_id)
         self.return_row_index = bool(return_row_index)
@@ -227,9 +232,11 @@ class ZarrIterableInstances(IterableDataset):
         self.check_missing_chunks = bool(check_missing_chunks)
         self.allowed_chunk_indexes = allowed_chunk_indexes
         keep = rows.keep(self.drop_unlabeled)
-        selection = select_rows(n_rows, self.chunk_i, keep, allowed_chunk_indexes)
+        selection = select_rows(
+            n_rows, self.chunk_i, keep, allowed_chunk_indexes, opened.store_rows
+        )
         _check_not_empty(selection, allowed_chunk_indexes, where is not None)
-        self._digest = selection_digest(selection)
+        self._digest, self._store_rows = selection_digest(selection), opened.store_rows
         self._assemble(RowData(ids, rows.labels, selection), opened.where)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
@@ -339,6 +346,7 @@ class ZarrIterableInstances(IterableDataset):
             "rows": self._digest,
             "label_column": self.label_column,
             "classes": self.classes,
+            **({"stores": self._store_rows} if self._store_rows is not None else {}),
             **self.sampling.fingerprint(),
         }
 
@@ -422,20 +430,6 @@ class ZarrIterableInstances(IterableDataset):
             f"dtype={self.dtype}, {mode}, kept={sel.total}, chunk_i={self.chunk_i}, "
             f"chunks={int(np.count_nonzero(sel.counts))}, pid={os.getpid()})"
         )
-
-
-def _instance_ids(
-    given: np.ndarray | None, stored: np.ndarray | None, where: str, n_rows: int
-) -> np.ndarray:
-    if given is None:
-        if stored is None:
-            msg = (
-                f"instance_ids is None but zarr_path={where} is a bare array; pass "
-                "instance_ids, or an instance store group that holds 'instance_ids'"
-            )
-            raise ArgumentError(msg)
-        given = stored
-    return as_int_vector(given, "instance_ids", n_rows)
 
 
 def _check_x_dtype(x_dtype: object) -> torch.dtype:
