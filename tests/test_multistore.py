@@ -332,14 +332,119 @@ def test_ragged_stores_yield_every_row_once_with_its_crop(tmp_path, route):
     assert ds.fingerprint()["stores"] == [110, 70, 75]
 
 
-def test_list_rejects_features_not_built_yet(tmp_path):
-    from zarr_instances import ZarrIterableInstances
+def _two_studies(tmp_path):
+    """Two study stores whose cell types differ (store b adds "DC", lacks "T")."""
+    import sys
 
-    paths, _, _, _ = _stores_and_concat(tmp_path, [40, 40])
-    with pytest.raises(ArgumentError, match=r"labels=<column name>.*not supported yet"):
-        ZarrIterableInstances(paths, labels="cell_type")
-    with pytest.raises(ArgumentError, match="normalize='percentile'"):
-        ZarrIterableInstances(paths, normalize="percentile")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _table_study import make_study
+
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    make_study(a, n_sources=2, seed=0)
+    meta = make_study(b, n_sources=3, seed=1, chunk_i=8)
+    assert meta is not None
+    return a, b
+
+
+def test_labels_column_and_where_mapping_across_stores(tmp_path):
+    import warnings
+
+    import pandas as pd
+    import zarr
+
+    from zarr_instances import ZarrIterableInstances, group_split, read_table
+    from zarr_instances._table import concat_tables, write_table
+
+    a, b = _two_studies(tmp_path)
+    ta, tb = read_table(a), read_table(b)
+    # store b's cell types in another category order, plus a class store a lacks
+    tb["cell_type"] = tb["cell_type"].astype(str).replace({"T": "DC", "nan": None})
+    tb["cell_type"] = pd.Categorical(tb["cell_type"], categories=["NK", "DC", "B"])
+    write_table(zarr.open_group(b, mode="r+"), tb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata on Zarr format 3
+        zarr.consolidate_metadata(b)
+    table = read_table([a, b])
+    assert len(table) == len(ta) + len(tb)
+    assert table.index.tolist() == list(range(len(table)))
+    # categories united in first-seen order: store a's, then b's new ones
+    assert list(table["cell_type"].cat.categories) == [*ta["cell_type"].cat.categories, "DC"]
+    assert table.equals(concat_tables([ta, tb]))
+
+    ds = ZarrIterableInstances(
+        [a, b], None, labels="cell_type", where={"patient": ["p0", "p1"]},
+        shuffle_chunks=True, shuffle_within_chunk=True, buffer_seed=2, batch_size=5,
+        return_row_index=True, drop_unlabeled=True,
+    )  # fmt: skip
+    assert ds.classes == list(table["cell_type"].cat.categories)
+    ys, rows = [], []
+    for _x, y, _ids, r in ds:
+        ys.append(y.numpy())
+        rows.append(r.numpy())
+    y, row = np.concatenate(ys), np.concatenate(rows)
+    codes = table["cell_type"].cat.codes.to_numpy()
+    want = np.flatnonzero(table["patient"].isin(["p0", "p1"]).to_numpy() & (codes >= 0))
+    assert np.array_equal(np.sort(row), want)  # every selected row once, none other
+    assert np.array_equal(y, codes[row])
+    names = np.asarray(ds.classes, dtype=object)[y]
+    assert np.array_equal(names, table["cell_type"].astype(object).to_numpy()[row])
+    # "DC" exists only in store b: still a valid where value across the list
+    only_b = ZarrIterableInstances([a, b], None, where={"cell_type": "DC"}, return_row_index=True)
+    got = np.array([int(r) for *_, r in only_b])
+    assert np.array_equal(np.sort(got), np.flatnonzero(table["cell_type"] == "DC"))
+    with pytest.raises(ArgumentError, match="no row has the value"):
+        ZarrIterableInstances([a, b], None, where={"cell_type": "Mono"})
+    with pytest.raises(ArgumentError, match="'nope' is not a column"):
+        ZarrIterableInstances([a, b], None, labels="nope")
+    # group_split over the list: the masks cover the concatenated rows, groups whole
+    train, val = group_split([a, b], by="source", fractions=(0.6, 0.4), seed=1)
+    assert train.shape == (len(table),) and not (train & val).any() and (train | val).all()
+    for name in table["source"].unique():
+        part = train[(table["source"] == name).to_numpy()]
+        assert part.all() or not part.any()
+
+
+def test_percentile_across_stores_uses_each_stores_sources(tmp_path):
+    import warnings
+
+    from zarr_instances import ZarrIterableInstances, extract_instances, read_table
+    from zarr_instances.errors import ClippedInstancesWarning
+    from zarr_instances.testing import make_image_and_mask
+
+    paths, want = [], []
+    for k, factor in enumerate((1, 5)):
+        image, mask = make_image_and_mask((80, 80), 16, 12, seed=k)
+        path = str(tmp_path / f"p{k}.zarr")
+        with warnings.catch_warnings():  # some seeds clip a cell at its window's edge
+            warnings.simplefilter("ignore", ClippedInstancesWarning)
+            extract_instances(  # the same source name in both stores, other brightness
+                {"slide": (image.astype(np.uint32) * factor).astype(np.uint16)},
+                {"slide": mask}, 12, out=path, chunk_i=8, progress=False,
+            )  # fmt: skip
+        paths.append(path)
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+        qs = group.attrs["zarr_instances"]["intensity"]["percentiles"]
+        row = group.attrs["zarr_instances"]["intensity"]["sources"]["slide"]
+        lo = np.array([c[qs.index(1.0)] for c in row], np.float32)[None, :, None, None, None]
+        hi = np.array([c[qs.index(99.0)] for c in row], np.float32)[None, :, None, None, None]
+        x = np.asarray(group["image"][...]).astype(np.float32)
+        want.append(np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32))
+        assert len(read_table(path)) == x.shape[0]
+    ref = np.concatenate(want)
+    for batched in (False, True):
+        ds = ZarrIterableInstances(
+            paths, None, normalize="percentile", shuffle_chunks=True, buffer_seed=1,
+            batch_size=6 if batched else None,
+        )  # fmt: skip
+        xs, rows = [], []
+        for x, _ids, r in ds:
+            xs.append(x.numpy() if batched else x.numpy()[None])
+            rows.append(np.atleast_1d(np.asarray(r)))
+        x, row = np.concatenate(xs), np.concatenate(rows)
+        assert np.array_equal(np.sort(row), np.arange(ref.shape[0]))
+        np.testing.assert_allclose(x, ref[row], rtol=1e-5, atol=1e-6)
 
 
 def test_resume_across_stores_and_fingerprint(tmp_path):

@@ -184,6 +184,8 @@ class Source:
         The opened store when there is one; ``None`` for a list.
     store_rows
         Rows of each store of a list; ``None`` for one store.
+    stores
+        Every opened store (one, or each of the list).
     """
 
     shape: tuple[int, ...]
@@ -193,44 +195,33 @@ class Source:
     where: str
     single: OpenedInstances | None
     store_rows: list[int] | None
+    stores: tuple[OpenedInstances, ...]
 
 
 def open_source(
     zarr_path: ZarrPath | Sequence[ZarrPath],
     storage_options: dict[str, Any] | None,
     chunk_i: int | None,
-    labels: object = None,
-    where: object = None,
-    normalize: object = None,
 ) -> Source:
-    """Open ``zarr_path`` (one store or a list) for the dataset.
-
-    Not yet built for a list (docs/dev/multistore-design.md): labels by table column,
-    ``where`` over the table and ``normalize="percentile"``; these raise.
-    """
-    from ._normalize import percentile_range
-
+    """Open ``zarr_path`` (one store or a list) for the dataset."""
     if not is_store_list(zarr_path):
         one = open_instances(zarr_path, storage_options)  # type: ignore[arg-type]
         shape = tuple(int(s) for s in one.array.shape)
         chunks = int(one.array.chunks[0])
-        return Source(shape, one.array.dtype, chunks, one.instance_ids, one.where, one, None)
-    many = open_stores(zarr_path, storage_options)  # type: ignore[arg-type]
-    todo = [
-        name
-        for name, used in (
-            ("labels=<column name>", isinstance(labels, str)),
-            ("where=<mapping>", where is not None and not isinstance(where, np.ndarray)),
-            ("normalize='percentile'", percentile_range(normalize) is not None),
+        return Source(
+            shape, one.array.dtype, chunks, one.instance_ids, one.where, one, None, (one,)
         )
-        if used
-    ]
-    if todo:
-        msg = f"{', '.join(todo)} is not supported yet with a list of stores ({many.where})"
-        raise ArgumentError(msg)
+    many = open_stores(zarr_path, storage_options)  # type: ignore[arg-type]
     chunks = stored_chunk_rows(many) if chunk_i is None else int(many.stores[0].array.chunks[0])
     return Source(
-        many.shape, many.dtype, chunks, many.instance_ids, many.where, None, many.store_rows
+        many.shape,
+        many.dtype,
+        chunks,
+        many.instance_ids,
+        many.where,
+        None,
+        many.store_rows,
+        many.stores,
     )
 
 

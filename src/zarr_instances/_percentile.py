@@ -139,20 +139,42 @@ def _per_source(
     return out
 
 
-def source_scales(normalize: object, opened: OpenedInstances, n_rows: int) -> SourceScales | None:
-    """Read what ``normalize="percentile"`` needs from the store; ``None`` for other modes.
+def source_scales(
+    normalize: object, stores: Sequence[OpenedInstances], store_rows: Sequence[int]
+) -> SourceScales | None:
+    """Read what ``normalize="percentile"`` needs from the stores; ``None`` for other modes.
+
+    ``stores`` is the dataset's store, or its list of stores (``store_rows`` rows each,
+    concatenated in order): the sources of each store are its own, so a source name
+    found in two stores is two sources, each scaled with the percentiles its store
+    recorded.
 
     Raises
     ------
     ArgumentError
-        If the mode is malformed, if ``opened`` is a bare array or a group without
+        If the mode is malformed, if a store is a bare array or a group without
         the intensity percentiles or the instance table's ``source`` column, or if
         the requested percentiles are not among the stored ones (the error lists
-        those).
+        those and names the store).
     """
     q = percentile_range(normalize)
     if q is None:
         return None
+    codes, lows, highs = [], [], []
+    n_sources = 0
+    for opened, n_rows in zip(stores, store_rows, strict=True):
+        code, low, high = _store_scales(q, opened, int(n_rows))
+        codes.append(code.astype(np.int64) + n_sources)
+        lows.append(low)
+        highs.append(high)
+        n_sources += low.shape[0]
+    return SourceScales(np.concatenate(codes), np.concatenate(lows), np.concatenate(highs), q)
+
+
+def _store_scales(
+    q: tuple[float, float], opened: OpenedInstances, n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the source code of each row of one store and its sources' low and high."""
     where = opened.where
     group = opened.group
     if group is None:
@@ -183,4 +205,4 @@ def source_scales(normalize: object, opened: OpenedInstances, n_rows: int) -> So
     k_low, k_high = (int(k) for k in index if k is not None)
     low = _per_source(sources, names, k_low, channels, where)
     high = _per_source(sources, names, k_high, channels, where)
-    return SourceScales(codes, low, high, q)
+    return codes, low, high

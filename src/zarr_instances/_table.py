@@ -22,7 +22,7 @@ Every element carries ``encoding-type`` and ``encoding-version`` attributes.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ import zarr
 from ._store import check_complete, describe, open_zarr
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["TABLE_KEY", "read_table", "table_of", "write_table"]
+__all__ = ["TABLE_KEY", "concat_tables", "read_table", "table_of", "write_table"]
 
 TABLE_KEY = "obs"
 _INDEX = "_index"
@@ -252,7 +252,7 @@ def _open_group(
 
 
 def read_table(
-    store: str | os.PathLike[str] | zarr.Group,
+    store: str | os.PathLike[str] | zarr.Group | Sequence[str | os.PathLike[str] | zarr.Group],
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
@@ -266,7 +266,10 @@ def read_table(
     ----------
     store
         The instance store: a local path, a URL (``s3://``, ``gs://``, ...) or an
-        open :class:`zarr.Group`.
+        open :class:`zarr.Group`; or a list of them, read as
+        :class:`~zarr_instances.ZarrIterableInstances` reads a list: the tables
+        concatenated in list order (see :func:`concat_tables`), so that row ``k`` of the
+        result is the dataset's row ``k``.
     storage_options
         Passed to the fsspec filesystem of a URL; ignored for a local path.
 
@@ -286,10 +289,41 @@ def read_table(
         zarr-instances: extract it again) or the table holds an element encoding that
         is not read here.
     """
-    group = _open_group(store, storage_options)
-    where = describe(store)
+    if isinstance(store, list | tuple):
+        if not store:
+            msg = "store must be a store or a non-empty list of stores, got []"
+            raise ArgumentError(msg)
+        tables = [read_table(s, storage_options=storage_options) for s in store]
+        return concat_tables(tables)
+    group = _open_group(store, storage_options)  # type: ignore[arg-type]
+    where = describe(store)  # type: ignore[arg-type]
     check_complete(group, where)
     return table_of(group, where)
+
+
+def concat_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the instance tables of several stores, in order, as one table.
+
+    The index becomes the row number (``0 .. n - 1``); a column missing from a table
+    is missing (NA) in its rows. A column that is categorical in every table stays
+    categorical, its categories the union in first-seen order (the first table's
+    categories, then each later table's new ones), so the codes of a label column do
+    not depend on which store holds which category.
+    """
+    out = pd.concat(list(tables), ignore_index=True, sort=False)
+    columns: list[str] = []
+    for table in tables:
+        columns += [c for c in table.columns if c not in columns]
+    for name in columns:
+        parts = [t[name] for t in tables if name in t.columns]
+        if len(parts) == len(tables) and all(
+            isinstance(p.dtype, pd.CategoricalDtype) for p in parts
+        ):
+            cats = pd.api.types.union_categoricals(
+                [pd.Categorical(p) for p in parts], ignore_order=True
+            )
+            out[name] = pd.Categorical(cats, categories=cats.categories)
+    return out[columns]
 
 
 def table_of(group: zarr.Group, where: str = "") -> pd.DataFrame:

@@ -24,7 +24,7 @@ import zarr
 
 from ._selection import RowSelection
 from ._store import ZarrPath, describe, open_zarr
-from ._table import read_table, table_of
+from ._table import concat_tables, read_table, table_of
 from ._validate import as_int_vector, check_int
 from .errors import ArgumentError, ArgumentTypeError
 
@@ -71,16 +71,20 @@ class TableRows:
 
 
 def table_rows(
-    zarr_path: ZarrPath,
+    zarr_path: ZarrPath | Sequence[ZarrPath],
     storage_options: dict[str, Any] | None,
     labels: Any,
     where: Any,
     n_rows: int,
+    store_rows: Sequence[int] | None = None,
 ) -> TableRows:
     """Resolve ``labels`` (an array or a column name) and ``where`` over ``n_rows`` rows.
 
     The instance table is read only when ``labels`` is a column name or ``where`` a
-    mapping.
+    mapping. For a list of stores (``store_rows`` their rows), their tables are
+    concatenated in order (:func:`._table.concat_tables`: categories united in
+    first-seen order), so a label column's codes and a ``where`` value mean the same
+    in every store; a ``where`` value needs to match a row in one store, not in each.
 
     Raises
     ------
@@ -94,7 +98,13 @@ def table_rows(
     table = None
     if isinstance(labels, str) or isinstance(where, Mapping):
         name, value = ("labels", labels) if isinstance(labels, str) else ("where", where)
-        table = _table(zarr_path, storage_options, f"{name}={value!r}", n_rows)
+        arg = f"{name}={value!r}"
+        if store_rows is None:
+            table = _table(zarr_path, storage_options, arg, n_rows)  # type: ignore[arg-type]
+        else:
+            pairs = zip(list(zarr_path), store_rows, strict=True)  # type: ignore[arg-type]
+            parts = [_table(p, storage_options, arg, n) for p, n in pairs]
+            table = concat_tables(parts)
     classes = column = ys = None
     if isinstance(labels, str):
         assert table is not None
@@ -306,7 +316,11 @@ def _check_fractions(fractions: Any) -> list[float]:
 
 
 def group_split(
-    table_or_store: pd.DataFrame | str | os.PathLike[str] | zarr.Group,
+    table_or_store: pd.DataFrame
+    | str
+    | os.PathLike[str]
+    | zarr.Group
+    | Sequence[str | os.PathLike[str] | zarr.Group],
     by: str | Sequence[str] = "source",
     fractions: Sequence[float] = (0.8, 0.2),
     seed: int = 0,
@@ -326,7 +340,9 @@ def group_split(
     ----------
     table_or_store
         The instance table (:func:`read_table`) or the store holding it (path, URL or
-        :class:`zarr.Group`).
+        :class:`zarr.Group`), or a list of stores (their tables concatenated, as
+        :class:`~zarr_instances.ZarrIterableInstances` streams the list; rows with the
+        same ``by`` value in two stores form one group).
     by
         Column (or columns) whose values form the groups; missing values form one group.
     fractions

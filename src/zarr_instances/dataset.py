@@ -194,7 +194,7 @@ class ZarrIterableInstances(IterableDataset):
         check_missing_chunks: bool = True,
     ) -> None:
         super().__init__()
-        opened = open_source(zarr_path, storage_options, chunk_i, labels, where, normalize)
+        opened = open_source(zarr_path, storage_options, chunk_i)
         n_rows = opened.shape[0]
         self.zarr_path = cast(
             "ZarrPath | tuple[ZarrPath, ...]",
@@ -204,8 +204,7 @@ class ZarrIterableInstances(IterableDataset):
         self.shape, self.dtype = opened.shape, opened.dtype
         self.stored_chunk_i = opened.stored_chunk_i
         ids = instance_ids_of(instance_ids, opened.instance_ids, opened.where, n_rows)
-        # a list reads no table yet (open_source refuses column labels and where mappings)
-        rows = table_rows(zarr_path, storage_options, labels, where, n_rows)  # type: ignore[arg-type]
+        rows = table_rows(zarr_path, storage_options, labels, where, n_rows, opened.store_rows)
         self.classes, self.label_column = rows.classes, rows.column
         self.chunk_i = check_int(
             self.stored_chunk_i if chunk_i is None else chunk_i, "chunk_i", minimum=1
@@ -216,7 +215,7 @@ class ZarrIterableInstances(IterableDataset):
         seed = secrets.randbits(63) if buffer_seed is None else buffer_seed
         self.buffer_seed = check_int(seed, "buffer_seed")
         self.normalize = normalize
-        self._scales = source_scales(normalize, opened.single, n_rows) if opened.single else None
+        self._scales = source_scales(normalize, opened.stores, opened.store_rows or [n_rows])
         self.x_dtype = _check_x_dtype(x_dtype)
         self.return_instance_id = bool(return_instance_id)
         self.return_row_index = bool(return_row_index)
