@@ -46,6 +46,8 @@ def store_lists(draw):
     if sum(sizes) == 0:
         sizes[0] = 1
     chunk_i = draw(st.integers(1, 40))
+    if draw(st.booleans()):  # each store its own chunk size
+        chunk_i = [draw(st.integers(1, 40)) for _ in sizes]
     n = sum(sizes)
     keep = None
     if draw(st.booleans()):
@@ -63,6 +65,19 @@ def test_chunk_grid_is_each_stores_chunks():
     assert chunk_grid([5, 0, 0], 4) is None
     with pytest.raises(ArgumentError, match=">= 0"):
         chunk_grid([3, -1], 4)
+
+
+def test_chunk_grid_with_a_chunk_size_per_store():
+    assert chunk_grid([10, 7, 5], [5, 3, 5]).tolist() == [0, 5, 10, 13, 16, 17, 22]
+    # one size repeated is the one-size grid; differing sizes are never "regular"
+    assert chunk_grid([8, 4, 5], [4, 4, 4]) is None
+    assert chunk_grid([0, 8], [3, 4]).tolist() == [0, 4, 8]
+    sel = select_rows(22, [5, 3, 5], store_rows=[10, 7, 5])
+    assert sel.counts.tolist() == [5, 5, 3, 3, 1, 5] and sel.chunk_i == 5
+    with pytest.raises(ArgumentError, match="one per store"):
+        select_rows(22, [5, 3], store_rows=[10, 7, 5])
+    with pytest.raises(ArgumentError, match="one per store"):
+        select_rows(22, [5, 0, 5], store_rows=[10, 7, 5])
 
 
 def test_select_rows_over_stores():
@@ -123,12 +138,14 @@ def test_every_kept_row_once_and_chunks_inside_one_store(
     offsets = offsets_of(sizes)
     expected = np.arange(n) if keep is None else np.flatnonzero(keep)
     assert sel.total == expected.size
-    # every chunk lies in one store and is at most chunk_i rows
+    # every chunk lies in one store and is at most its store's chunk_i rows, starting
+    # at a multiple of it within the store
+    step = np.broadcast_to(np.asarray(chunk_i), len(sizes))
     for k in range(sel.n_chunks):
         a, b = sel.chunk_bounds(k)
-        assert 0 < b - a <= chunk_i
         s = np.searchsorted(offsets, a, side="right") - 1
-        assert b <= offsets[s + 1]
+        assert 0 < b - a <= step[s]
+        assert b <= offsets[s + 1] and (a - offsets[s]) % step[s] == 0
     if sel.total == 0:
         return
     out = [
@@ -240,8 +257,7 @@ def test_open_stores_mismatch_names_both_stores(tmp_path):
         open_stores([a, b])
     with pytest.raises(ArgumentError, match=r"dtypes.*a\.zarr.*uint16.*store 2.*c\.zarr.*uint8"):
         open_stores([a, a, c])
-    with pytest.raises(ArgumentError, match=r"a\.zarr.*25 rows.*d\.zarr.*10; pass chunk_i"):
-        stored_chunk_rows(open_stores([a, d]))
+    assert stored_chunk_rows(open_stores([a, d, a])) == (25, 10, 25)  # each store's own
     with pytest.raises(ArgumentError, match="non-empty list"):
         open_stores([])
 
@@ -330,6 +346,36 @@ def test_ragged_stores_yield_every_row_once_with_its_crop(tmp_path, route):
     assert np.array_equal(np.sort(rows), np.arange(255))
     assert np.array_equal(x, image[rows].astype(x.dtype))
     assert ds.fingerprint()["stores"] == [110, 70, 75]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stores_chunked_differently_read_each_by_its_own_chunks(tmp_path, workers):
+    from torch.utils.data import DataLoader
+
+    from zarr_instances import ZarrIterableInstances
+    from zarr_instances.testing import make_instance_store
+
+    sizes, chunks = [110, 70, 75], [40, 25, 30]
+    paths = [str(tmp_path / f"c{k}.zarr") for k in range(3)]
+    image = np.concatenate([
+        np.asarray(make_instance_store(p, n=n, chunk_i=c, seed=k)["image"][...])
+        for k, (p, n, c) in enumerate(zip(paths, sizes, chunks, strict=True))
+    ])  # fmt: skip
+    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 4}
+    ds = ZarrIterableInstances(paths, normalize=None, buffer_chunks=3, batch_size=16, **kw)
+    assert ds.chunk_i == (40, 25, 30) and ds._stream.direct
+    assert ds.selection.n_chunks == 3 + 3 + 3
+    loader = DataLoader(ds, batch_size=None, num_workers=workers)
+    x, _, rows = (np.concatenate([t.numpy() for t in part]) for part in zip(*loader, strict=True))
+    assert np.array_equal(np.sort(rows), np.arange(255))
+    assert np.array_equal(x, image[rows])
+    # exact resume on the per-store grid
+    it = iter(ds)
+    first = [next(it)[2].numpy() for _ in range(4)]
+    again = ZarrIterableInstances(paths, normalize=None, buffer_chunks=3, batch_size=16, **kw)
+    again.load_state_dict(ds.state_dict())
+    rest = np.concatenate([b[2].numpy() for b in again])
+    assert np.array_equal(np.sort(np.concatenate([*first, rest])), np.arange(255))
 
 
 def _two_studies(tmp_path):

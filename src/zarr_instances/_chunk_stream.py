@@ -37,7 +37,7 @@ class ReadSettings:
     codec_pipeline
         ``None`` or a zarr codec pipeline (``"zarrs"``).
     chunk_i
-        Rows per logical chunk.
+        Rows per logical chunk; for several stores, also one size per store.
     check_missing
         Raise on chunks missing from the store.
     read_ahead
@@ -47,7 +47,7 @@ class ReadSettings:
     zarr_path: ZarrPath | tuple[ZarrPath, ...]
     storage_options: dict[str, Any] | None
     codec_pipeline: str | None
-    chunk_i: int
+    chunk_i: int | tuple[int, ...]
     check_missing: bool
     read_ahead: bool
 
@@ -101,20 +101,21 @@ class ChunkStream:
             s = self.settings
             paths = s.zarr_path if isinstance(s.zarr_path, tuple) else (s.zarr_path,)
             parts = []
-            for path in paths:
+            sizes = s.chunk_i if isinstance(s.chunk_i, tuple) else (s.chunk_i,) * len(paths)
+            for path, size in zip(paths, sizes, strict=True):
                 if isinstance(path, (zarr.Array, zarr.Group)) and pid != self._pid:
                     # an opened node is rebuilt from its pickled form, as a spawned worker does
                     path = pickle.loads(pickle.dumps(path))
                 one = open_instances(path, s.storage_options, s.codec_pipeline)
-                direct = s.codec_pipeline is None and s.chunk_i == one.array.chunks[0]
+                direct = s.codec_pipeline is None and size == one.array.chunks[0]
                 parts.append((one, chunk_decoder(one.array) if direct else None))
             self._array_pid = pid
             self._parts = parts
             self._array, self._decoder = parts[0]
             if len(parts) > 1 and any(d is None for _, d in parts):
                 self._decoder = None  # several stores: direct only if every store is
-            sizes = [int(one.array.shape[0]) for one, _ in parts]
-            self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            rows = [int(one.array.shape[0]) for one, _ in parts]
+            self._offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         assert self._array is not None
         return self._array
 
@@ -138,7 +139,7 @@ class ChunkStream:
         decoder = self._decoder
         check = self.settings.check_missing
         if decoder is not None:
-            size = self.settings.chunk_i
+            size = int(self.settings.chunk_i)  # type: ignore[arg-type]  # one store: an int
             chunk_of, offset = np.divmod(buffer.rows, size)
             chunks, inverse = np.unique(chunk_of, return_inverse=True)
             src = slot(chunks.size * size)
@@ -159,18 +160,21 @@ class ChunkStream:
         offsets = self._offsets
         check = self.settings.check_missing
         if self._decoder is not None:
-            size = self.settings.chunk_i
+            chunk_i = self.settings.chunk_i
+            sizes = np.broadcast_to(np.asarray(chunk_i, np.int64), (len(self._parts),))
             store = np.searchsorted(offsets, buffer.rows, side="right") - 1
-            chunk_of, offset = np.divmod(buffer.rows - offsets[store], size)
+            chunk_of, offset = np.divmod(buffer.rows - offsets[store], sizes[store])
             keys, inverse = np.unique(store * (offsets[-1] + 1) + chunk_of, return_inverse=True)
             key_store, key_chunk = np.divmod(keys, offsets[-1] + 1)
-            src = slot(keys.size * size)
+            # chunk j of the buffer fills src[block[j] : block[j + 1]] (its store's size)
+            block = np.concatenate([[0], np.cumsum(sizes[key_store])]).astype(np.int64)
+            src = slot(int(block[-1]))
 
             def read_store(s_idx: int) -> None:
                 one, decoder = self._parts[s_idx]
                 assert decoder is not None
                 at = np.flatnonzero(key_store == s_idx)
-                out = src[at[0] * size : (at[-1] + 1) * size]
+                out = src[block[at[0]] : block[at[-1] + 1]]
                 rows = buffer.rows[store == s_idx] - offsets[s_idx]
                 read_chunks(one.array, key_chunk[at], out, decoder, one.where, check, rows, threads)
 
@@ -189,7 +193,7 @@ class ChunkStream:
                     zeros = (0,) * (one.array.ndim - 1)
                     for j in np.flatnonzero(key_store == k):
                         key = _chunk_io.chunk_key(one.array, (int(key_chunk[j]), *zeros))
-                        dest = src[j * size : (j + 1) * size]
+                        dest = src[block[j] : block[j + 1]]
                         jobs.append((_chunk_io.chunk_path(str(root), key), dest, decoder))
                         job_store.append(k)
                 results = _chunk_io.decode_files(jobs, threads)
@@ -200,7 +204,7 @@ class ChunkStream:
             else:  # remote stores: their requests in flight together
                 for fut in [self._fanout().submit(read_store, k) for k in touched]:
                     fut.result()
-            return src, inverse.reshape(-1) * size + offset
+            return src, block[inverse.reshape(-1)] + offset
         n_read = buffer.n_read
         src = slot(n_read)[:n_read]
         pos = 0

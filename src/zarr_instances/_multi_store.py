@@ -144,26 +144,15 @@ def open_stores(
     return OpenedStores(stores=stores, offsets=offsets)
 
 
-def stored_chunk_rows(opened: OpenedStores) -> int:
-    """Return the stored chunk size along axis 0 shared by the stores (``chunk_i=None``).
+def stored_chunk_rows(opened: OpenedStores) -> int | tuple[int, ...]:
+    """Return the stored chunk size along axis 0 (``chunk_i=None``): one, or one per store.
 
-    Raises
-    ------
-    ArgumentError
-        If two stores are chunked differently along axis 0 (the message names both and
-        asks for an explicit ``chunk_i``).
+    Stores chunked alike give one size; stores chunked differently (e.g. written with
+    ``extract_instances``' default, which sizes the chunks of a small store to its
+    rows) give each store's own size, so that every store is read chunk by chunk.
     """
-    first = opened.stores[0]
-    size = int(first.array.chunks[0])
-    for k, other in enumerate(opened.stores[1:], start=1):
-        if int(other.array.chunks[0]) != size:
-            msg = (
-                f"chunk_i=None takes the stores' chunk size along axis 0, but store 0 "
-                f"{first.where} has chunks of {size} rows and store {k} {other.where} of "
-                f"{int(other.array.chunks[0])}; pass chunk_i explicitly"
-            )
-            raise ArgumentError(msg)
-    return size
+    sizes = tuple(int(s.array.chunks[0]) for s in opened.stores)
+    return sizes[0] if len(set(sizes)) == 1 else sizes
 
 
 @dataclass(frozen=True)
@@ -175,7 +164,7 @@ class Source:
     shape, dtype
         Shape ``(i, c, z, y, x)`` (all rows) and dtype of the crops.
     stored_chunk_i
-        Stored chunk size along axis 0 (the default ``chunk_i``).
+        Stored chunk size along axis 0 (the default ``chunk_i``): one, or one per store.
     instance_ids
         Stored instance ids of every row, or ``None``.
     where
@@ -190,7 +179,7 @@ class Source:
 
     shape: tuple[int, ...]
     dtype: np.dtype
-    stored_chunk_i: int
+    stored_chunk_i: int | tuple[int, ...]
     instance_ids: np.ndarray | None
     where: str
     single: OpenedInstances | None
@@ -201,7 +190,6 @@ class Source:
 def open_source(
     zarr_path: ZarrPath | Sequence[ZarrPath],
     storage_options: dict[str, Any] | None,
-    chunk_i: int | None,
 ) -> Source:
     """Open ``zarr_path`` (one store or a list) for the dataset."""
     if not is_store_list(zarr_path):
@@ -212,11 +200,10 @@ def open_source(
             shape, one.array.dtype, chunks, one.instance_ids, one.where, one, None, (one,)
         )
     many = open_stores(zarr_path, storage_options)  # type: ignore[arg-type]
-    chunks = stored_chunk_rows(many) if chunk_i is None else int(many.stores[0].array.chunks[0])
     return Source(
         many.shape,
         many.dtype,
-        chunks,
+        stored_chunk_rows(many),
         many.instance_ids,
         many.where,
         None,

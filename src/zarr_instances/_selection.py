@@ -39,7 +39,7 @@ class RowSelection:
         Rows of the array (axis 0), or of the concatenated stores.
     chunk_i
         Rows per logical chunk; chunk ``k`` is rows ``[k * chunk_i, (k + 1) * chunk_i)``
-        unless ``bounds`` says otherwise.
+        unless ``bounds`` says otherwise (stores of several chunk sizes: the largest).
     counts
         Kept rows per chunk, ``int64`` of length ``n_chunks`` (0 = chunk skipped).
     keep
@@ -47,7 +47,7 @@ class RowSelection:
     bounds
         ``None`` for the regular grid of one array; else the ``n_chunks + 1`` chunk
         starts of an irregular grid (several stores, each cut into its own chunks of
-        ``chunk_i`` rows: a store's last chunk may be short).
+        ``chunk_i`` rows, or of its own size: a store's last chunk may be short).
     """
 
     n_rows: int
@@ -83,28 +83,33 @@ class RowSelection:
         return np.flatnonzero(self.keep[start:stop]).astype(np.int64) + start
 
 
-def chunk_grid(store_rows: Sequence[int] | np.ndarray, chunk_i: int) -> np.ndarray | None:
+def chunk_grid(
+    store_rows: Sequence[int] | np.ndarray, chunk_i: int | Sequence[int]
+) -> np.ndarray | None:
     """Return the chunk starts of stores concatenated, each cut into chunks of ``chunk_i``.
 
-    ``None`` when the grid is the regular grid of their concatenation (every store but
-    the last holds a multiple of ``chunk_i`` rows). Otherwise ``int64`` of length
-    ``n_chunks + 1``, the last entry the total row count; a store of 0 rows adds no chunk.
+    ``chunk_i`` is one size for every store, or one per store. ``None`` when the grid
+    is the regular grid of their concatenation (one size, and every store but the last
+    holds a multiple of it). Otherwise ``int64`` of length ``n_chunks + 1``, the last
+    entry the total row count; a store of 0 rows adds no chunk.
     """
     sizes = np.asarray(store_rows, dtype=np.int64).reshape(-1)
     if sizes.size and (sizes < 0).any():
         msg = f"store row counts must be >= 0, got {sizes.tolist()!r}"
         raise ArgumentError(msg)
-    nonempty = sizes[sizes > 0]
-    if nonempty.size <= 1 or not (nonempty[:-1] % chunk_i).any():
+    per_store = np.broadcast_to(np.asarray(chunk_i, dtype=np.int64), sizes.shape)
+    nonempty = sizes > 0
+    steps = np.unique(per_store)
+    if steps.size <= 1 and (nonempty.sum() <= 1 or not (sizes[nonempty][:-1] % steps[0]).any()):
         return None
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    starts = [np.arange(offsets[s], offsets[s + 1], chunk_i) for s in range(sizes.size)]
+    starts = [np.arange(offsets[s], offsets[s + 1], per_store[s]) for s in range(sizes.size)]
     return np.concatenate([*starts, [offsets[-1]]]).astype(np.int64)
 
 
 def select_rows(
     n_rows: int,
-    chunk_i: int,
+    chunk_i: int | Sequence[int],
     keep: np.ndarray | None = None,
     allowed_chunks: Sequence[int] | np.ndarray | None = None,
     store_rows: Sequence[int] | np.ndarray | None = None,
@@ -116,7 +121,7 @@ def select_rows(
     n_rows
         Rows of the array.
     chunk_i
-        Rows per logical chunk, ``> 0``.
+        Rows per logical chunk, ``> 0``; with ``store_rows``, also one size per store.
     keep
         Optional boolean mask of length ``n_rows``; ``None`` keeps every row.
     allowed_chunks
@@ -137,16 +142,21 @@ def select_rows(
         If ``chunk_i`` is not positive, ``keep`` has the wrong length, or
         ``allowed_chunks`` names a chunk that does not exist.
     """
-    if isinstance(chunk_i, bool) or not isinstance(chunk_i, (int, np.integer)) or chunk_i <= 0:
-        msg = f"chunk_i must be a positive integer, got {chunk_i!r}"
+    sizes = list(chunk_i) if isinstance(chunk_i, Sequence) else [chunk_i]
+    if (
+        not sizes
+        or (len(sizes) > 1 and (store_rows is None or len(sizes) != len(store_rows)))
+        or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c <= 0 for c in sizes)
+    ):
+        msg = f"chunk_i must be a positive integer (or one per store), got {chunk_i!r}"
         raise ArgumentError(msg)
-    chunk_i = int(chunk_i)
     bounds = None
     if store_rows is not None:
         if int(np.sum(store_rows, dtype=np.int64)) != n_rows:
             msg = f"store row counts {list(store_rows)!r} do not sum to n_rows={n_rows}"
             raise ArgumentError(msg)
-        bounds = chunk_grid(store_rows, chunk_i)
+        bounds = chunk_grid(store_rows, [int(c) for c in sizes] if len(sizes) > 1 else sizes[0])
+    chunk_i = max(int(c) for c in sizes)
     if bounds is None:
         n_chunks = -(-n_rows // chunk_i)
         starts = np.arange(n_chunks, dtype=np.int64) * chunk_i

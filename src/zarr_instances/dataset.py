@@ -96,7 +96,9 @@ class ZarrIterableInstances(IterableDataset):
         :attr:`classes`; integers stay as they are; missing values are ``-1``
         (unlabelled). ``None`` means inference mode.
     chunk_i
-        Rows per logical chunk. ``None`` uses the array's chunk size along axis 0.
+        Rows per logical chunk. ``None`` uses the array's chunk size along axis 0 (for a
+        list of stores chunked differently, each store's own: :attr:`chunk_i` is then
+        a tuple of one size per store).
     shuffle_chunks
         Shuffle the chunk order, as a deterministic function of ``(chunk_seed, epoch)``.
     chunk_seed
@@ -194,7 +196,7 @@ class ZarrIterableInstances(IterableDataset):
         check_missing_chunks: bool = True,
     ) -> None:
         super().__init__()
-        opened = open_source(zarr_path, storage_options, chunk_i)
+        opened = open_source(zarr_path, storage_options)
         n_rows = opened.shape[0]
         self.zarr_path = cast(
             "ZarrPath | tuple[ZarrPath, ...]",
@@ -206,8 +208,8 @@ class ZarrIterableInstances(IterableDataset):
         ids = instance_ids_of(instance_ids, opened.instance_ids, opened.where, n_rows)
         rows = table_rows(zarr_path, storage_options, labels, where, n_rows, opened.store_rows)
         self.classes, self.label_column = rows.classes, rows.column
-        self.chunk_i = check_int(
-            self.stored_chunk_i if chunk_i is None else chunk_i, "chunk_i", minimum=1
+        self.chunk_i = (
+            self.stored_chunk_i if chunk_i is None else check_int(chunk_i, "chunk_i", minimum=1)
         )
         self.shuffle_chunks = bool(shuffle_chunks)
         self.chunk_seed = check_int(chunk_seed, "chunk_seed")
@@ -339,7 +341,7 @@ class ZarrIterableInstances(IterableDataset):
         """Return the data and sampling settings a saved state must match."""
         return {
             "n_rows": self.shape[0],
-            "chunk_i": self.chunk_i,
+            "chunk_i": self.chunk_i if isinstance(self.chunk_i, int) else list(self.chunk_i),
             "kept": self.selection.total,
             "batch_size": self.batch_size,
             "rows": self._digest,

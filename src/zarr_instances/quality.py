@@ -100,6 +100,8 @@ def shuffle_quality(
         raise ArgumentError(msg)
     labels = dataset.labels if labels is None else np.asarray(labels)
     stored = dataset.stored_chunk_i
+    if not isinstance(stored, int):  # stores of several chunk sizes: the largest
+        stored = max(stored)
     rank, world = dataset.rank_world()
     selection, sampling = dataset.selection, dataset.sampling
     batches: list[np.ndarray] = []
