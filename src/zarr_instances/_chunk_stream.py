@@ -85,11 +85,13 @@ class ChunkStream:
         # several stores: each opened store, its decoder, and the global row offsets
         self._parts: list[tuple[OpenedInstances, Decoder | None]] = []
         self._offsets = np.zeros(1, np.int64)
+        self._roots: list[str | None] = []  # each store's local directory (None: not local)
+        self._zeros: list[tuple[int, ...]] = []  # the chunk grid index past axis 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_array"] = state["_decoder"] = None
-        state["_parts"] = []
+        state["_parts"], state["_roots"], state["_zeros"] = [], [], []
         state.pop("_pool", None)
         state.pop("_pool_pid", None)
         return state
@@ -116,6 +118,8 @@ class ChunkStream:
                 self._decoder = None  # several stores: direct only if every store is
             rows = [int(one.array.shape[0]) for one, _ in parts]
             self._offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+            self._roots = [local_dir(one.array) for one, _ in parts]
+            self._zeros = [(0,) * (one.array.ndim - 1) for one, _ in parts]
         assert self._array is not None
         return self._array
 
@@ -178,29 +182,25 @@ class ChunkStream:
                 rows = buffer.rows[store == s_idx] - offsets[s_idx]
                 read_chunks(one.array, key_chunk[at], out, decoder, one.where, check, rows, threads)
 
-            touched = [int(k) for k in np.unique(key_store)]
-            roots = [local_dir(self._parts[k][0].array) for k in touched]
+            first = np.flatnonzero(np.diff(key_store, prepend=-1))  # key_store is sorted
+            touched = key_store[first].tolist()
+            roots = [self._roots[k] for k in touched]
             if len(touched) == 1:
                 read_store(touched[0])
             elif all(r is not None for r in roots):
                 # local stores: every chunk file of the buffer on the decode threads at once,
                 # as one store's; a store with a missing or bad chunk is read again by
                 # read_chunks, which fills or raises naming it
-                jobs, job_store = [], []
-                for k, root in zip(touched, roots, strict=True):
+                jobs = []
+                pairs = zip(key_store.tolist(), key_chunk.tolist(), strict=True)
+                for j, (k, c) in enumerate(pairs):
                     one, decoder = self._parts[k]
-                    assert decoder is not None
-                    zeros = (0,) * (one.array.ndim - 1)
-                    for j in np.flatnonzero(key_store == k):
-                        key = _chunk_io.chunk_key(one.array, (int(key_chunk[j]), *zeros))
-                        dest = src[block[j] : block[j + 1]]
-                        jobs.append((_chunk_io.chunk_path(str(root), key), dest, decoder))
-                        job_store.append(k)
+                    key = _chunk_io.chunk_key(one.array, (c, *self._zeros[k]))
+                    path = _chunk_io.chunk_path(self._roots[k], key)
+                    jobs.append((path, src[block[j] : block[j + 1]], decoder))
                 results = _chunk_io.decode_files(jobs, threads)
-                for k in sorted(
-                    {s for s, r in zip(job_store, results, strict=True) if r is not None}
-                ):
-                    read_store(k)
+                for k in sorted({key_store[j] for j, r in enumerate(results) if r is not None}):
+                    read_store(int(k))
             else:  # remote stores: their requests in flight together
                 for fut in [self._fanout().submit(read_store, k) for k in touched]:
                     fut.result()
