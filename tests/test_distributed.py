@@ -157,13 +157,22 @@ def _table_rank(rank, world, path, where, out_dir, phase):
 
 
 @pytest.mark.slow
-def test_table_labels_where_and_group_split_on_ranks(tmp_path):
-    """labels= column, where= a group_split part: 4 gloo ranks x 2 workers, resumed at 2."""
+@pytest.mark.parametrize("stores", [1, 2])
+def test_table_labels_where_and_group_split_on_ranks(tmp_path, stores):
+    """labels= column, where= a group_split part: 4 gloo ranks x 2 workers, resumed at 2.
+
+    With ``stores=2`` the dataset is a list of two study stores (chunked differently).
+    """
     from _table_study import make_study
     from zarr_instances import group_split, read_table
 
-    path = str(tmp_path / "study.zarr")
-    make_study(path, n_sources=8, cells=20, chunk_i=8, seed=1)
+    if stores == 1:
+        path = str(tmp_path / "study.zarr")
+        make_study(path, n_sources=8, cells=20, chunk_i=8, seed=1)
+    else:
+        path = [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")]
+        make_study(path[0], n_sources=4, cells=20, chunk_i=8, seed=1)
+        make_study(path[1], n_sources=5, cells=20, chunk_i=6, seed=2)
     table = read_table(path)
     train, _ = group_split(table, by="source", fractions=(0.75, 0.25), seed=0)
     selected = np.flatnonzero(train & table["cell_type"].notna().to_numpy())
@@ -179,7 +188,8 @@ def test_table_labels_where_and_group_split_on_ranks(tmp_path):
     # elastic: the saved state resumes on 2 ranks, every unseen selected row once
     run_ranks(_table_rank, 2, path, train, str(tmp_path), "elastic", tmp_path=tmp_path)
     rest = [json.loads((tmp_path / f"elastic{r}.json").read_text()) for r in range(2)]
-    assert rest[0]["classes"] == sorted(table["cell_type"].dropna().unique())
+    assert rest[0]["classes"] == list(table["cell_type"].cat.categories)
+    assert sorted(rest[0]["classes"]) == sorted(table["cell_type"].dropna().unique())
     assert len(rest[0]["rest"]) == len(rest[1]["rest"])
     seen = {r for f in first for b in f["head"] for r in b}
     new = [r for f in rest for b in f["rest"] for r in b]

@@ -250,3 +250,39 @@ def test_stream_store_over_http(http_dir, tmp_path):
     np.testing.assert_array_equal(ids, 1000 + rows)
     with pytest.raises(StoreNotFoundError, match=r"zarr_path='http://127\.0\.0\.1:\d+/nope"):
         ZarrIterableInstances(f"{http_dir}/nope.zarr")
+
+
+def test_list_of_s3_stores_streams_like_the_local_list(s3_server, tmp_path):
+    """Several remote stores as one dataset: labels from the table, percentile, workers."""
+    urls, local = [], []
+    for k, n_cells in enumerate((20, 26)):
+        image, mask = make_image_and_mask((80, 80), n_cells, 12, seed=10 + k)
+        url = f"s3://{s3_server.bucket}/list{k}.zarr"
+        kw = {"chunk_i": 6 + k, "progress": False, "metadata": None}
+        extract_instances({"slide": image}, {"slide": mask}, 12, out=url,
+                          storage_options=s3_server.options(), **kw)  # fmt: skip
+        extract_instances({"slide": image}, {"slide": mask}, 12,
+                          out=str(tmp_path / f"l{k}.zarr"), **kw)  # fmt: skip
+        urls.append(url)
+        local.append(str(tmp_path / f"l{k}.zarr"))
+
+    def stream(paths, **kw):
+        ds = ZarrIterableInstances(
+            paths, None, labels="source", batch_size=8, buffer_chunks=3, shuffle_chunks=True,
+            normalize="percentile", **kw,
+        )  # fmt: skip
+        assert ds.chunk_i == (6, 7) and ds.classes == ["slide"]
+        loader = ZarrDataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+        xs, rows = [], []
+        for x, y, _iid, row in loader:
+            assert (y == 0).all()
+            xs.append(x.numpy())
+            rows.append(row.numpy())
+        x, r = np.concatenate(xs), np.concatenate(rows)
+        return x[np.argsort(r)], np.sort(r)
+
+    xr, rr = stream(urls, storage_options=s3_server.options())
+    xl, rl = stream(local)
+    np.testing.assert_array_equal(rr, rl)
+    np.testing.assert_array_equal(rr, np.arange(rr.size))
+    np.testing.assert_array_equal(xr, xl)

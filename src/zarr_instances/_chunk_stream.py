@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from . import _chunk_io
+from . import _chunk_io, _runtime
 from ._plan import Buffer, WorkerPlan
 from ._reader import Decoder, chunk_decoder, local_dir, read_chunks, read_rows
 from ._store import OpenedInstances, ZarrPath, open_instances
@@ -92,8 +92,6 @@ class ChunkStream:
         state = self.__dict__.copy()
         state["_array"] = state["_decoder"] = None
         state["_parts"], state["_roots"], state["_zeros"] = [], [], []
-        state.pop("_pool", None)
-        state.pop("_pool_pid", None)
         return state
 
     def opened(self) -> OpenedInstances:
@@ -202,7 +200,7 @@ class ChunkStream:
                 for k in sorted({key_store[j] for j, r in enumerate(results) if r is not None}):
                     read_store(int(k))
             else:  # remote stores: their requests in flight together
-                for fut in [self._fanout().submit(read_store, k) for k in touched]:
+                for fut in [_runtime.store_pool().submit(read_store, k) for k in touched]:
                     fut.result()
             return src, block[inverse.reshape(-1)] + offset
         n_read = buffer.n_read
@@ -217,14 +215,6 @@ class ChunkStream:
             read_rows(one.array, [rows - offsets[s_idx]], one.where, out, check, [piece.chunk])
             pos += rows.size
         return src, buffer.source
-
-    def _fanout(self) -> ThreadPoolExecutor:
-        """Threads that wait on the reads of several stores at once (one pool per process)."""
-        pool = self.__dict__.get("_pool")
-        if pool is None or self.__dict__.get("_pool_pid") != os.getpid():
-            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="zarr_instances_stores")
-            self.__dict__.update(_pool=pool, _pool_pid=os.getpid())
-        return pool
 
     def _slots(self) -> Callable[[int], Callable[[int], np.ndarray]]:
         n_slots = 2 if self.settings.read_ahead else 1

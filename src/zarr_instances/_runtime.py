@@ -5,7 +5,9 @@ Everything zarr-instances keeps in a process beyond a single call lives here:
 * **Settings** read from the environment: :func:`numba_setting`
   (``ZARR_INSTANCES_NUMBA``) and :func:`mmap_flags` (``ZARR_INSTANCES_MMAP``).
 * **Decode threads**: :func:`decode_pool`, the threads that read and decode local
-  chunk files, and :func:`scratch`, each thread's reused file buffer.
+  chunk files, and :func:`scratch`, each thread's reused file buffer;
+  :func:`store_pool`, the threads that wait on the reads of several remote stores
+  of one buffer at once.
 * **Compiled kernels**: :data:`STREAM_KERNELS` and :data:`EXTRACT_KERNELS`, the
   numba kernels of the normalisation and of the extraction once loaded, their
   background warm-ups, and where numba caches them on disk (:func:`numba_cache_for`).
@@ -47,6 +49,7 @@ __all__ = [
     "record_zarrs_use",
     "scratch",
     "segment_registry",
+    "store_pool",
     "user_cache_dir",
     "wait_for_kernels",
     "zarrs_used_by_parent",
@@ -129,6 +132,18 @@ def decode_pool(threads: int) -> ThreadPoolExecutor:
             _POOL = ThreadPoolExecutor(threads, thread_name_prefix="zarr_instances_decode")
             _POOL_SIZE = threads
         return _POOL
+
+
+_STORE_POOL: ThreadPoolExecutor | None = None
+
+
+def store_pool() -> ThreadPoolExecutor:
+    """Return this process's threads that wait on several stores' reads (8, made once)."""
+    global _STORE_POOL
+    with _POOL_LOCK:
+        if _STORE_POOL is None:
+            _STORE_POOL = ThreadPoolExecutor(8, thread_name_prefix="zarr_instances_stores")
+        return _STORE_POOL
 
 
 def scratch(size: int) -> bytearray:
@@ -315,8 +330,8 @@ def segment_registry() -> Any:
 
 def _after_fork_in_child() -> None:
     """Reset after ``fork``: fresh locks, no parent threads, no half-loaded kernels."""
-    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY
-    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
+    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL
+    _POOL, _POOL_SIZE, _POOL_LOCK, _STORE_POOL = None, 0, threading.Lock(), None
     _SCRATCH = threading.local()
     STREAM_KERNELS._reset_in_child()
     EXTRACT_KERNELS._reset_in_child()
