@@ -23,6 +23,7 @@ from .extract import extract_instances
 from .spatialdata import extract_from_spatialdata  # imports spatialdata on first call only
 
 if TYPE_CHECKING:
+    from ._consumer_normalize import BatchNormalizer
     from ._table import read_table
     from ._table_rows import group_split
     from .dataset import ZarrIterableInstances
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # The streaming side imports torch (~250 MB, seconds); extraction and the CLI's
 # `extract`/`inspect` do not need it, so it is imported on first use.
 _LAZY = {
+    "BatchNormalizer": "._consumer_normalize",
     "ZarrIterableInstances": ".dataset",
     "ZarrDataLoader": ".loader",
     "merge_worker_states": ".loader",
@@ -64,6 +66,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "BatchNormalizer",
     "ChunkReadError",
     "ClippedInstancesWarning",
     "ShuffleQuality",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .errors import ArgumentError
 
-__all__ = ["RowSelection", "chunk_grid", "compact_ranges", "select_rows"]
+__all__ = ["RowSelection", "check_not_empty", "chunk_grid", "compact_ranges", "select_rows"]
 
 
 def compact_ranges(values: Sequence[int] | np.ndarray) -> str:
@@ -200,3 +201,15 @@ def select_rows(
     return RowSelection(
         n_rows=int(n_rows), chunk_i=chunk_i, counts=counts, keep=keep, bounds=bounds
     )
+
+
+def check_not_empty(selection: RowSelection, allowed: Any, where: bool) -> None:
+    """Raise if ``selection`` keeps no row, naming what selected (``allowed``, ``where``)."""
+    if selection.total == 0:
+        valid = compact_ranges(range(selection.n_chunks))
+        msg = (
+            f"No rows to iterate: the chunks selected by allowed_chunk_indexes={allowed!r} "
+            f"{'and the rows selected by where ' if where else ''}keep no row (labels < 0 "
+            f"are dropped when drop_unlabeled=True); valid chunk indexes are {valid}"
+        )
+        raise ArgumentError(msg)

@@ -24,6 +24,12 @@ from torch.utils.data import IterableDataset
 from . import _kernels, _runtime
 from ._batching import Batcher, Counter, OutputSettings
 from ._chunk_stream import ChunkStream, ReadSettings
+from ._consumer_normalize import (
+    BatchNormalizer,
+    check_normalize_in,
+    check_x_dtype,
+    stored_torch_dtype,
+)
 from ._multi_store import instance_ids_of, open_source
 from ._normalize import check_normalize
 from ._percentile import source_scales
@@ -41,12 +47,12 @@ from ._resume import (
 )
 from ._row_data import RowData
 from ._sampling import Sampling
-from ._selection import RowSelection, compact_ranges, select_rows
+from ._selection import RowSelection, check_not_empty, select_rows
 from ._store import ZarrPath, codec_pipeline_config
 from ._table_rows import selection_digest, table_rows
 from ._validate import check_int
 from ._world import current_rank_world, current_worker, in_worker
-from .errors import ArgumentError, ArgumentTypeError
+from .errors import ArgumentError
 
 __all__ = ["STATE_KEY", "STATE_VERSION", "ZarrIterableInstances"]
 
@@ -116,6 +122,12 @@ class ZarrIterableInstances(IterableDataset):
         ``("percentile", low, high)`` (other stored percentiles), ``None`` or ``"none"``.
     x_dtype
         Dtype of the yielded crops.
+    normalize_in
+        ``"dataset"``: crops are normalised where they are read (in the DataLoader
+        worker) and yielded in ``x_dtype``. ``"consumer"``: yielded in their stored
+        dtype (half the bytes of float32 for uint16 through the workers), to be
+        normalised with :attr:`normalizer` where they are used, e.g. on the GPU;
+        the result equals the ``"dataset"`` output.
     return_instance_id
         Append the instance id to each output.
     return_row_index
@@ -194,6 +206,7 @@ class ZarrIterableInstances(IterableDataset):
         storage_options: dict[str, Any] | None = None,
         codec_pipeline: str | None = None,
         check_missing_chunks: bool = True,
+        normalize_in: str = "dataset",
     ) -> None:
         super().__init__()
         opened = open_source(zarr_path, storage_options)
@@ -218,7 +231,8 @@ class ZarrIterableInstances(IterableDataset):
         self.buffer_seed = check_int(seed, "buffer_seed")
         self.normalize = normalize
         self._scales = source_scales(normalize, opened.stores, opened.store_rows or [n_rows])
-        self.x_dtype = _check_x_dtype(x_dtype)
+        self.x_dtype = check_x_dtype(x_dtype)
+        self.normalize_in = check_normalize_in(normalize_in)
         self.return_instance_id = bool(return_instance_id)
         self.return_row_index = bool(return_row_index)
         self.drop_unlabeled = bool(drop_unlabeled)
@@ -236,14 +250,14 @@ class ZarrIterableInstances(IterableDataset):
         selection = select_rows(
             n_rows, self.chunk_i, keep, allowed_chunk_indexes, opened.store_rows
         )
-        _check_not_empty(selection, allowed_chunk_indexes, where is not None)
+        check_not_empty(selection, allowed_chunk_indexes, where is not None)
         self._digest, self._store_rows = selection_digest(selection), opened.store_rows
         self._assemble(RowData(ids, rows.labels, selection), opened.where)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world = current_rank_world() or (0, 1)
         self._pending: dict[str, Any] | None = None  # a loaded state, used by the next iter()
         self._position = _Position()
-        if self.x_dtype == torch.float32:
+        if self.x_dtype == torch.float32 and self.normalize_in == "dataset":
             # numba's kernels load in a background thread from now on: ready before
             # the first batch in most scripts, and before ZarrDataLoader forks workers
             _kernels.warm_up(self.dtype)
@@ -256,13 +270,22 @@ class ZarrIterableInstances(IterableDataset):
             self.check_missing_chunks, self.read_ahead,
         )  # fmt: skip
         self._stream = ChunkStream(read, self.shape, self.dtype, where)
+        mode, x_dtype = check_normalize(self.normalize), self.x_dtype
+        if self.normalize_in == "consumer":  # yield as stored; self.normalizer does the rest
+            mode, x_dtype = "none", stored_torch_dtype(self.dtype)
         output = OutputSettings(
-            check_normalize(self.normalize), self.x_dtype, self.batch_size, self.drop_last,
+            mode, x_dtype, self.batch_size, self.drop_last,
             self.return_instance_id, self.return_row_index, self.read_ahead, self._scales,
         )  # fmt: skip
         self._batcher = Batcher(output, rows, self.dtype)
 
     # ------------------------------------------------------------------ what is streamed
+    @property
+    def normalizer(self) -> BatchNormalizer:
+        """Normalise the crops of ``normalize_in="consumer"`` where used (any device)."""
+        mode = check_normalize(self.normalize)
+        return BatchNormalizer(mode, self.x_dtype, self.dtype, self._scales)
+
     @property
     def instance_ids(self) -> np.ndarray:
         """The instance id of every row."""
@@ -431,21 +454,3 @@ class ZarrIterableInstances(IterableDataset):
             f"dtype={self.dtype}, {mode}, kept={sel.total}, chunk_i={self.chunk_i}, "
             f"chunks={int(np.count_nonzero(sel.counts))}, pid={os.getpid()})"
         )
-
-
-def _check_x_dtype(x_dtype: object) -> torch.dtype:
-    if not isinstance(x_dtype, torch.dtype):
-        msg = f"x_dtype must be a torch.dtype, got {type(x_dtype).__name__}: {x_dtype!r}"
-        raise ArgumentTypeError(msg)
-    return x_dtype
-
-
-def _check_not_empty(selection: RowSelection, allowed: Any, where: bool) -> None:
-    if selection.total == 0:
-        valid = compact_ranges(range(selection.n_chunks))
-        msg = (
-            f"No rows to iterate: the chunks selected by allowed_chunk_indexes={allowed!r} "
-            f"{'and the rows selected by where ' if where else ''}keep no row (labels < 0 "
-            f"are dropped when drop_unlabeled=True); valid chunk indexes are {valid}"
-        )
-        raise ArgumentError(msg)
