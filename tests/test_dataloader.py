@@ -153,3 +153,37 @@ def test_worker_batches_send_per_row_columns_in_one_block(store):
     raw_ids = store["instance_ids"][...]
     assert torch.equal(ids, torch.from_numpy(raw_ids[rows.numpy()]))
     assert torch.equal(y, torch.from_numpy(store["labels"][...][rows.numpy()]).long())
+
+
+def test_workers_persist_by_default_and_resume_restarts_them(store):
+    path = str(store.store_path.store.root)
+    kw = {"shuffle_chunks": True, "shuffle_within_chunk": True, "buffer_seed": 1}
+    kw |= {"batch_size": 20, "buffer_chunks": 2}
+
+    def loader(**extra):
+        ds = ZarrIterableInstances(path, None, store["labels"][...], **kw)
+        return ZarrDataLoader(ds, batch_size=None, num_workers=2,
+                              multiprocessing_context="fork", **extra)  # fmt: skip
+
+    assert loader().persistent_workers is True
+    assert loader(persistent_workers=False).persistent_workers is False
+    assert ZarrDataLoader(loader().dataset, batch_size=None).persistent_workers is False
+    # an interrupted epoch 0 saved after 5 batches
+    first = loader()
+    it = iter(first)
+    head = [next(it)[3].tolist() for _ in range(5)]
+    state = first.state_dict()
+    del it
+    full = [b[3].tolist() for b in loader()]
+    # the same loader, whose persistent workers already ran, resumes from the state
+    pids = {w.pid for w in first._iterator._workers}
+    first.load_state_dict(state)
+    assert first._iterator is None  # the old workers are gone
+    rest = [b[3].tolist() for b in first]
+    assert head + rest == full
+    assert pids.isdisjoint({w.pid for w in first._iterator._workers})
+    # and the next epoch runs on the same (persistent) workers, with the shared epoch
+    pids = {w.pid for w in first._iterator._workers}
+    nxt = [b[3].tolist() for b in first]
+    assert pids == {w.pid for w in first._iterator._workers}
+    assert nxt != full and sorted(sum(nxt, [])) == sorted(sum(full, []))

@@ -101,10 +101,18 @@ class ZarrDataLoader(DataLoader):
     start_epoch
         Epoch of the first iteration.
     **kwargs
-        Passed to :class:`torch.utils.data.DataLoader`.
+        Passed to :class:`torch.utils.data.DataLoader`. With workers,
+        ``persistent_workers`` defaults to ``True``: the workers start once and serve
+        every epoch (the epoch reaches them through shared memory); pass ``False`` to
+        start them at every ``iter()``. :meth:`load_state_dict` stops persistent
+        workers, so that the next ``iter()`` starts workers that resume from the state.
     """
 
     def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
+        workers = kwargs.get("num_workers", args[4] if len(args) > 4 else 0)
+        if workers and "persistent_workers" not in kwargs:
+            # a worker's start (import, fork or spawn, opening the store) is paid once
+            kwargs["persistent_workers"] = True
         super().__init__(dataset, *args, **kwargs)
         self.epoch = check_int(start_epoch, "start_epoch", minimum=0)
         self._run: _Run | None = None
@@ -184,3 +192,13 @@ class ZarrDataLoader(DataLoader):
             raise ArgumentTypeError(msg)
         ds.load_state_dict(state)
         self.epoch = int(state["epoch"])
+        self._stop_persistent_workers()  # they hold the dataset as it was: start anew
+
+    def _stop_persistent_workers(self) -> None:
+        """Shut down persistent workers, so that the next ``iter()`` starts fresh ones."""
+        iterator = getattr(self, "_iterator", None)
+        if iterator is not None:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
+            self._iterator = None
