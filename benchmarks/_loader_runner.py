@@ -161,6 +161,8 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
         extra["buffer_chunks"] = int(cfg["buffer_chunks"])
     if "read_ahead" in cfg:
         extra["read_ahead"] = bool(cfg["read_ahead"])
+    if cfg.get("normalize_in"):
+        extra["normalize_in"] = str(cfg["normalize_in"])
     return ZarrIterableInstances(cfg["path"], ids, labels, **common, **extra)
 
 
@@ -239,13 +241,18 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
     n = int(zarr.open_array(cfg["path"], mode="r").shape[0])
     workers = int(cfg["workers"])
+    if cfg.get("sharing"):
+        torch.multiprocessing.set_sharing_strategy(str(cfg["sharing"]))
     cpu0 = time.process_time()
     with RssMonitor(children=workers > 0) as mon:
         t_build = time.perf_counter()
         ds = _dataset(cfg, n)
         t_build = time.perf_counter() - t_build
         batched = bool(cfg.get("batch_size"))
-        dl = DataLoader(
+        loader_cls = DataLoader
+        if cfg.get("loader") == "zarr":  # ZarrDataLoader: waits for the kernels before forking
+            from zarr_instances import ZarrDataLoader as loader_cls  # type: ignore[assignment]
+        dl = loader_cls(
             ds,
             batch_size=None if batched else int(cfg.get("loader_batch", 256)),
             num_workers=workers,
@@ -253,6 +260,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         )
         rates, firsts, counts, secs = [], [], [], []
         touch = bool(cfg.get("touch"))
+        # normalize_in="consumer": the batch arrives as stored, normalised here (CPU)
+        norm = ds.normalizer if cfg.get("normalize_in") == "consumer" else None
         shape = dtype = None
         for epoch in range(int(cfg.get("repeats", 3))):
             ds.set_epoch(epoch)
@@ -262,6 +271,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             first = None
             for batch in it:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if norm is not None:
+                    x = norm(x, batch[-1])
                 if touch:  # read every value, as a training step would
                     float(x.sum())
                 if first is None:

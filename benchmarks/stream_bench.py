@@ -14,11 +14,19 @@ All loader rows: shuffle_chunks=True, shuffle_within_chunk=True,
 normalize="minmax01", float32, labels given (supervised tuples). Every loader
 configuration runs in a fresh subprocess; medians over ``--repeats`` epochs.
 
+``--rounds R`` runs the decode-limit table instead: on a zstd store (``--n``) and a
+Blosc-lz4 store (``--target-n``), every configuration once per round (raw zarrs decode
+in slabs of 16 chunks, ours batched at 0 and 2 workers, ours batched at 2 workers
+yielding the stored dtype normalised in the consumer, ours per-sample and harpy at 2
+workers), ``R`` rounds, medians over rounds, ratios to the raw decode and to harpy.
+
 Examples::
 
     PYTHONPATH=/work/main/src /work/venv/bin/python benchmarks/stream_bench.py --n 20000
     PYTHONPATH=/work/main/src /work/venv/bin/python benchmarks/stream_bench.py \\
         --n 200000 --sweep --json benchmarks/results/stream.json
+    PYTHONPATH=src python benchmarks/stream_bench.py --rounds 3 --n 60000 --target-n 100000 \\
+        --json benchmarks/results/stream_rounds.json
 """
 
 from __future__ import annotations
@@ -221,6 +229,61 @@ def loader_row(kind: str, label: str, workers: int, res: dict[str, Any]) -> dict
 
 
 # --------------------------------------------------------------------------- main
+def interleaved(args: argparse.Namespace, root: str) -> dict[str, Any]:
+    """The decode-limit table: every configuration once per round, medians over rounds."""
+    zstd = make_store(root, args.n, args.chunk, args.codec, "crops.zarr")
+    lz4 = make_store(root, args.target_n, args.chunk, args.target_codec, "crops-target.zarr")
+    hmod = None if args.skip_harpy else harpy_module(args.harpy_python)
+    rec = {**RECOMMENDED, "repeats": args.repeats}
+    configs: list[tuple[str, str, dict[str, Any] | None]] = []
+    for tag, store in (("zstd", zstd), ("blosc-lz4", lz4)):
+        path = store["path"]
+        configs += [
+            (tag, "raw zarrs, slabs of 16 chunks", None),
+            (tag, "ours batched, 0 workers", {"path": path, "impl": "ours", "workers": 0, **rec}),
+            (tag, "ours batched, 2 workers", {"path": path, "impl": "ours", "workers": 2, **rec}),
+            (
+                tag,
+                "ours batched, 2 workers, stored dtype out, normalised in the consumer",
+                {"path": path, "impl": "ours", "workers": 2, **rec, "normalize_in": "consumer"},
+            ),
+        ]
+        if tag == "zstd":
+            sample = {"path": path, "workers": 2, "loader_batch": 256, "repeats": args.repeats}
+            configs.append((tag, "ours per-sample, 2 workers", {**sample, "impl": "ours"}))
+            if hmod:
+                harpy = {**sample, "impl": "harpy", "harpy_module": hmod}
+                configs.append((tag, "harpy, 2 workers", harpy))
+    stores = {"zstd": zstd, "blosc-lz4": lz4}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(t, lb): [] for t, lb, _ in configs}
+    for r in range(args.rounds):
+        for tag, label, cfg in configs:
+            if cfg is None:
+                res = raw_decode(stores[tag]["path"], args.chunk, 16, True, args.repeats)
+            else:
+                python = args.harpy_python if cfg["impl"] == "harpy" else sys.executable
+                res = run_loader(cfg, python, dict(os.environ))
+            runs[(tag, label)].append(res)
+            rate = res.get("rate_median", float("nan"))
+            print(f"  round {r + 1} [{tag}] {label}: {rate:,.0f}/s", flush=True)
+    rows = []
+    for (tag, label), results in runs.items():
+        rates = [float(x.get("rate_median", float("nan"))) for x in results]
+        cpu = [float(x.get("samples_per_cpu_s", float("nan"))) for x in results]
+        rows.append({"store": tag, "label": label, "rate": median(rates), "rates": rates,
+                     "cpu_rate": median(cpu)})  # fmt: skip
+    table = [["store", "configuration", "samples/s (median)", "vs raw decode", "vs harpy",
+              "samples per CPU-s"]]  # fmt: skip
+    for row in rows:
+        raw = next(x["rate"] for x in rows if x["store"] == row["store"] and "raw" in x["label"])
+        harpy = next((x["rate"] for x in rows if x["label"] == "harpy, 2 workers"), None)
+        vs_harpy = f"{row['rate'] / harpy:.2f}x" if harpy and row["store"] == "zstd" else "-"
+        table.append([row["store"], row["label"], fmt_num(row["rate"]),
+                      f"{row['rate'] / raw:.2f}", vs_harpy, fmt_num(row["cpu_rate"])])  # fmt: skip
+    print(markdown_table(table[0], table[1:]))
+    return {"stores": stores, "rows": rows, "rounds": args.rounds}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="rows of the store (default 100000)")
@@ -250,7 +313,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-target", action="store_true", help="skip the target-codec store rows")
     p.add_argument("--only-sweep", action="store_true", help="run the sweep only (implies --sweep)")
+    p.add_argument("--rounds", type=int, default=0, help="run the decode-limit table instead")
+    p.add_argument("--target-n", type=int, default=100_000, help="rows of the Blosc-lz4 store")
     args = p.parse_args(argv)
+    if args.rounds:
+        root = args.dir or tempfile.mkdtemp(prefix="zi-stream-rounds-")
+        try:
+            out = interleaved(args, root)
+            out["loadavg_end"] = os.getloadavg()
+        finally:
+            if not args.keep and not args.dir:
+                shutil.rmtree(root, ignore_errors=True)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1, default=str)
+        return 0
 
     root = args.dir or tempfile.mkdtemp(prefix="zi-stream-bench-")
     os.makedirs(root, exist_ok=True)

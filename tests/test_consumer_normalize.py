@@ -78,6 +78,8 @@ def test_consumer_normalizer_equals_the_dataset_path(study, mode, workers, batch
         out = norm(raw, row)
         assert out.dtype == x.dtype == torch.float32
         assert torch.equal(out, x)  # bit for bit
+        # the torch operations a GPU batch goes through give the same bits
+        assert torch.equal(norm.apply_torch(raw, row), x)
     if mode == "minmax01":
         assert float(x.max()) > 0.99  # the comparison is not of zeros
 
@@ -89,6 +91,7 @@ def test_consumer_normalizer_float_store_and_x_dtype(floats):
         assert raw.dtype == torch.float32
         out = ds.normalizer(raw, row)
         assert out.dtype == torch.float64 and torch.equal(out, x)
+        assert torch.equal(ds.normalizer.apply_torch(raw, row), x)
     # one crop (per-sample mode without a DataLoader) keeps its shape
     one = next(iter(ZarrIterableInstances(floats, None, normalize_in="consumer")))[0]
     assert ds.normalizer(one).shape == one.shape
@@ -99,6 +102,10 @@ def test_consumer_normalizer_errors(study):
     x = next(iter(ds))[0]
     with pytest.raises(ArgumentError, match="needs the global row of each crop"):
         ds.normalizer(x)
+    with pytest.raises(ArgumentError, match="needs the global row of each crop"):
+        ds.normalizer.apply_torch(x[None])
+    with pytest.raises(ArgumentError, match="one row per crop: 1 crops, 2 rows"):
+        ds.normalizer(x, torch.tensor([0, 1]))
     with pytest.raises(ArgumentError, match="x must be a batch"):
         ds.normalizer(x[0])
     with pytest.raises(ArgumentError, match="normalize_in must be 'dataset' or 'consumer'"):

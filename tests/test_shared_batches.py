@@ -38,11 +38,14 @@ def reference(path: str, **kw) -> dict[int, torch.Tensor]:
     return ref
 
 
-def segment(t: torch.Tensor) -> tuple[int, int]:
-    """(device, inode) of the shared-memory segment behind ``t``."""
-    fd, _size = t.untyped_storage()._share_fd_cpu_()
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
+def segment(t: torch.Tensor) -> object:
+    """The shared-memory segment behind a tensor sent by a worker: its name.
+
+    Workers send batches by segment name (``file_system`` sharing,
+    ``_runtime.worker_sharing``); its name identifies the segment.
+    """
+    _manager, handle, _size = t.untyped_storage()._share_filename_cpu_()
+    return handle
 
 
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
@@ -390,3 +393,27 @@ def test_keeping_only_ids_does_not_stop_reuse(store, workers):
         assert sb.held_column_blocks() >= 66
     else:
         assert len(ptrs) <= 8 < 66
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_workers_send_batches_by_segment_name(store, setting, monkeypatch):
+    """By name (file_system sharing) by default; torch's file descriptors when switched off."""
+    from torch.multiprocessing import reductions
+
+    monkeypatch.setenv("ZARR_INSTANCES_FILE_SYSTEM_SHARING", setting)
+    path = str(store.store_path.store.root)
+    ref = reference(path)
+    reductions.shared_cache.clear()
+    loader = DataLoader(ZarrIterableInstances(path, **KW), batch_size=None, num_workers=1,
+                        multiprocessing_context="fork")  # fmt: skip
+    seen = 0
+    keys: set[object] = set()
+    for x, _iid, rows in loader:
+        keys |= set(reductions.shared_cache.keys())
+        for r, xi in zip(rows.tolist(), x, strict=True):
+            assert torch.equal(xi, ref[r])
+            seen += 1
+    assert seen == len(ref)
+    by_name = [k for k in keys if isinstance(k, bytes)]  # file_system handles are names
+    assert (len(by_name) > 0) == (setting == "1")
+    assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"  # main untouched

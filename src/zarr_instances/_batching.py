@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _kernels
+from . import _kernels, _runtime
 from ._chunk_stream import Loaded
 from ._normalize import OutputPool, empty_output, normalize_rows
 from ._percentile import SourceScales
@@ -98,6 +98,8 @@ class Batcher:
         normalises until then); joined before this generator ends, so no thread
         outlives the iteration.
         """
+        if in_worker:
+            _runtime.worker_sharing()  # batches leave by segment name, not by socket
         warming = None
         if self.settings.x_dtype == torch.float32:
             warming = _kernels.warm_up(self.stored_dtype)

@@ -15,7 +15,7 @@ import zarr
 from . import _chunk_io, _runtime
 from ._plan import Buffer, WorkerPlan
 from ._reader import Decoder, chunk_decoder, local_dir, read_chunks, read_rows
-from ._store import OpenedInstances, ZarrPath, open_instances
+from ._store import OpenedInstances, ZarrPath, open_instances, zarrs_allowed
 
 __all__ = ["ChunkStream", "Loaded", "ReadSettings"]
 
@@ -108,7 +108,11 @@ class ChunkStream:
                     path = pickle.loads(pickle.dumps(path))
                 one = open_instances(path, s.storage_options, s.codec_pipeline)
                 direct = s.codec_pipeline is None and size == one.array.chunks[0]
-                parts.append((one, chunk_decoder(one.array) if direct else None))
+                decoder = chunk_decoder(one.array) if direct else None
+                if decoder is None and s.codec_pipeline is None and zarrs_allowed():
+                    # not read directly: through the zarrs pipeline, where installed
+                    one = open_instances(path, s.storage_options, "zarrs")
+                parts.append((one, decoder))
             self._array_pid = pid
             self._parts = parts
             self._array, self._decoder = parts[0]

@@ -4,10 +4,11 @@ By default the dataset normalises each crop where it reads it (in the DataLoader
 worker) and yields float32, twice the bytes of uint16 crops through the workers'
 shared memory. With ``normalize_in="consumer"`` it yields the crops in their stored
 dtype instead, and :class:`BatchNormalizer` (``dataset.normalizer``) applies the
-dataset's ``normalize`` mode to a batch with ``torch`` operations on whatever device
-the batch is on (a GPU once the batch was moved there). The operations are the
-float32 operations of the dataset's own path (:func:`._normalize.normalize_rows`), in
-the same order, so the result is equal to what the dataset yields by default.
+dataset's ``normalize`` mode to a batch on whatever device the batch is on: on the CPU
+with the dataset's own routine (:func:`._normalize.normalize_rows`, the compiled kernel
+where loaded), elsewhere (a GPU once the batch was moved there) with ``torch``
+operations that are the float32 operations of that routine, in the same order. Either
+way the result is equal to what the dataset yields by default.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._normalize import check_normalize
+from ._normalize import check_normalize, normalize_rows
 from ._percentile import SourceScales
 from .errors import ArgumentError, ArgumentTypeError
 
@@ -133,9 +134,39 @@ class BatchNormalizer:
                 f"{tuple(x.shape)}"
             )
             raise ArgumentError(msg)
-        out = self._float32(x, rows) if self.mode != "none" else x
-        out = out.to(self.x_dtype)
+        out = self._on_cpu(x, rows) if x.device.type == "cpu" else self.apply_torch(x, rows)
         return out.squeeze(0) if single else out
+
+    def apply_torch(self, x: torch.Tensor, rows: torch.Tensor | Any = None) -> torch.Tensor:
+        """Normalise a batch ``(n, c, z, y, x)`` with ``torch`` operations on its device.
+
+        What a call does on a device other than the CPU; on the CPU it gives the same
+        result as a call, more slowly (several passes instead of one).
+        """
+        return (self._float32(x, rows) if self.mode != "none" else x).to(self.x_dtype)
+
+    def _on_cpu(self, x: torch.Tensor, rows: Any) -> torch.Tensor:
+        """Normalise on the CPU with the dataset's own routine (compiled kernel, one pass)."""
+        scales = None
+        if self.mode == "percentile":
+            assert self._scales is not None
+            scales = self._scales.of_rows(self._rows(rows, x.shape[0]).numpy())
+        src = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+        return normalize_rows(src, None, self.mode, self.x_dtype, scales=scales)
+
+    @staticmethod
+    def _rows(rows: Any, n: int) -> torch.Tensor:
+        if rows is None:
+            msg = (
+                "normalize='percentile' in the consumer needs the global row of each crop: "
+                "call the normalizer with the batch's rows (return_row_index=True)"
+            )
+            raise ArgumentError(msg)
+        r = torch.as_tensor(rows).reshape(-1).to(torch.int64)
+        if r.numel() != n:
+            msg = f"rows must give one row per crop: {n} crops, {r.numel()} rows"
+            raise ArgumentError(msg)
+        return r
 
     def _float32(self, x: torch.Tensor, rows: Any) -> torch.Tensor:
         xf = x.to(torch.float32)
@@ -153,14 +184,8 @@ class BatchNormalizer:
         if self.mode == "unit":
             return xf if self._factor is None else xf * f32(float(self._factor))
         # percentile
-        if rows is None:
-            msg = (
-                "normalize='percentile' in the consumer needs the global row of each crop: "
-                "call the normalizer with the batch's rows (return_row_index=True)"
-            )
-            raise ArgumentError(msg)
+        r = self._rows(rows, n).to(xf.device)
         codes, low, inv = self._tables(xf.device)
-        r = torch.as_tensor(rows).reshape(-1).to(device=xf.device, dtype=torch.int64)
         source = codes[r]
         out = (xf - low[source].reshape(bshape)) * inv[source].reshape(bshape)
         return out.clamp_(0.0, 1.0)

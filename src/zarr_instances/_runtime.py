@@ -3,7 +3,8 @@
 Everything zarr-instances keeps in a process beyond a single call lives here:
 
 * **Settings** read from the environment: :func:`numba_setting`
-  (``ZARR_INSTANCES_NUMBA``) and :func:`mmap_flags` (``ZARR_INSTANCES_MMAP``).
+  (``ZARR_INSTANCES_NUMBA``), :func:`mmap_flags` (``ZARR_INSTANCES_MMAP``) and
+  :func:`zarrs_setting` (``ZARR_INSTANCES_ZARRS``).
 * **Decode threads**: :func:`decode_pool`, the threads that read and decode local
   chunk files, and :func:`scratch`, each thread's reused file buffer;
   :func:`store_pool`, the threads that wait on the reads of several remote stores
@@ -14,7 +15,8 @@ Everything zarr-instances keeps in a process beyond a single call lives here:
 * **zarrs use**: :func:`record_zarrs_use`, the processes that built a zarrs codec
   pipeline (its thread pool does not survive ``fork``).
 * **Shared batch segments**: :func:`segment_registry`, the main process's record of
-  the shared-memory segments that DataLoader workers sent.
+  the shared-memory segments that DataLoader workers sent; :func:`worker_sharing`,
+  how a worker sends them (``ZARR_INSTANCES_FILE_SYSTEM_SHARING``).
 
 After ``fork``, :func:`_after_fork_in_child` gives the child fresh locks, no decode
 threads (they do not exist in the child) and no kernels if the parent was loading
@@ -50,8 +52,10 @@ __all__ = [
     "scratch",
     "segment_registry",
     "store_pool",
+    "worker_sharing",
     "user_cache_dir",
     "wait_for_kernels",
+    "zarrs_setting",
     "zarrs_used_by_parent",
 ]
 
@@ -305,6 +309,11 @@ def record_zarrs_use() -> None:
     _ZARRS_PIDS.append(os.getpid())
 
 
+def zarrs_setting() -> bool:
+    """Whether zarrs may be used by default (``ZARR_INSTANCES_ZARRS=0`` says no)."""
+    return os.environ.get("ZARR_INSTANCES_ZARRS", "1").strip().lower() not in _OFF
+
+
 def zarrs_used_by_parent() -> bool:
     """Whether a process this one was forked from built a zarrs pipeline (not this one)."""
     return bool(_ZARRS_PIDS) and _ZARRS_PIDS[-1] != os.getpid()
@@ -325,13 +334,40 @@ def segment_registry() -> Any:
     return _REGISTRY
 
 
+_WORKER_SHARING = False
+
+
+def worker_sharing() -> None:
+    """In a DataLoader worker: send tensors to the main process by shared-memory file name.
+
+    torch's default (``"file_descriptor"``) passes every batch's memory as a file
+    descriptor over a new, authenticated socket connection to the worker, twice per
+    batch (crops and columns), which on a small machine costs more CPU than decoding
+    the batch. With ``"file_system"`` a batch travels as the name of its segment, and
+    the main process finds a segment it has mapped before in torch's cache. Set once,
+    in the worker process only (the main process keeps its strategy);
+    ``ZARR_INSTANCES_FILE_SYSTEM_SHARING=0`` keeps torch's default.
+    """
+    global _WORKER_SHARING
+    if _WORKER_SHARING:
+        return
+    _WORKER_SHARING = True
+    if os.environ.get("ZARR_INSTANCES_FILE_SYSTEM_SHARING", "1").strip().lower() in _OFF:
+        return
+    import torch.multiprocessing as tmp
+
+    if "file_system" in tmp.get_all_sharing_strategies():
+        tmp.set_sharing_strategy("file_system")
+
+
 # --------------------------------------------------------------------------- fork
 
 
 def _after_fork_in_child() -> None:
     """Reset after ``fork``: fresh locks, no parent threads, no half-loaded kernels."""
-    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL
+    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL, _WORKER_SHARING
     _POOL, _POOL_SIZE, _POOL_LOCK, _STORE_POOL = None, 0, threading.Lock(), None
+    _WORKER_SHARING = False
     _SCRATCH = threading.local()
     STREAM_KERNELS._reset_in_child()
     EXTRACT_KERNELS._reset_in_child()

@@ -236,6 +236,22 @@ def describe(path: ZarrPath) -> str:
 _ZARRS = "zarrs.ZarrsCodecPipeline"
 
 
+def zarrs_allowed() -> bool:
+    """Whether this process may read through the zarrs pipeline by default.
+
+    True when ``zarrs`` is installed (and ``ZARR_INSTANCES_ZARRS`` is not ``0``), unless
+    a process this one was forked from used zarrs: its thread pool does not survive
+    ``fork`` and would deadlock here, so such a worker reads through zarr-python.
+    """
+    if not _runtime.zarrs_setting() or _runtime.zarrs_used_by_parent():
+        return False
+    try:
+        import zarrs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> dict[str, Any]:
     """Return the zarr config that selects ``codec_pipeline`` (``{}`` for the default).
 
