@@ -277,3 +277,37 @@ def test_local_chunks_decode_at_most_threads_at_once(tmp_path, cores):
     read_chunks(arr, range(6), out, counting, threads=cores)
     assert 1 <= peak[0] <= cores  # without the bound all 6 run at once
     assert np.array_equal(out, arr[...])
+
+
+@pytest.mark.timeout(120)
+def test_zarrs_reads_what_the_direct_route_cannot_by_default(tmp_path, monkeypatch):
+    """A sharded store goes through zarrs where installed; forked children fall back."""
+    pytest.importorskip("zarrs")
+    path = str(tmp_path / "sharded.zarr")
+    arr = make_instance_array(path, n=600, chunk_i=25, shards=200)
+    kw = {"normalize": None, "x_dtype": torch.int32, "shuffle_chunks": True, "batch_size": 50}
+
+    def pipeline(ds):
+        return type(ds._stream.opened().array._async_array.codec_pipeline).__name__
+
+    def rows_of(loader):
+        out = {}
+        for x, _ids, rows in loader:
+            out.update(zip(rows.tolist(), x.numpy(), strict=True))
+        return out
+
+    ds = ZarrIterableInstances(path, np.arange(600), **kw)
+    assert not ds._stream.direct and pipeline(ds) == "ZarrsCodecPipeline"
+    got = rows_of(ds)  # this process's zarrs thread pool now exists
+    raw = arr[...].astype(np.int32)
+    assert sorted(got) == list(range(600))
+    assert all(np.array_equal(got[r], raw[r]) for r in range(600))
+    # forked workers must not use the parent's pool: they read through zarr-python
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    forked = rows_of(loader)
+    assert sorted(forked) == list(range(600))
+    assert all(np.array_equal(forked[r], raw[r]) for r in range(600))
+    # switched off: zarr-python in this process too
+    monkeypatch.setenv("ZARR_INSTANCES_ZARRS", "0")
+    off = ZarrIterableInstances(path, np.arange(600), **kw)
+    assert pipeline(off) != "ZarrsCodecPipeline"
