@@ -234,7 +234,8 @@ def interleaved(args: argparse.Namespace, root: str) -> dict[str, Any]:
     zstd = make_store(root, args.n, args.chunk, args.codec, "crops.zarr")
     lz4 = make_store(root, args.target_n, args.chunk, args.target_codec, "crops-target.zarr")
     hmod = None if args.skip_harpy else harpy_module(args.harpy_python)
-    rec = {**RECOMMENDED, "repeats": args.repeats}
+    # ours through ZarrDataLoader (it waits for the kernels before forking its workers)
+    rec = {**RECOMMENDED, "repeats": args.repeats, "loader": "zarr"}
     configs: list[tuple[str, str, dict[str, Any] | None]] = []
     for tag, store in (("zstd", zstd), ("blosc-lz4", lz4)):
         path = store["path"]
@@ -250,7 +251,8 @@ def interleaved(args: argparse.Namespace, root: str) -> dict[str, Any]:
         ]
         if tag == "zstd":
             sample = {"path": path, "workers": 2, "loader_batch": 256, "repeats": args.repeats}
-            configs.append((tag, "ours per-sample, 2 workers", {**sample, "impl": "ours"}))
+            ours = {**sample, "impl": "ours", "loader": "zarr"}
+            configs.append((tag, "ours per-sample, 2 workers", ours))
             if hmod:
                 harpy = {**sample, "impl": "harpy", "harpy_module": hmod}
                 configs.append((tag, "harpy, 2 workers", harpy))

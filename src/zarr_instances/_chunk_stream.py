@@ -15,7 +15,7 @@ import zarr
 from . import _chunk_io, _runtime
 from ._plan import Buffer, WorkerPlan
 from ._reader import Decoder, chunk_decoder, local_dir, read_chunks, read_rows
-from ._store import OpenedInstances, ZarrPath, open_instances, zarrs_allowed
+from ._store import OpenedInstances, ZarrPath, open_instances, open_with_zarrs, zarrs_allowed
 
 __all__ = ["ChunkStream", "Loaded", "ReadSettings"]
 
@@ -111,7 +111,7 @@ class ChunkStream:
                 decoder = chunk_decoder(one.array) if direct else None
                 if decoder is None and s.codec_pipeline is None and zarrs_allowed():
                     # not read directly: through the zarrs pipeline, where installed
-                    one = open_instances(path, s.storage_options, "zarrs")
+                    one = open_with_zarrs(path, s.storage_options) or one
                 parts.append((one, decoder))
             self._array_pid = pid
             self._parts = parts

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -250,6 +251,20 @@ def zarrs_allowed() -> bool:
     except ImportError:
         return False
     return True
+
+
+def open_with_zarrs(
+    path: ZarrPath, storage_options: dict[str, Any] | None
+) -> OpenedInstances | None:
+    """Open ``path`` through the zarrs pipeline; ``None`` if zarrs cannot decode it all.
+
+    zarrs warns and falls back to zarr-python for codecs it lacks; such an array is
+    left to zarr-python (``None``), without the warning.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opened = open_instances(path, storage_options, "zarrs")
+    return None if caught else opened
 
 
 def codec_pipeline_config(codec_pipeline: str | None, record: bool = True) -> dict[str, Any]:
