@@ -38,14 +38,19 @@ def reference(path: str, **kw) -> dict[int, torch.Tensor]:
     return ref
 
 
-def segment(t: torch.Tensor) -> object:
-    """The shared-memory segment behind a tensor sent by a worker: its name.
+def segment(t: torch.Tensor, forked: bool = True) -> object:
+    """The shared-memory segment behind a tensor sent by a worker.
 
-    Workers send batches by segment name (``file_system`` sharing,
-    ``_runtime.worker_sharing``); its name identifies the segment.
+    Forked workers send batches by segment name (``file_system`` sharing,
+    ``_runtime.worker_sharing``): the name identifies it. Spawned ones send a file
+    descriptor: the (device, inode) of the file does.
     """
-    _manager, handle, _size = t.untyped_storage()._share_filename_cpu_()
-    return handle
+    if forked:
+        _manager, handle, _size = t.untyped_storage()._share_filename_cpu_()
+        return handle
+    fd, _size = t.untyped_storage()._share_fd_cpu_()
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
@@ -62,7 +67,7 @@ def test_segments_are_reused_and_batches_exact(store, ctx):
     for batch in loader:
         x, _iid, rows = batch
         assert isinstance(batch, list)  # as the DataLoader makes of a plain tuple
-        segments.add(segment(x))
+        segments.add(segment(x, forked=ctx == "fork"))
         batches += 1
         for r, xi in zip(rows.tolist(), x, strict=True):
             assert torch.equal(xi, ref[r])

@@ -335,6 +335,7 @@ def segment_registry() -> Any:
 
 
 _WORKER_SHARING = False
+_FORKED = False  # this process is a forked child (set after fork)
 
 
 def worker_sharing() -> None:
@@ -345,13 +346,18 @@ def worker_sharing() -> None:
     batch (crops and columns), which on a small machine costs more CPU than decoding
     the batch. With ``"file_system"`` a batch travels as the name of its segment, and
     the main process finds a segment it has mapped before in torch's cache. Set once,
-    in the worker process only (the main process keeps its strategy);
-    ``ZARR_INSTANCES_FILE_SYSTEM_SHARING=0`` keeps torch's default.
+    in the worker process only (the main process keeps its strategy), and only in a
+    forked worker: a spawned one would start torch's shared-memory manager holding the
+    pipe by which the DataLoader sees the worker end, so that every shutdown waited for
+    the DataLoader's timeout. ``ZARR_INSTANCES_FILE_SYSTEM_SHARING=0`` keeps torch's
+    default.
     """
     global _WORKER_SHARING
     if _WORKER_SHARING:
         return
     _WORKER_SHARING = True
+    if not _FORKED:
+        return
     if os.environ.get("ZARR_INSTANCES_FILE_SYSTEM_SHARING", "1").strip().lower() in _OFF:
         return
     import torch.multiprocessing as tmp
@@ -365,9 +371,10 @@ def worker_sharing() -> None:
 
 def _after_fork_in_child() -> None:
     """Reset after ``fork``: fresh locks, no parent threads, no half-loaded kernels."""
-    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL, _WORKER_SHARING
+    global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL, _WORKER_SHARING, _FORKED
     _POOL, _POOL_SIZE, _POOL_LOCK, _STORE_POOL = None, 0, threading.Lock(), None
     _WORKER_SHARING = False
+    _FORKED = True
     _SCRATCH = threading.local()
     STREAM_KERNELS._reset_in_child()
     EXTRACT_KERNELS._reset_in_child()
