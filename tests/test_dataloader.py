@@ -186,4 +186,4 @@ def test_workers_persist_by_default_and_resume_restarts_them(store):
     pids = {w.pid for w in first._iterator._workers}
     nxt = [b[3].tolist() for b in first]
     assert pids == {w.pid for w in first._iterator._workers}
-    assert nxt != full and sorted(sum(nxt, [])) == sorted(sum(full, []))
+    assert nxt != full and sorted(r for b in nxt for r in b) == sorted(r for b in full for r in b)
