@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _kernels
 from ._normalize import check_normalize, normalize_rows
 from ._percentile import SourceScales
 from .errors import ArgumentError, ArgumentTypeError
@@ -89,6 +90,11 @@ class BatchNormalizer:
         Dtype of the stored crops (for ``"unit"``: integers are divided by its maximum).
     scales
         ``"percentile"`` only: the sources and percentiles of the dataset's rows.
+
+    Notes
+    -----
+    Build it once (``normalize = ds.normalizer``) and call it on every batch: it keeps
+    the per-source tables of ``"percentile"`` on each device it has seen.
     """
 
     def __init__(
@@ -109,6 +115,9 @@ class BatchNormalizer:
             elif self.stored == np.bool_:
                 self._factor = np.float32(1.0)
         self._on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        if x_dtype == torch.float32 and self.mode != "none":
+            # the compiled kernels of the CPU path load in the background from now on
+            _kernels.warm_up(self.stored)
 
     def __repr__(self) -> str:
         return f"BatchNormalizer(mode={self.mode!r}, x_dtype={self.x_dtype}, stored={self.stored})"

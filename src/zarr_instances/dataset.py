@@ -282,7 +282,7 @@ class ZarrIterableInstances(IterableDataset):
     # ------------------------------------------------------------------ what is streamed
     @property
     def normalizer(self) -> BatchNormalizer:
-        """Normalise the crops of ``normalize_in="consumer"`` where used (any device)."""
+        """A new :class:`BatchNormalizer` of this dataset's mode (build it once, reuse it)."""
         mode = check_normalize(self.normalize)
         return BatchNormalizer(mode, self.x_dtype, self.dtype, self._scales)
 
