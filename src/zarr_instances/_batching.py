@@ -179,16 +179,22 @@ class Batcher:
             for a in range(0, rows.size, _SAMPLE_BLOCK):
                 block = slice(a, a + _SAMPLE_BLOCK)
                 x = self._normalized(src, index[block], rows[block], pool, in_worker)
-                for j in range(a, min(a + _SAMPLE_BLOCK, rows.size)):
-                    out: list[Any] = [x[j - a]]
-                    if ys is not None:
-                        out.append(ys[j])
-                    if with_id:
-                        out.append(id_list[j])
-                    if with_row:
-                        out.append(row_list[j])
+                # one call makes the block's views (indexing row by row costs more)
+                parts: list[Any] = [x.unbind(0)]
+                if ys is not None:
+                    parts.append(ys[block].unbind(0))
+                if with_id:
+                    parts.append(id_list[block])
+                if with_row:
+                    parts.append(row_list[block])
+                if len(parts) == 1:
+                    for sample in parts[0]:
+                        counter.value += 1
+                        yield sample
+                    continue
+                for sample in zip(*parts, strict=True):
                     counter.value += 1
-                    yield out[0] if len(out) == 1 else tuple(out)
+                    yield sample
 
     def _batches(
         self, loaded: Iterator[Loaded], counter: Counter, in_worker: bool
