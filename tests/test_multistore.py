@@ -440,8 +440,22 @@ def test_labels_column_and_where_mapping_across_stores(tmp_path):
     assert np.array_equal(np.sort(got), np.flatnonzero(table["cell_type"] == "DC"))
     with pytest.raises(ArgumentError, match="no row has the value"):
         ZarrIterableInstances([a, b], None, where={"cell_type": "Mono"})
-    with pytest.raises(ArgumentError, match="'nope' is not a column"):
+    with pytest.raises(ArgumentError, match=r"a\.zarr' has no column 'nope'"):
         ZarrIterableInstances([a, b], None, labels="nope")
+    # a column one store lacks would read as missing there: refused, naming that store
+    tb_less = tb.drop(columns=["cell_type"])
+    write_table(zarr.open_group(b, mode="r+"), tb_less)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(b)
+    with pytest.raises(ArgumentError, match=r"labels='cell_type'.*b\.zarr.*no column 'cell_type'"):
+        ZarrIterableInstances([a, b], None, labels="cell_type")
+    with pytest.raises(ArgumentError, match=r"where=\{'cell_type'.*b\.zarr.*every store"):
+        ZarrIterableInstances([a, b], None, where={"cell_type": "B"})
+    write_table(zarr.open_group(b, mode="r+"), tb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(b)
     # group_split over the list: the masks cover the concatenated rows, groups whole
     train, val = group_split([a, b], by="source", fractions=(0.6, 0.4), seed=1)
     assert train.shape == (len(table),) and not (train & val).any() and (train | val).all()

@@ -263,7 +263,10 @@ def open_with_zarrs(
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opened = open_instances(path, storage_options, "zarrs")
+        try:
+            opened = open_instances(path, storage_options, "zarrs")
+        except Exception:  # a store zarrs cannot open: zarr-python reads it
+            return None
     return None if caught else opened
 
 

@@ -102,8 +102,10 @@ def table_rows(
         if store_rows is None:
             table = _table(zarr_path, storage_options, arg, n_rows)  # type: ignore[arg-type]
         else:
-            pairs = zip(list(zarr_path), store_rows, strict=True)  # type: ignore[arg-type]
+            paths = list(zarr_path)  # type: ignore[arg-type]
+            pairs = zip(paths, store_rows, strict=True)
             parts = [_table(p, storage_options, arg, n) for p, n in pairs]
+            _check_columns(parts, paths, labels, where)
             table = concat_tables(parts)
     classes = column = ys = None
     if isinstance(labels, str):
@@ -114,6 +116,29 @@ def table_rows(
         ys = as_int_vector(labels, "labels", n_rows)
     mask = None if where is None else where_mask(where, table, n_rows)
     return TableRows(ys, classes, column, mask)
+
+
+def _check_columns(
+    tables: list[pd.DataFrame], paths: list[ZarrPath], labels: Any, where: Any
+) -> None:
+    """Raise if a column that ``labels`` or ``where`` names is missing from one store.
+
+    Concatenated, its rows would read as missing values: unlabelled, or never
+    selected, without a word.
+    """
+    names = [labels] if isinstance(labels, str) else []
+    names += list(where) if isinstance(where, Mapping) else []
+    for table, path in zip(tables, paths, strict=True):
+        missing = [n for n in names if n not in table.columns]
+        if missing:
+            in_labels = isinstance(labels, str) and labels == missing[0]
+            arg = f"labels={labels!r}" if in_labels else f"where={{{missing[0]!r}: ...}}"
+            msg = (
+                f"{arg}: the instance table of {describe(path)} has no column "
+                f"{missing[0]!r} (its columns: {', '.join(map(repr, table.columns))}); "
+                "every store of the list needs it"
+            )
+            raise ArgumentError(msg)
 
 
 def _table(zarr_path: ZarrPath, storage_options: Any, arg: str, n_rows: int) -> pd.DataFrame:
