@@ -87,6 +87,7 @@ class ChunkStream:
         self._offsets = np.zeros(1, np.int64)
         self._roots: list[str | None] = []  # each store's local directory (None: not local)
         self._zeros: list[tuple[int, ...]] = []  # the chunk grid index past axis 0
+        self._sizes = np.zeros(0, np.int64)  # each store's rows per logical chunk
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -122,6 +123,7 @@ class ChunkStream:
             self._offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
             self._roots = [local_dir(one.array) for one, _ in parts]
             self._zeros = [(0,) * (one.array.ndim - 1) for one, _ in parts]
+            self._sizes = np.asarray(sizes, np.int64)
         assert self._array is not None
         return self._array
 
@@ -166,8 +168,7 @@ class ChunkStream:
         offsets = self._offsets
         check = self.settings.check_missing
         if self._decoder is not None:
-            chunk_i = self.settings.chunk_i
-            sizes = np.broadcast_to(np.asarray(chunk_i, np.int64), (len(self._parts),))
+            sizes = self._sizes
             store = np.searchsorted(offsets, buffer.rows, side="right") - 1
             chunk_of, offset = np.divmod(buffer.rows - offsets[store], sizes[store])
             keys, inverse = np.unique(store * (offsets[-1] + 1) + chunk_of, return_inverse=True)

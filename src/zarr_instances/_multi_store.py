@@ -81,14 +81,6 @@ class OpenedStores:
             return None
         return np.concatenate([np.asarray(v, dtype=np.int64) for v in ids])
 
-    @property
-    def labels(self) -> np.ndarray | None:
-        """Stored labels of every row, concatenated; ``None`` unless every store has them."""
-        labels = [s.labels for s in self.stores]
-        if any(v is None for v in labels):
-            return None
-        return np.concatenate([np.asarray(v, dtype=np.int64) for v in labels])
-
     def store_of(self, rows: np.ndarray) -> np.ndarray:
         """Return the store index of each global row."""
         rows = np.asarray(rows, dtype=np.int64)
