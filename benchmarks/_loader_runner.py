@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+_CHILD_SCAN_TICKS = 25  # list the child processes every 0.5 s
+
 
 class RssMonitor:
     """Samples the RSS of this process and of its children (DataLoader workers)."""
@@ -42,15 +44,18 @@ class RssMonitor:
     def __init__(self, interval: float = 0.02, children: bool = True) -> None:
         import psutil
 
-        # Listing children scans every process of the machine (/proc): ~1-3 ms per
-        # tick, a few % of a core at 50 Hz, taken from the loader being measured; so
-        # only when there are workers to watch.
+        # Listing children scans every process of the machine (/proc): ~1-3 ms, a few
+        # % of a core at 50 Hz, taken from the loader being measured; so only when
+        # there are workers to watch, and only every _CHILD_SCAN_TICKS ticks (the
+        # workers found are read every tick: a few /proc files each).
         self._children = children
         self._proc = psutil.Process()
         self._interval = interval
         self.main_peak = 0
         self.child_peak: dict[int, int] = {}
         self.child_cpu: dict[int, float] = {}
+        self._known: list[Any] = []
+        self._ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -59,7 +64,10 @@ class RssMonitor:
 
         try:
             self.main_peak = max(self.main_peak, self._proc.memory_info().rss)
-            for ch in self._proc.children(recursive=True) if self._children else []:
+            if self._children and self._ticks % _CHILD_SCAN_TICKS == 0:
+                self._known = self._proc.children(recursive=True)
+            self._ticks += 1
+            for ch in self._known:
                 try:
                     rss = ch.memory_info().rss
                     cpu = ch.cpu_times()

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_convert
 from torch.utils.dlpack import to_dlpack
 
-from zarr_instances import ZarrIterableInstances, _refcount
+from zarr_instances import ZarrIterableInstances, _refcount, _runtime
 from zarr_instances import _shared_batches as sb
 
 KW = {
@@ -77,6 +77,70 @@ def test_segments_are_reused_and_batches_exact(store, ctx):
     # a worker keeps at most its pool (8 segments); a prompt consumer lets it cycle
     # through them (a rare fallback to a fresh segment under load adds one each)
     assert len(segments) <= 24 < batches
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_persistent_workers_keep_their_segments_from_epoch_to_epoch(store, ctx):
+    path = str(store.store_path.store.root)
+    ref = reference(path)
+    loader = DataLoader(
+        ZarrIterableInstances(path, **KW),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=ctx,
+        persistent_workers=True,
+    )
+    per_epoch = []
+    for _epoch in range(3):
+        segments, seen = set(), 0
+        for x, _iid, rows in loader:
+            segments.add(segment(x, forked=ctx == "fork"))
+            for r, xi in zip(rows.tolist(), x, strict=True):
+                assert torch.equal(xi, ref[r])
+                seen += 1
+        assert seen == 1050
+        per_epoch.append(segments)
+    # the later epochs write into the first epoch's segments (a fresh pool per epoch
+    # would send new ones only)
+    assert len(per_epoch[1] & per_epoch[0]) >= 4
+    assert len(per_epoch[2] & per_epoch[0]) >= 4
+
+
+def test_the_worker_pool_is_lent_to_one_iteration_at_a_time():
+    first = _runtime.borrow_batch_pool(8)
+    other = _runtime.borrow_batch_pool(8)  # the first not given back yet: a new one
+    assert other is not first
+    _runtime.return_batch_pool(first)
+    assert _runtime.borrow_batch_pool(8) is first
+    _runtime.return_batch_pool(first)
+    assert _runtime.borrow_batch_pool(4) is not first  # another size: a new pool
+    _runtime.return_batch_pool(first)
+
+
+def test_segments_the_consumer_keeps_are_replaced_in_the_pool():
+    pool = sb.WorkerBatchPool(size=2)
+    kept = [pool.take((4, 3), torch.float32) for _ in range(2)]  # sent, held for good
+    for k, x in enumerate(kept):
+        x.fill_(7.0 + k)
+    first, second = pool._segments
+    for k in range(sb._STALE_TAKES + 4):
+        x = pool.take((4, 3), torch.float32)
+        x.fill_(float(k))
+        seg = pool._by_ptr.get(x.untyped_storage().data_ptr())
+        if seg is not None:  # the receiver drops each batch at once
+            _refcount.write_flag(seg.data, sb._FREE)
+        del x
+    # the batch held longest went out of the pool, a new segment in its place, which the
+    # later batches reuse; the other kept one stays (a segment was free meanwhile)
+    assert pool.evicted == 1 and first not in pool._segments and second in pool._segments
+    assert pool.fresh == sb._STALE_TAKES - 1 and pool.reused >= 3
+    # nothing kept was written again
+    assert [float(x.min()) for x in kept] == [float(x.max()) for x in kept] == [7.0, 8.0]
+    # a free segment too small for the batch is replaced too
+    _refcount.write_flag(second.data, sb._FREE)
+    del kept
+    big = pool.take((64, 3), torch.float32)
+    assert pool.evicted == 2 and pool._by_ptr.get(big.untyped_storage().data_ptr()) is not None
 
 
 def test_batches_the_consumer_keeps_are_never_overwritten(store):
@@ -177,6 +241,34 @@ def test_worker_pool_reuses_only_released_unheld_segments():
     assert ids.tolist() == [1, 2, 3] and pack[2].tolist() == [30, 31]
     assert pool.reused == 1
     del y
+
+
+def test_a_batch_sends_its_columns_as_one_block():
+    pool = sb.WorkerBatchPool(size=2)
+    x = pool.take((4, 3), torch.float32)
+    x.fill_(2.0)
+    batch = default_convert(pool.pack(x, [np.arange(4), np.arange(4) + 10, np.arange(4) + 20]))
+    fn, args = batch.__reduce__()
+    assert fn is sb._received_columns and len(args) == 2
+    assert args[1].shape == (3, 4) and args[1].untyped_storage().data_ptr() == (
+        batch[1].untyped_storage().data_ptr()
+    )
+    got = fn(*args)
+    assert isinstance(got, list) and len(got) == 4
+    assert torch.equal(got[0], x) and [c.tolist() for c in got[1:]] == [
+        [0, 1, 2, 3],
+        [10, 11, 12, 13],
+        [20, 21, 22, 23],
+    ]
+    # columns that are not consecutive rows of one block travel one by one
+    a, b = torch.arange(4), torch.arange(4) + 1
+    for cols in ((a, b), (b.clone(), torch.arange(8)[::2]), (x[0],)):
+        fn, (items,) = sb.SharedBatch(x, *cols).__reduce__()
+        assert fn is sb._received and len(items) == 1 + len(cols)
+    block = torch.arange(12).reshape(3, 4)
+    fn, _args = sb.SharedBatch(x, block[0], block[2]).__reduce__()  # rows 0 and 2 only
+    assert fn is sb._received
+    del got, batch
 
 
 def test_receiver_releases_a_segment_once_nothing_references_it():

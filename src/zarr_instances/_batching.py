@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,14 +116,15 @@ class Batcher:
         """Return a pool of output tensors for one iteration (used by its producing thread).
 
         In the main process an :class:`OutputPool`. In a DataLoader worker, whose
-        batches leave the process, a :class:`WorkerBatchPool` of shared-memory
-        segments the main process hands back (batched mode with per-row columns,
-        whose tuple carries the segment); otherwise ``None``: fresh shared memory.
+        batches leave the process, the worker's :class:`WorkerBatchPool` of
+        shared-memory segments the main process hands back, borrowed for the iteration
+        (batched mode with per-row columns, whose tuple carries the segment); otherwise
+        ``None``: fresh shared memory.
         """
         if not in_worker:
             return OutputPool(_BATCHES_AHEAD + 4)
         if self.settings.batch_size is not None and self.columns():
-            return WorkerBatchPool(_BATCHES_AHEAD + _WORKER_SEGMENTS)
+            return _runtime.borrow_batch_pool(_BATCHES_AHEAD + _WORKER_SEGMENTS)
         return None
 
     def _normalized(
@@ -218,14 +219,27 @@ class Batcher:
         """
         bs = self.settings.batch_size
         assert bs is not None
-        carry_x: np.ndarray | None = None
-        carry_r: np.ndarray | None = None
         pool = self._pool(in_worker)
 
         def batch(src: np.ndarray, index: np.ndarray | None, rows: np.ndarray) -> Any:
             x = self._normalized(src, index, rows, pool, in_worker)
             return self._pack(x, rows, pool, in_worker)
 
+        try:
+            yield from self._cut(loaded, batch, bs)
+        finally:
+            if isinstance(pool, WorkerBatchPool):
+                _runtime.return_batch_pool(pool)
+
+    def _cut(
+        self,
+        loaded: Iterator[Loaded],
+        batch: Callable[[np.ndarray, np.ndarray | None, np.ndarray], Any],
+        bs: int,
+    ) -> Iterator[tuple[Any, int]]:
+        """Cut the buffers of ``loaded`` into batches of ``bs`` rows, made by ``batch``."""
+        carry_x: np.ndarray | None = None
+        carry_r: np.ndarray | None = None
         for buf, (src, index) in loaded:
             rows = buf.rows
             n = index.size

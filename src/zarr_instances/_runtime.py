@@ -334,6 +334,35 @@ def segment_registry() -> Any:
     return _REGISTRY
 
 
+_BATCH_POOL: Any = None  # this worker's pool of batch segments, between iterations
+_BATCH_POOL_LOCK = threading.Lock()
+
+
+def borrow_batch_pool(size: int) -> Any:
+    """Return this worker's :class:`~._shared_batches.WorkerBatchPool` for one iteration.
+
+    A persistent worker keeps its segments from one epoch to the next (they are
+    allocated, zero-filled and mapped by the main process once, not every epoch).
+    While another iteration has the pool (one abandoned and not closed yet), a new
+    pool is made. Give it back with :func:`return_batch_pool`.
+    """
+    global _BATCH_POOL
+    with _BATCH_POOL_LOCK:
+        pool, _BATCH_POOL = _BATCH_POOL, None
+    if pool is None or pool.size != size:
+        from ._shared_batches import WorkerBatchPool
+
+        pool = WorkerBatchPool(size)
+    return pool
+
+
+def return_batch_pool(pool: Any) -> None:
+    """Give back a pool from :func:`borrow_batch_pool` at the end of its iteration."""
+    global _BATCH_POOL
+    with _BATCH_POOL_LOCK:
+        _BATCH_POOL = pool
+
+
 _WORKER_SHARING = False
 _FORKED = False  # this process is a forked child (set after fork)
 
@@ -372,7 +401,9 @@ def worker_sharing() -> None:
 def _after_fork_in_child() -> None:
     """Reset after ``fork``: fresh locks, no parent threads, no half-loaded kernels."""
     global _POOL, _POOL_SIZE, _POOL_LOCK, _SCRATCH, _REGISTRY, _STORE_POOL, _WORKER_SHARING, _FORKED
+    global _BATCH_POOL, _BATCH_POOL_LOCK
     _POOL, _POOL_SIZE, _POOL_LOCK, _STORE_POOL = None, 0, threading.Lock(), None
+    _BATCH_POOL, _BATCH_POOL_LOCK = None, threading.Lock()
     _WORKER_SHARING = False
     _FORKED = True
     _SCRATCH = threading.local()

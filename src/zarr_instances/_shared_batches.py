@@ -29,12 +29,16 @@ the main process has released, so its pages are already there:
   the segment's column block, which is otherwise replaced by a fresh one. With no
   segment free and the pool full (the consumer keeps batches), it falls back to a
   fresh segment per batch, as torch does: never waiting, never overwriting.
+* A worker keeps its pool from one epoch to the next (:func:`._runtime.borrow_batch_pool`):
+  a segment the consumer has held for more than 32 batches is dropped from the pool
+  (never written again) and a new one takes its place, so kept batches do not leave
+  a long-lived pool without free segments.
 * Whether anything references a block is answered by :mod:`._refcount`; when its
   self-test fails, the pool hands out fresh segments for every batch.
 
 A batch that never reaches :func:`_received` (a wrapping dataset that builds its
-own tuple) leaves its blocks ``SENT``: they are not reused, and the pool falls back
-to fresh segments once all of its segments are stuck.
+own tuple) leaves its blocks ``SENT``: they are not reused, and are dropped from the
+pool in turn.
 
 Not tracked: a batch the main process sends on to yet another process (a
 ``torch.multiprocessing`` queue passes the same segment along). Once the main
@@ -59,6 +63,8 @@ from ._normalize import empty_output
 __all__ = ["SegmentRegistry", "SharedBatch", "WorkerBatchPool"]
 
 _HEADER = 64  # bytes before the data in a block (alignment for any dtype)
+# batches taken since a segment was sent, beyond which it counts as kept by the consumer
+_STALE_TAKES = 32
 _FREE, _SENT = 0, 1
 
 
@@ -102,15 +108,44 @@ class SharedBatch(tuple[Any, ...]):
         return super().__new__(cls, items)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (_received, (tuple(self),))
+        block = _column_block(self[1:])
+        if block is None:
+            return (_received, (tuple(self),))
+        # the columns travel as their one block: one tensor to share and rebuild, not k
+        return (_received_columns, (self[0], block))
+
+
+def _column_block(cols: tuple[Any, ...]) -> torch.Tensor | None:
+    """Return the ``(k, m)`` block whose rows are ``cols``, if they are its consecutive rows."""
+    if not cols or not all(isinstance(c, torch.Tensor) for c in cols):
+        return None
+    first = cols[0]
+    if first.dim() != 1 or first.dtype != torch.int64:
+        return None
+    m, at = int(first.shape[0]), first.storage_offset()
+    ptr = first.untyped_storage().data_ptr()
+    for k, c in enumerate(cols):
+        if (
+            c.dim() != 1
+            or c.dtype != torch.int64
+            or c.shape[0] != m
+            or (m > 1 and c.stride(0) != 1)
+            or c.storage_offset() != at + k * m
+            or c.untyped_storage().data_ptr() != ptr
+        ):
+            return None
+    return torch.empty(0, dtype=torch.int64).set_(
+        first.untyped_storage(), at, (len(cols), m), (m, 1)
+    )
 
 
 class _Segment:
-    __slots__ = ("cols", "data")
+    __slots__ = ("cols", "data", "sent_at")
 
     def __init__(self, nbytes: int) -> None:
         self.data = _block(nbytes)
         self.cols: torch.Tensor | None = None
+        self.sent_at = 0  # the pool's take count when last written
 
 
 class WorkerBatchPool:
@@ -132,6 +167,9 @@ class WorkerBatchPool:
         Batches that got fresh shared memory (pool full, or reuse off).
     fresh_columns
         Column blocks allocated for pooled segments (first use, or the last one held).
+    evicted
+        Segments dropped from the pool, held by the consumer for long (or too small),
+        each replaced by a new one.
     """
 
     def __init__(self, size: int) -> None:
@@ -139,7 +177,8 @@ class WorkerBatchPool:
         self._segments: list[_Segment] = []
         self._by_ptr: dict[int, _Segment] = {}
         self.enabled = _refcount.reuse_enabled()
-        self.reused = self.fresh = self.fresh_columns = 0
+        self.reused = self.fresh = self.fresh_columns = self.evicted = 0
+        self._takes = 0
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Return a tensor of ``shape``/``dtype`` in shared memory: pooled if one is free."""
@@ -151,16 +190,41 @@ class WorkerBatchPool:
         return _data(seg.data, dtype, shape)
 
     def _free_segment(self, nbytes: int) -> _Segment | None:
+        self._takes += 1
         for seg in self._segments:
             if _capacity(seg.data) >= nbytes and _released(seg.data):
                 self.reused += 1
+                seg.sent_at = self._takes
                 return seg
-        if len(self._segments) >= self.size:
+        if len(self._segments) >= self.size and not self._evict_one(nbytes):
             return None
         seg = _Segment(nbytes)
+        seg.sent_at = self._takes
         self._segments.append(seg)
         self._by_ptr[seg.data.data_ptr()] = seg
         return seg
+
+    def _evict_one(self, nbytes: int) -> bool:
+        """Drop the segment longest out of use, if one is; a new one takes its place.
+
+        Out of use: held by the consumer for more than :data:`_STALE_TAKES` batches
+        (kept for good, as predictions kept with their crops), or free but too small.
+        The pool forgets it: never written again, its memory goes when the consumer
+        drops it. A pool that lives on from epoch to epoch so never fills with
+        segments the consumer keeps.
+        """
+        stale = [
+            seg
+            for seg in self._segments
+            if self._takes - seg.sent_at > _STALE_TAKES or _capacity(seg.data) < nbytes
+        ]
+        if not stale:
+            return False
+        old = min(stale, key=lambda seg: seg.sent_at)
+        self._segments.remove(old)
+        del self._by_ptr[old.data.data_ptr()]
+        self.evicted += 1
+        return True
 
     def pack(self, x: torch.Tensor, cols: list[np.ndarray]) -> tuple[Any, ...]:
         """Return the batch tuple ``(x, *cols)`` to yield, columns as int64 tensors.
@@ -311,6 +375,11 @@ def _received(items: tuple[Any, ...]) -> list[Any]:
         cols = _refcount.keeper(items[1].untyped_storage()) if len(items) > 1 else None
         _runtime.segment_registry().received(data, cols)
     return list(items)
+
+
+def _received_columns(x: torch.Tensor, block: torch.Tensor) -> list[Any]:
+    """Unpickle a :class:`SharedBatch` sent as its crops and its ``(k, m)`` column block."""
+    return _received((x, *block.unbind(0)))
 
 
 def drop_kept_segments() -> None:
