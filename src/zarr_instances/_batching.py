@@ -17,13 +17,14 @@ from ._prefetch import in_background
 from ._row_data import RowData
 from ._shared_batches import WorkerBatchPool
 
-__all__ = ["Batcher", "Counter", "OutputSettings"]
+__all__ = ["WORKER_POOL_SIZE", "Batcher", "Counter", "OutputSettings"]
 
 _SAMPLE_BLOCK = 256  # rows normalised together in per-sample mode
 _BATCHES_AHEAD = 2  # batches normalised ahead of the consumer (with read_ahead)
 # shared-memory segments a worker reuses beyond those: the DataLoader's prefetch
 # (2 per worker by default), the consumer's current and previous batch, and slack
 _WORKER_SEGMENTS = 6
+WORKER_POOL_SIZE = _BATCHES_AHEAD + _WORKER_SEGMENTS  # segments in a worker's pool
 
 Pool = OutputPool | WorkerBatchPool | None
 
@@ -124,7 +125,7 @@ class Batcher:
         if not in_worker:
             return OutputPool(_BATCHES_AHEAD + 4)
         if self.settings.batch_size is not None and self.columns():
-            return _runtime.borrow_batch_pool(_BATCHES_AHEAD + _WORKER_SEGMENTS)
+            return _runtime.borrow_batch_pool(WORKER_POOL_SIZE)
         return None
 
     def _normalized(

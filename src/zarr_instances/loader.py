@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from . import _runtime
+from ._pooled_collate import collate_samples
 from ._resume import EpochStart, Step, consumed_after_batches
 from ._validate import check_int
 from .dataset import STATE_KEY, STATE_VERSION, ZarrIterableInstances
@@ -106,6 +107,9 @@ class ZarrDataLoader(DataLoader):
         every epoch (the epoch reaches them through shared memory); pass ``False`` to
         start them at every ``iter()``. :meth:`load_state_dict` stops persistent
         workers, so that the next ``iter()`` starts workers that resume from the state.
+        With ``batch_size`` (per-sample datasets) and no ``collate_fn``, workers
+        collate each batch into shared memory they reuse from batch to batch; the
+        batches equal ``default_collate``'s.
     """
 
     def __init__(self, dataset: Any, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
@@ -113,6 +117,10 @@ class ZarrDataLoader(DataLoader):
         if workers and "persistent_workers" not in kwargs:
             # a worker's start (import, fork or spawn, opening the store) is paid once
             kwargs["persistent_workers"] = True
+        batch_size = kwargs.get("batch_size", args[0] if args else 1)
+        if batch_size is not None and "collate_fn" not in kwargs and len(args) <= 5:
+            # per-sample mode: batches collated into the worker's reused segments
+            kwargs["collate_fn"] = collate_samples
         super().__init__(dataset, *args, **kwargs)
         self.epoch = check_int(start_epoch, "start_epoch", minimum=0)
         self._run: _Run | None = None
