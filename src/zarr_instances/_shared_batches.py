@@ -257,7 +257,7 @@ class WorkerBatchPool:
 # A released segment stays mapped here for a while: when its worker sends it again,
 # torch finds the mapping still alive and reuses it, so reading the batch costs no
 # page faults (2,048 per 8 MiB). Kept mappings are bounded in bytes, and dropped when
-# their segment has not come back for a while (a finished loader, a new epoch's pool).
+# their segment has not come back for a while (a finished loader, workers started anew).
 
 _KEEP_BYTES = 256 * 2**20  # mapped bytes of released blocks kept at most
 _KEEP_ARRIVALS = 64  # a kept block not back within this many arrivals is dropped
