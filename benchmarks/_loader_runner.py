@@ -6,8 +6,9 @@ baseline venv for harpy. Usage::
     python _loader_runner.py '{"impl": "ours", "path": "...", "workers": 2, ...}'
 
 Config keys: ``impl`` (``ours`` | ``harpy`` | ``ipc``: a dataset that reads nothing and
-yields freshly filled shared-memory batches of the store's shape, the DataLoader's
-worker-to-main transfer cost alone), ``path``, ``workers``, ``repeats``,
+yields shared-memory batches of the store's shape, the DataLoader's worker-to-main
+transfer cost alone; with ``pooled`` in the worker's reused segments, as ours; with
+``fill: false`` it does not even write them), ``path``, ``workers``, ``repeats``,
 ``loader_batch`` (DataLoader batch size for per-sample mode), ``batch_size``
 (ours, batched mode: dataset batch size, DataLoader(batch_size=None)),
 ``buffer_chunks``, ``read_ahead``, ``zarrs`` (use the zarrs codec pipeline),
@@ -97,8 +98,8 @@ def _ipc_only_class() -> Any:
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 
+    from zarr_instances import _runtime
     from zarr_instances._normalize import empty_output
-    from zarr_instances._shared_batches import WorkerBatchPool
 
     class IpcOnly(IterableDataset):
         """Yields ``(x, y, id, row)`` batches like ours, filled with ones: no reading.
@@ -107,8 +108,8 @@ def _ipc_only_class() -> Any:
         a fresh shared-memory segment per batch, as torch's own collation does.
         """
 
-        def __init__(self, n: int, batch_size: int, pooled: bool) -> None:
-            self.n, self.batch_size, self.pooled = n, batch_size, pooled
+        def __init__(self, n: int, batch_size: int, pooled: bool, fill: bool = True) -> None:
+            self.n, self.batch_size, self.pooled, self.fill = n, batch_size, pooled, fill
 
         def set_epoch(self, epoch: int) -> None:
             pass
@@ -117,24 +118,33 @@ def _ipc_only_class() -> Any:
             info = get_worker_info()
             k, w = (0, 1) if info is None else (info.id, info.num_workers)
             shared = info is not None
-            pool = WorkerBatchPool(8) if shared and self.pooled else None
-            for a in range(k * self.batch_size, self.n, w * self.batch_size):
-                m = min(self.batch_size, self.n - a)
+            if shared:
+                _runtime.worker_sharing()  # by segment name, as ours
+            # the worker's pool, kept from epoch to epoch, as ours
+            pool = _runtime.borrow_batch_pool(8) if shared and self.pooled else None
+            try:
+                for a in range(k * self.batch_size, self.n, w * self.batch_size):
+                    m = min(self.batch_size, self.n - a)
+                    if pool is not None:
+                        x = pool.take((m, 2, 1, 64, 64), torch.float32)
+                        if self.fill:
+                            x.numpy()[...] = 1.0
+                        yield pool.pack(x, [np.ones(m, np.int64)] * 3)
+                        continue
+                    x = empty_output((m, 2, 1, 64, 64), torch.float32, shared)
+                    if self.fill:
+                        x.numpy()[...] = 1.0
+                    cols = empty_output((3, m), torch.int64, shared)
+                    yield (x, *cols.unbind(0))
+            finally:
                 if pool is not None:
-                    x = pool.take((m, 2, 1, 64, 64), torch.float32)
-                    x.numpy()[...] = 1.0
-                    yield pool.pack(x, [np.ones(m, np.int64)] * 3)
-                    continue
-                x = empty_output((m, 2, 1, 64, 64), torch.float32, shared)
-                x.numpy()[...] = 1.0
-                cols = empty_output((3, m), torch.int64, shared)
-                yield (x, *cols.unbind(0))
+                    _runtime.return_batch_pool(pool)
 
     return IpcOnly
 
 
-def _ipc_only(n: int, batch_size: int, pooled: bool = False) -> Any:
-    return _ipc_only_class()(n, batch_size, pooled)
+def _ipc_only(n: int, batch_size: int, pooled: bool = False, fill: bool = True) -> Any:
+    return _ipc_only_class()(n, batch_size, pooled, fill)
 
 
 def _dataset(cfg: dict[str, Any], n: int) -> Any:
@@ -151,7 +161,8 @@ def _dataset(cfg: dict[str, Any], n: int) -> Any:
         "x_dtype": torch.float32,
     }
     if cfg["impl"] == "ipc":
-        return _ipc_only(n, int(cfg["batch_size"]), bool(cfg.get("pooled")))
+        fill = bool(cfg.get("fill", True))
+        return _ipc_only(n, int(cfg["batch_size"]), bool(cfg.get("pooled")), fill)
     if cfg["impl"] == "harpy":
         spec = importlib.util.spec_from_file_location("_harpy_zii", cfg["harpy_module"])
         assert spec is not None

@@ -17,7 +17,11 @@ labels; batched mode with ``batch_size=256, buffer_chunks=4``):
 * zstd store (zarr's default codec), 1,024-row chunks: batched with 0 and 2 workers,
   per-sample mode (``DataLoader(batch_size=256)``) with 0 and 2 workers;
 * Blosc-lz4 store (our default codec): batched with 0 workers and with 2
-  non-persistent workers (forked every epoch).
+  non-persistent workers (forked every epoch);
+* through ``ZarrDataLoader`` (persistent workers): per-sample on the zstd store and
+  batched on the Blosc-lz4 store, 2 workers.
+
+``--only TEXT`` runs the rows whose label contains ``TEXT``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def _rows(zstd: str, lz4: str, repeats: int) -> list[tuple[str, dict[str, Any]]]
             "Blosc-lz4 store, batched, 2 workers (non-persistent)",
             {**batched, "path": lz4, "workers": 2, "persistent": False},
         ),
+        (
+            "zstd store, per-sample, ZarrDataLoader, 2 workers",
+            {**sample, "path": zstd, "workers": 2, "loader": "zarr"},
+        ),
+        (
+            "Blosc-lz4 store, batched, ZarrDataLoader, 2 workers (persistent)",
+            {**batched, "path": lz4, "workers": 2, "loader": "zarr"},
+        ),
     ]
 
 
@@ -68,7 +80,7 @@ def _run(cfg: dict[str, Any], src: str) -> float:
 def _stream(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
     zstd = make_store(root, args.n_zstd, 1024, "default", "zstd.zarr")["path"]
     lz4 = make_store(root, args.n_lz4, 1024, "blosc-lz45-shuffle", "lz4.zarr")["path"]
-    rows = _rows(zstd, lz4, args.repeats)
+    rows = [r for r in _rows(zstd, lz4, args.repeats) if args.only in r[0]]
     rates: dict[str, dict[str, list[float]]] = {name: {"base": [], "new": []} for name, _ in rows}
     trees = {"base": args.base_src, "new": str(SRC)}
     for r in range(args.rounds):
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extract", action="store_true", help="add the 8k extraction rows")
     p.add_argument("--skip-stream", action="store_true", help="extraction rows only")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--only", default="", help="run only the rows whose label contains this")
     args = p.parse_args(argv)
     results: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg()}
     t0 = time.perf_counter()
