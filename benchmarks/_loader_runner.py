@@ -125,15 +125,16 @@ def _ipc_only_class() -> Any:
             try:
                 for a in range(k * self.batch_size, self.n, w * self.batch_size):
                     m = min(self.batch_size, self.n - a)
+                    shape = (m, 2, 1, 64, 64)
                     if pool is not None:
-                        x = pool.take((m, 2, 1, 64, 64), torch.float32)
-                        if self.fill:
-                            x.numpy()[...] = 1.0
-                        yield pool.pack(x, [np.ones(m, np.int64)] * 3)
-                        continue
-                    x = empty_output((m, 2, 1, 64, 64), torch.float32, shared)
+                        x = pool.take(shape, torch.float32)
+                    else:
+                        x = empty_output(shape, torch.float32, shared)
                     if self.fill:
                         x.numpy()[...] = 1.0
+                    if pool is not None:
+                        yield pool.pack(x, [np.ones(m, np.int64)] * 3)
+                        continue
                     cols = empty_output((3, m), torch.int64, shared)
                     yield (x, *cols.unbind(0))
             finally:

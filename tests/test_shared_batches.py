@@ -53,16 +53,20 @@ def segment(t: torch.Tensor, forked: bool = True) -> object:
     return st.st_dev, st.st_ino
 
 
-@pytest.mark.parametrize("ctx", ["fork", "spawn"])
-def test_segments_are_reused_and_batches_exact(store, ctx):
-    path = str(store.store_path.store.root)
-    ref = reference(path)
-    loader = DataLoader(
+def two_workers(path: str, ctx: str, persistent: bool = False) -> DataLoader:
+    return DataLoader(
         ZarrIterableInstances(path, **KW),
         batch_size=None,
         num_workers=2,
         multiprocessing_context=ctx,
+        persistent_workers=persistent,
     )
+
+
+def one_epoch(
+    loader: DataLoader, ref: dict[int, torch.Tensor], ctx: str
+) -> tuple[set[object], int, int]:
+    """Iterate one epoch checking every crop; return (crop segments, batches, samples)."""
     segments, batches, seen = set(), 0, 0
     for batch in loader:
         x, _iid, rows = batch
@@ -72,6 +76,14 @@ def test_segments_are_reused_and_batches_exact(store, ctx):
         for r, xi in zip(rows.tolist(), x, strict=True):
             assert torch.equal(xi, ref[r])
             seen += 1
+    return segments, batches, seen
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_segments_are_reused_and_batches_exact(store, ctx):
+    path = str(store.store_path.store.root)
+    ref = reference(path)
+    segments, batches, seen = one_epoch(two_workers(path, ctx), ref, ctx)
     assert seen == len(ref) == 1050
     assert batches == 34
     # a worker keeps at most its pool (8 segments); a prompt consumer lets it cycle
@@ -83,21 +95,10 @@ def test_segments_are_reused_and_batches_exact(store, ctx):
 def test_persistent_workers_keep_their_segments_from_epoch_to_epoch(store, ctx):
     path = str(store.store_path.store.root)
     ref = reference(path)
-    loader = DataLoader(
-        ZarrIterableInstances(path, **KW),
-        batch_size=None,
-        num_workers=2,
-        multiprocessing_context=ctx,
-        persistent_workers=True,
-    )
+    loader = two_workers(path, ctx, persistent=True)
     per_epoch = []
     for _epoch in range(3):
-        segments, seen = set(), 0
-        for x, _iid, rows in loader:
-            segments.add(segment(x, forked=ctx == "fork"))
-            for r, xi in zip(rows.tolist(), x, strict=True):
-                assert torch.equal(xi, ref[r])
-                seen += 1
+        segments, _batches, seen = one_epoch(loader, ref, ctx)
         assert seen == 1050
         per_epoch.append(segments)
     # the later epochs write into the first epoch's segments (a fresh pool per epoch
